@@ -1,0 +1,14 @@
+// Package builtin registers the connectors compiled into the da binary.
+package builtin
+
+import (
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/connectors/demo"
+)
+
+// Registry returns a registry holding every built-in connector.
+func Registry() *connectors.Registry {
+	r := connectors.NewRegistry()
+	demo.Register(r)
+	return r
+}

@@ -1,0 +1,116 @@
+package connectors
+
+import (
+	"context"
+	"fmt"
+	"iter"
+
+	"github.com/apache/arrow-go/v18/arrow"
+)
+
+// TableInfo describes one table a connector offers.
+type TableInfo struct {
+	// Name becomes the view name in extract.duckdb; it must be a valid identifier.
+	Name string
+	// Schema is the Arrow schema every batch of the table has.
+	Schema *arrow.Schema
+	// Capabilities are the per-table capabilities, a subset of the connector's.
+	Capabilities Capability
+	// PrimaryKey lists the key columns, if the table has a key.
+	PrimaryKey []string
+	// Description is stored in _meta.
+	Description string
+}
+
+// ReadOptions are built by the runtime from config and state and passed to Read.
+type ReadOptions struct {
+	Columns          []string       // projection; nil means all columns
+	Filter           map[string]any // optional filter pushdown, connector-defined
+	IncrementalKey   string         // cursor column for incremental reads
+	IncrementalValue string         // last committed cursor value; empty means full read
+	BatchSize        int            // target rows per batch
+}
+
+// DefaultBatchSize is the batch size used when ReadOptions.BatchSize is zero.
+const DefaultBatchSize = 10_000
+
+// RemoteAttachInfo describes an external catalog the analyst attaches through
+// a DuckDB extension. TokenEnv is the name of an environment variable holding
+// the credential, never the credential itself.
+type RemoteAttachInfo struct {
+	Extension string
+	URL       string
+	TokenEnv  string
+	Alias     string
+}
+
+// RunStats summarises one run.
+type RunStats struct {
+	TablesExtracted int
+	TablesFailed    int
+	Rows            int64
+	SchemaChanges   []string
+	Errors          []string
+}
+
+// Connector is what every connector implements: its declared capabilities.
+// The runtime type-asserts the capability interfaces below only for the
+// capabilities declared here.
+type Connector interface {
+	Capabilities() Capability
+}
+
+// Discoverer is implemented by connectors that declare Discover.
+type Discoverer interface {
+	Discover(ctx context.Context) ([]TableInfo, error)
+}
+
+// Reader is implemented by connectors that declare Read. Read yields record
+// batches whose schema equals the table's declared schema, or a non-nil error
+// that ends the read. A yielded batch is valid only until yield returns; the
+// connector releases it afterwards, so a consumer that keeps it must Retain it.
+type Reader interface {
+	Read(ctx context.Context, table string, opts ReadOptions) iter.Seq2[arrow.RecordBatch, error]
+}
+
+// Streamer is implemented by connectors that declare Stream. Stream turns
+// one pushed event (a webhook body, a CDC message) into record batches per
+// table.
+type Streamer interface {
+	Stream(ctx context.Context, event []byte) (map[string][]arrow.RecordBatch, error)
+}
+
+// Remoter is implemented by connectors that declare Remote.
+type Remoter interface {
+	Remote(ctx context.Context) (RemoteAttachInfo, error)
+}
+
+// Writer is implemented by connectors that declare Write.
+type Writer interface {
+	Write(ctx context.Context, table string, rec arrow.RecordBatch) error
+}
+
+// CheckImplements reports an error when c declares a capability without
+// implementing its interface.
+func CheckImplements(name string, c Connector) error {
+	caps := c.Capabilities()
+	checks := []struct {
+		cap Capability
+		ok  bool
+		fn  string
+	}{
+		{Discover, is[Discoverer](c), "Discover"},
+		{Read, is[Reader](c), "Read"},
+		{Stream, is[Streamer](c), "Stream"},
+		{Remote, is[Remoter](c), "Remote"},
+		{Write, is[Writer](c), "Write"},
+	}
+	for _, ch := range checks {
+		if caps.Has(ch.cap) && !ch.ok {
+			return fmt.Errorf("connector %s declares %s but has no %s method", name, ch.cap, ch.fn)
+		}
+	}
+	return nil
+}
+
+func is[T any](c Connector) bool { _, ok := c.(T); return ok }

@@ -1,0 +1,79 @@
+package finalizer
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+)
+
+// catalogFile is the finalizer's sidecar per source: what the live extract
+// holds, so a later run can keep tables it does not touch. It lives outside
+// extract.duckdb because _meta's six columns are a fixed contract.
+const catalogFile = ".agnes/catalog.json"
+
+type catalog struct {
+	Tables map[string]catalogTable `json:"tables"`
+	Remote []schemas.RemoteAttach  `json:"remote,omitempty"`
+}
+
+type catalogTable struct {
+	Description string    `json:"description"`
+	Rows        int64     `json:"rows"`
+	SizeBytes   int64     `json:"size_bytes"`
+	ExtractedAt time.Time `json:"extracted_at"`
+	QueryMode   string    `json:"query_mode"`
+	RunID       string    `json:"run_id"`
+	Schema      []byte    `json:"schema,omitempty"`
+}
+
+func loadCatalog(dir string) (*catalog, error) {
+	c := &catalog{Tables: map[string]catalogTable{}}
+	b, err := os.ReadFile(filepath.Join(dir, catalogFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load catalog: %w", err)
+	}
+	if err := json.Unmarshal(b, c); err != nil {
+		return nil, fmt.Errorf("load catalog %s: %w", filepath.Join(dir, catalogFile), err)
+	}
+	if c.Tables == nil {
+		c.Tables = map[string]catalogTable{}
+	}
+	return c, nil
+}
+
+func (c *catalog) save(dir string) error {
+	path := filepath.Join(dir, catalogFile)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	tmp := path + parquetfile.TempMarker + "catalog"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	return parquetfile.ReplaceFile(tmp, path)
+}

@@ -1,0 +1,160 @@
+package finalizer
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/google/uuid"
+
+	_ "github.com/duckdb/duckdb-go/v2" // registers the "duckdb" database/sql driver
+)
+
+// ExtractFile is the name of the published extract in a source's folder.
+const ExtractFile = "extract.duckdb"
+
+// MetaColumns is the exact _meta contract: names and types, in order.
+var MetaColumns = []struct{ Name, Type string }{
+	{"table_name", "VARCHAR"},
+	{"description", "VARCHAR"},
+	{"rows", "BIGINT"},
+	{"size_bytes", "BIGINT"},
+	{"extracted_at", "TIMESTAMP"},
+	{"query_mode", "VARCHAR"},
+}
+
+// metaRow is one _meta row plus, for local tables, the Parquet path its view reads.
+type metaRow struct {
+	Table       string
+	Description string
+	Rows        int64
+	SizeBytes   int64
+	ExtractedAt time.Time
+	QueryMode   string
+	// Path is the absolute Parquet path (local tables).
+	Path string
+}
+
+func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+func quoteLit(s string) string   { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
+
+// buildExtract writes extract.duckdb for dir atomically: it builds the file
+// under a temporary name, checkpoints, closes, fsyncs and renames it over the
+// live file. The live file is never opened.
+func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []schemas.RemoteAttach) (err error) {
+	for _, r := range rows {
+		if err := schemas.ValidateName("table", r.Table); err != nil {
+			return err
+		}
+		if r.QueryMode == schemas.ModeLocal && !filepath.IsAbs(r.Path) {
+			return fmt.Errorf("build extract: view path %q of %s is not absolute", r.Path, r.Table)
+		}
+	}
+	for _, ra := range remote {
+		if err := schemas.ValidateName("alias", ra.Alias); err != nil {
+			return err
+		}
+		if err := schemas.ValidateName("extension", ra.Extension); err != nil {
+			return err
+		}
+	}
+	tmp := filepath.Join(dir, ExtractFile+parquetfile.TempMarker+uuid.NewString()[:8])
+	defer func() {
+		if err != nil {
+			os.Remove(tmp)
+		}
+		os.Remove(tmp + ".wal")
+	}()
+	db, err := sql.Open("duckdb", tmp)
+	if err != nil {
+		return fmt.Errorf("build extract: open %s: %w", tmp, err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			db.Close()
+		}
+	}()
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("build extract: %w", err)
+	}
+	defer conn.Close()
+	exec := func(q string, args ...any) error {
+		if _, err := conn.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("build extract: %s: %w", firstLine(q), err)
+		}
+		return nil
+	}
+	var cols []string
+	for i, c := range MetaColumns {
+		def := c.Name + " " + c.Type
+		if i == 0 {
+			def += " NOT NULL"
+		}
+		cols = append(cols, def)
+	}
+	if err := exec("CREATE TABLE _meta (" + strings.Join(cols, ", ") + ")"); err != nil {
+		return err
+	}
+	for _, r := range rows {
+		rowsN, size := r.Rows, r.SizeBytes
+		if r.QueryMode == schemas.ModeRemote {
+			rowsN, size = 0, 0
+		}
+		// extracted_at is UTC without a zone; pass it as text so no session
+		// time zone shifts it.
+		if err := exec("INSERT INTO _meta VALUES (?, ?, ?, ?, CAST(? AS TIMESTAMP), ?)",
+			r.Table, r.Description, rowsN, size, r.ExtractedAt.UTC().Format("2006-01-02 15:04:05.999999"), r.QueryMode); err != nil {
+			return err
+		}
+		if r.QueryMode == schemas.ModeLocal {
+			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS SELECT * FROM read_parquet(" + quoteLit(r.Path) + ")"); err != nil {
+				return err
+			}
+		}
+	}
+	if len(remote) > 0 {
+		if err := exec("CREATE TABLE _remote_attach (alias VARCHAR, extension VARCHAR, url VARCHAR, token_env VARCHAR)"); err != nil {
+			return err
+		}
+		for _, ra := range remote {
+			if err := exec("INSERT INTO _remote_attach VALUES (?, ?, ?, ?)", ra.Alias, ra.Extension, strings.TrimRight(ra.URL, "/"), ra.TokenEnv); err != nil {
+				return err
+			}
+		}
+	}
+	if err := exec("CHECKPOINT"); err != nil {
+		return err
+	}
+	conn.Close()
+	closed = true
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("build extract: close: %w", err)
+	}
+	f, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("build extract: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("build extract: fsync: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("build extract: %w", err)
+	}
+	return parquetfile.ReplaceFile(tmp, filepath.Join(dir, ExtractFile))
+}
+
+func firstLine(q string) string {
+	if i := strings.IndexAny(q, "(\n"); i > 0 {
+		return strings.TrimSpace(q[:i])
+	}
+	return q
+}

@@ -1,0 +1,359 @@
+// Package finalizer publishes extracts. It follows the run events, decides
+// when every batch of every table of a run is written, assembles each table's
+// staged parts into data/<table>.parquet, builds extract.duckdb under a
+// temporary name and renames it over the live file, then announces
+// extract_published. It is the only service that links DuckDB.
+package finalizer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options configure a Finalizer.
+type Options struct {
+	JS           jetstream.JetStream
+	DataDir      string
+	RowGroupRows int64
+	Mem          memory.Allocator
+	Logger       *slog.Logger
+}
+
+// Finalizer follows run events and publishes extracts.
+type Finalizer struct {
+	opts    Options
+	log     *slog.Logger
+	dataDir string
+	runs    map[string]*runState
+	// bySource serialises publishing per source.
+	locks sync.Map
+	wg    sync.WaitGroup
+}
+
+type runState struct {
+	source     string
+	tables     map[string]*tableState
+	done       *schemas.Event
+	failed     bool
+	published  bool
+	finalizing bool
+}
+
+type tableState struct {
+	done        *schemas.Event
+	parts       map[string]schemas.Event
+	batchFailed string
+}
+
+// New returns a Finalizer; Run starts it.
+func New(opts Options) (*Finalizer, error) {
+	if opts.RowGroupRows <= 0 {
+		opts.RowGroupRows = parquetfile.DefaultRowGroupRows
+	}
+	if opts.Mem == nil {
+		opts.Mem = memory.DefaultAllocator
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	abs, err := filepath.Abs(opts.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("finalizer: data dir: %w", err)
+	}
+	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), dataDir: abs, runs: map[string]*runState{}}, nil
+}
+
+// Run replays the event stream from its start, then follows it until ctx
+// ends, finalizing every run whose data is complete and whose extract is not
+// yet published. It waits for finalizations in progress before returning.
+func (f *Finalizer) Run(ctx context.Context) error {
+	if n, err := parquetfile.CleanTemps(filepath.Join(f.dataDir, "extracts")); err != nil {
+		f.log.Warn("clean temporary files", "err", err)
+	} else if n > 0 {
+		f.log.Info("removed temporary files left by a crash", "count", n)
+	}
+	cons, err := f.opts.JS.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"agnes.events.>"},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("finalizer: create consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("finalizer: consume events: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+	f.log.Info("finalizer started", "data_dir", f.dataDir)
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() == nil {
+				return fmt.Errorf("finalizer: next event: %w", err)
+			}
+			f.wg.Wait()
+			f.log.Info("finalizer stopped")
+			return nil
+		}
+		ev, err := schemas.DecodeEvent(msg.Data())
+		if err != nil {
+			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
+			continue
+		}
+		f.apply(ctx, ev)
+	}
+}
+
+// apply folds one event into the run state and starts finalization when the
+// run is complete.
+func (f *Finalizer) apply(ctx context.Context, ev schemas.Event) {
+	r := f.runs[ev.RunID]
+	if r == nil {
+		r = &runState{source: ev.Source, tables: map[string]*tableState{}}
+		f.runs[ev.RunID] = r
+	}
+	table := func() *tableState {
+		t := r.tables[ev.Table]
+		if t == nil {
+			t = &tableState{parts: map[string]schemas.Event{}}
+			r.tables[ev.Table] = t
+		}
+		return t
+	}
+	switch ev.Type {
+	case schemas.EventTableDone:
+		e := ev
+		table().done = &e
+	case schemas.EventBatchWritten:
+		if r.published {
+			// A late duplicate after the run was published: its part is not needed.
+			os.Remove(filepath.Join(f.staging(ev.Source, ev.RunID, ev.Table), ev.Part))
+			return
+		}
+		table().parts[ev.Part] = ev
+	case schemas.EventBatchFailed:
+		t := table()
+		if t.batchFailed == "" {
+			t.batchFailed = fmt.Sprintf("batch %d could not be written: %s", ev.Seq, ev.Error)
+		}
+	case schemas.EventRunDone:
+		e := ev
+		r.done = &e
+	case schemas.EventRunFailed:
+		r.failed = true
+	case schemas.EventExtractPublished:
+		r.published = true
+		r.tables = nil
+		return
+	default:
+		return
+	}
+	if r.published || r.failed || r.finalizing || r.done == nil || !f.complete(r) {
+		return
+	}
+	r.finalizing = true
+	f.wg.Add(1)
+	go func(runID string, r *runState) {
+		defer f.wg.Done()
+		f.finalizeLocked(ctx, runID, r)
+	}(ev.RunID, r)
+}
+
+func (f *Finalizer) complete(r *runState) bool {
+	for _, res := range r.done.Results {
+		if res.Status != schemas.StatusDone || res.QueryMode != schemas.ModeLocal {
+			continue
+		}
+		t := r.tables[res.Table]
+		if t == nil || t.done == nil {
+			return false
+		}
+		if t.batchFailed != "" || t.done.Batches == 0 {
+			continue
+		}
+		if cover(partsOf("", t.parts), t.done.Batches) == nil {
+			return false
+		}
+	}
+	return true
+}
+
+func (f *Finalizer) staging(source, run, table string) string {
+	return filepath.Join(f.dataDir, "extracts", source, ".staging", run, table)
+}
+
+func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runState) {
+	mu, _ := f.locks.LoadOrStore(r.source, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	start := time.Now()
+	ev, err := f.finalize(ctx, runID, r)
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		f.log.Error("finalize run", "run", runID, "source", r.source, "err", err)
+		_ = schemas.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventRunFailed, RunID: runID, Source: r.source,
+			Error: "finalize: " + err.Error()})
+		return
+	}
+	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
+		f.log.Error("announce extract", "run", runID, "err", err)
+		return
+	}
+	// The parts are no longer referenced: the published file is a copy or a
+	// hard link.
+	if err := os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", runID)); err != nil {
+		f.log.Warn("remove staging", "run", runID, "err", err)
+	}
+	f.log.Info("extract published", "run", runID, "source", r.source, "path", ev.Path, "tables", len(ev.Results),
+		"duration", time.Since(start).Round(time.Millisecond))
+}
+
+// finalize assembles the run's tables, builds and swaps the extract and
+// returns the extract_published event to announce.
+func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (schemas.Event, error) {
+	dir := filepath.Join(f.dataDir, "extracts", r.source)
+	dataDir := filepath.Join(dir, "data")
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return schemas.Event{}, err
+	}
+	cat, err := loadCatalog(dir)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	now := time.Now().UTC()
+	type staged struct{ tmp, final string }
+	var moves []staged
+	defer func() {
+		for _, m := range moves {
+			os.Remove(m.tmp)
+		}
+	}()
+	results := make([]schemas.TableResult, 0, len(r.done.Results))
+	for _, res := range r.done.Results {
+		if err := schemas.ValidateName("table", res.Table); err != nil {
+			res.Status, res.Error = schemas.StatusFailed, err.Error()
+		}
+		if res.Status != schemas.StatusDone {
+			results = append(results, res)
+			continue
+		}
+		if res.QueryMode == schemas.ModeRemote {
+			cat.Tables[res.Table] = catalogTable{Description: r.tables[res.Table].doneDescription(), ExtractedAt: now, QueryMode: schemas.ModeRemote, RunID: runID}
+			results = append(results, res)
+			continue
+		}
+		t := r.tables[res.Table]
+		if t.batchFailed != "" {
+			res.Status, res.Error = schemas.StatusFailed, t.batchFailed
+			results = append(results, res)
+			continue
+		}
+		final := filepath.Join(dataDir, res.Table+".parquet")
+		tmp := final + parquetfile.TempMarker + runID[:min(8, len(runID))]
+		size, err := f.assembleTable(ctx, runID, r.source, res.Table, t, tmp)
+		if err != nil {
+			if ctx.Err() != nil {
+				return schemas.Event{}, ctx.Err()
+			}
+			res.Status, res.Error = schemas.StatusFailed, err.Error()
+			results = append(results, res)
+			continue
+		}
+		moves = append(moves, staged{tmp, final})
+		res.SizeBytes = size
+		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: t.done.Rows, SizeBytes: size,
+			ExtractedAt: now, QueryMode: schemas.ModeLocal, RunID: runID, Schema: t.done.Schema}
+		results = append(results, res)
+	}
+	if r.done.Remote != nil {
+		cat.Remote = []schemas.RemoteAttach{*r.done.Remote}
+	}
+	// Swap the Parquet files in, then the extract that describes them.
+	for _, m := range moves {
+		if err := os.Rename(m.tmp, m.final); err != nil {
+			return schemas.Event{}, fmt.Errorf("publish %s: %w", m.final, err)
+		}
+	}
+	moves = nil
+	if err := parquetfile.SyncDir(dataDir); err != nil {
+		return schemas.Event{}, err
+	}
+	names := make([]string, 0, len(cat.Tables))
+	for n := range cat.Tables {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	rows := make([]metaRow, 0, len(names))
+	for _, n := range names {
+		ct := cat.Tables[n]
+		mr := metaRow{Table: n, Description: ct.Description, Rows: ct.Rows, SizeBytes: ct.SizeBytes, ExtractedAt: ct.ExtractedAt, QueryMode: ct.QueryMode}
+		if ct.QueryMode == schemas.ModeLocal {
+			mr.Path = filepath.Join(dataDir, n+".parquet")
+		}
+		rows = append(rows, mr)
+	}
+	if err := buildExtract(ctx, dir, rows, cat.Remote); err != nil {
+		return schemas.Event{}, err
+	}
+	if err := cat.save(dir); err != nil {
+		return schemas.Event{}, err
+	}
+	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results,
+		Path: filepath.Join(dir, ExtractFile)}, nil
+}
+
+func (t *tableState) doneDescription() string {
+	if t == nil || t.done == nil {
+		return ""
+	}
+	return t.done.Description
+}
+
+func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table string, t *tableState, dst string) (int64, error) {
+	schema, err := schemas.DecodeSchema(t.done.Schema)
+	if err != nil {
+		return 0, fmt.Errorf("table %s: %w", table, err)
+	}
+	if t.done.Batches == 0 {
+		return writeEmpty(dst, schema, f.opts.Mem)
+	}
+	parts := partsOf(f.staging(source, runID, table), t.parts)
+	owner := cover(parts, t.done.Batches)
+	if owner == nil {
+		return 0, fmt.Errorf("table %s: not every batch is written", table)
+	}
+	var rows int64
+	for seq, i := range owner {
+		p := parts[i]
+		for j, s := range p.seqs {
+			if s == int64(seq) {
+				rows += p.seqRows[j]
+				break
+			}
+		}
+	}
+	if rows != t.done.Rows {
+		return 0, fmt.Errorf("table %s: written batches hold %d rows, the producer sent %d", table, rows, t.done.Rows)
+	}
+	size, err := assemble(ctx, dst, schema, parts, owner, f.opts.RowGroupRows, f.opts.Mem)
+	if err != nil {
+		return 0, fmt.Errorf("table %s: %w", table, err)
+	}
+	return size, nil
+}

@@ -1,0 +1,176 @@
+// Package cli implements the da command: sync, serve, bench and connector.
+// cmd/da only calls Run.
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/config"
+)
+
+const usage = `da — the Agnes Connector Kit
+
+Usage:
+  da sync <source> [flags]      run a sync and wait for its extract
+  da serve [flags]              run the services until SIGINT/SIGTERM
+  da connector list             list the built-in connectors
+  da bench [flags]              measure end-to-end and direct Parquet throughput
+  da help                       show this help
+
+Run "da <command> -h" for a command's flags.
+`
+
+// Run executes the da command line and returns the process exit code.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "sync":
+		err = runSync(ctx, args[1:], stdout, stderr)
+	case "serve":
+		err = runServe(ctx, args[1:], stdout, stderr)
+	case "bench":
+		err = runBench(ctx, args[1:], stdout, stderr)
+	case "connector", "connectors":
+		err = runConnector(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "da: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	var ec exitCode
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ec):
+		return int(ec)
+	default:
+		fmt.Fprintf(stderr, "da %s: %v\n", args[0], err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+}
+
+// exitCode ends the command with a code after it has printed its own report.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
+
+type usageError struct{ error }
+
+// parseArgs parses flags that may come before, between or after positional
+// arguments, returning the positional ones.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usageError{err}
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// commonFlags are shared by sync, serve and bench.
+type commonFlags struct {
+	configPath string
+	dataDir    string
+	natsURL    string
+	writers    int
+}
+
+func (c *commonFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.configPath, "config", "", "config file (YAML, ${ENV} expanded); default: a built-in demo source")
+	fs.StringVar(&c.dataDir, "data-dir", "", "data directory; extracts go to <data-dir>/extracts/<source>/ (default ./data)")
+	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (default: $NATS_URL, the config's nats.url, or an embedded server)")
+	fs.IntVar(&c.writers, "writers", 2, "writer workers in this process")
+}
+
+// load reads the config and applies flag and environment overrides.
+func (c *commonFlags) load() (*config.Config, error) {
+	var cfg *config.Config
+	var err error
+	if c.configPath == "" {
+		cfg = config.Default()
+	} else if cfg, err = config.Load(c.configPath); err != nil {
+		return nil, err
+	}
+	if c.dataDir != "" {
+		cfg.DataDir = c.dataDir
+	} else if v := os.Getenv("DA_DATA_DIR"); v != "" {
+		cfg.DataDir = v
+	}
+	if c.natsURL != "" {
+		cfg.NATS.URL = c.natsURL
+	} else if v := os.Getenv("NATS_URL"); v != "" && cfg.NATS.URL == "" {
+		cfg.NATS.URL = v
+	}
+	if c.writers < 1 {
+		return nil, usageError{fmt.Errorf("--writers must be at least 1, got %d", c.writers)}
+	}
+	return cfg, nil
+}
+
+// newLogger logs JSON when stderr is not a terminal and text when it is, at
+// LOG_LEVEL (debug, info, warn, error) or def.
+func newLogger(w io.Writer, def slog.Level) *slog.Logger {
+	level := def
+	if v := os.Getenv("LOG_LEVEL"); v != "" {
+		_ = level.UnmarshalText([]byte(strings.ToUpper(v)))
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if isTerminal(w) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func runConnector(_ context.Context, args []string, stdout, _ io.Writer) error {
+	if len(args) == 0 || args[0] != "list" {
+		return usageError{fmt.Errorf("usage: da connector list")}
+	}
+	reg := builtin.Registry()
+	fmt.Fprintf(stdout, "%-12s %-8s %-28s %s\n", "NAME", "VERSION", "CAPABILITIES", "DESCRIPTION")
+	for _, n := range reg.Names() {
+		r, _ := reg.Lookup(n)
+		m := r.Manifest
+		fmt.Fprintf(stdout, "%-12s %-8s %-28s %s\n", m.Name, m.Version, strings.Join(m.Capabilities.Strings(), ","), m.Description)
+	}
+	return nil
+}
+
+func runtimeProcs() int { return runtime.GOMAXPROCS(0) }

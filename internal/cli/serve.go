@@ -1,0 +1,79 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
+)
+
+type roleList []string
+
+func (r *roleList) String() string { return strings.Join(*r, ",") }
+func (r *roleList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		switch p = strings.TrimSpace(p); p {
+		case RoleProducer, RoleWriter, RoleFinalizer:
+			*r = append(*r, p)
+		default:
+			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer)", p)
+		}
+	}
+	return nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	var roles roleList
+	fs.Var(&roles, "role", "service to run: producer, writer or finalizer (repeatable; default all)")
+	listen := fs.String("nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server (when --nats-url is not set)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
+	}
+	cfg, err := c.load()
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, slog.LevelInfo)
+	host, portS, err := net.SplitHostPort(*listen)
+	if err != nil {
+		return usageError{fmt.Errorf("--nats-listen %q: %w", *listen, err)}
+	}
+	port, err := strconv.Atoi(portS)
+	if err != nil {
+		return usageError{fmt.Errorf("--nats-listen %q: bad port", *listen)}
+	}
+	st, err := StartStack(ctx, StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
+		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log})
+	if err != nil {
+		return err
+	}
+	where := cfg.NATS.URL
+	if st.Server != nil {
+		where = st.Server.ClientURL() + " (embedded)"
+	}
+	log.Info("da serving", "nats", where, "roles", strings.Join(orAll(roles), ","), "data_dir", cfg.DataDir)
+	<-ctx.Done()
+	log.Info("shutting down")
+	return st.Stop()
+}
+
+func orAll(r []string) []string {
+	if len(r) == 0 {
+		return AllRoles
+	}
+	return r
+}

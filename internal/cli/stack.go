@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/finalizer"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/producers"
+	"github.com/agnes-ai/connector-kit/writer"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Roles a da process can run.
+const (
+	RoleProducer  = "producer"
+	RoleWriter    = "writer"
+	RoleFinalizer = "finalizer"
+)
+
+// AllRoles are the roles run when none is named.
+var AllRoles = []string{RoleProducer, RoleWriter, RoleFinalizer}
+
+// StackOptions say which services to run and where.
+type StackOptions struct {
+	Config   *config.Config
+	Registry *connectors.Registry
+	DataDir  string
+	// NATSURL is an external server; empty starts an embedded one.
+	NATSURL string
+	// Listen is the embedded server's client address ("" = in-process only).
+	ListenHost string
+	ListenPort int
+	Roles      []string
+	Writers    int
+	Logger     *slog.Logger
+}
+
+// Stack is a set of running services and, when embedded, their NATS server.
+type Stack struct {
+	Server *natsbus.Server
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	// WriterStats are the writers, for their counters after Stop.
+	Writers []*writer.Writer
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	errs   []error
+}
+
+// StartStack connects to (or starts) NATS, provisions the streams and starts
+// the requested roles. Stop stops them.
+func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if len(o.Roles) == 0 {
+		o.Roles = AllRoles
+	}
+	if o.Writers <= 0 {
+		o.Writers = 2
+	}
+	s := &Stack{}
+	var err error
+	if o.NATSURL == "" {
+		s.Server, err = natsbus.StartServer(natsbus.ServerOptions{
+			StoreDir: filepath.Join(o.DataDir, ".nats"), Host: o.ListenHost, Port: o.ListenPort})
+		if err != nil {
+			return nil, err
+		}
+		s.NC, err = s.Server.Connect("da")
+	} else {
+		s.NC, err = natsbus.Dial(o.NATSURL, "da")
+	}
+	if err != nil {
+		s.stopServer()
+		return nil, err
+	}
+	s.JS, err = jetstream.New(s.NC)
+	if err != nil {
+		s.NC.Close()
+		s.stopServer()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := natsbus.Provision(ctx, s.JS, max(o.Config.NATS.Replicas, 1)); err != nil {
+		s.NC.Close()
+		s.stopServer()
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	start := func(name string, run func(context.Context) error) {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := run(runCtx); err != nil {
+				o.Logger.Error("service stopped with error", "service", name, "err", err)
+				s.mu.Lock()
+				s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
+				s.mu.Unlock()
+			}
+		}()
+	}
+	for _, role := range o.Roles {
+		switch role {
+		case RoleProducer:
+			p := producers.New(producers.Options{JS: s.JS, Registry: o.Registry, Sources: o.Config.Source,
+				MaxPayload: int(s.NC.MaxPayload()), Logger: o.Logger})
+			start(role, p.Run)
+		case RoleWriter:
+			for i := range o.Writers {
+				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: fmt.Sprintf("writer-%d", i+1), Logger: o.Logger})
+				s.Writers = append(s.Writers, w)
+				start(role, w.Run)
+			}
+		case RoleFinalizer:
+			f, err := finalizer.New(finalizer.Options{JS: s.JS, DataDir: o.DataDir, Logger: o.Logger})
+			if err != nil {
+				s.Stop()
+				return nil, err
+			}
+			start(role, f.Run)
+		default:
+			s.Stop()
+			return nil, fmt.Errorf("unknown role %q (valid: producer, writer, finalizer)", role)
+		}
+	}
+	return s, nil
+}
+
+// Stop cancels the services, waits for them to flush and stop, then closes
+// the connection and the embedded server. It returns the services' errors.
+func (s *Stack) Stop() error {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	if s.NC != nil {
+		s.NC.Drain()
+		s.NC.Close()
+	}
+	s.stopServer()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Join(s.errs...)
+}
+
+func (s *Stack) stopServer() {
+	if s.Server != nil {
+		s.Server.Stop()
+		s.Server = nil
+	}
+}

@@ -1,0 +1,245 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// defaultNATSURL is where da sync looks for a running da serve.
+const defaultNATSURL = "nats://127.0.0.1:4222"
+
+func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	tables := fs.String("tables", "", "comma-separated tables to sync (default: the source's configured tables, or all)")
+	fullRefresh := fs.Bool("full-refresh", false, "ignore incremental state and read everything")
+	timeout := fs.Duration("timeout", time.Hour, "give up waiting after this long")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{errors.New("usage: da sync <source> [--config FILE] [--data-dir DIR] [--nats-url URL]")}
+	}
+	cfg, err := c.load()
+	if err != nil {
+		return err
+	}
+	req := schemas.SyncRequest{RunID: uuid.NewString(), Source: pos[0], RequestedAt: time.Now().UTC(), RequestedBy: "cli", FullRefresh: *fullRefresh}
+	if *tables != "" {
+		for _, t := range strings.Split(*tables, ",") {
+			req.Tables = append(req.Tables, strings.TrimSpace(t))
+		}
+	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
+	if _, err := cfg.Source(req.Source); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+
+	log := newLogger(stderr, slog.LevelWarn)
+	js, closeBus, where, err := connectOrEmbed(ctx, cfg, c.writers, log)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	fmt.Fprintf(stdout, "Syncing source %s (run %s) on %s\n", req.Source, req.RunID, where)
+	rep, err := Sync(ctx, js, req, stdout)
+	if err != nil {
+		return err
+	}
+	printSummary(stdout, rep)
+	if rep.Failed > 0 {
+		return exitCode(1)
+	}
+	return nil
+}
+
+// connectOrEmbed connects to the configured NATS server. With none
+// configured it tries the default local address and, when nothing answers,
+// starts the whole pipeline in-process on an embedded server.
+func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, log *slog.Logger) (jetstream.JetStream, func(), string, error) {
+	url := cfg.NATS.URL
+	explicit := url != ""
+	if !explicit {
+		url = defaultNATSURL
+	}
+	nc, err := nats.Connect(url, nats.Timeout(500*time.Millisecond), nats.RetryOnFailedConnect(false))
+	if err == nil {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			nc.Close()
+			return nil, nil, "", err
+		}
+		if err := natsbus.Provision(ctx, js, max(cfg.NATS.Replicas, 1)); err != nil {
+			nc.Close()
+			return nil, nil, "", err
+		}
+		return js, func() { nc.Close() }, url, nil
+	}
+	if explicit {
+		return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", url, err)
+	}
+	st, err := StartStack(ctx, StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir, Writers: writers, Logger: log})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return st.JS, func() { st.Stop() }, "an in-process embedded NATS (no server at " + defaultNATSURL + ")", nil
+}
+
+// Report is the outcome of one sync run as seen by the client.
+type Report struct {
+	RunID    string
+	Source   string
+	Path     string
+	Results  []schemas.TableResult
+	Rows     int64
+	Failed   int
+	Duration time.Duration
+}
+
+// Sync publishes req, prints live per-table progress to out (nil for none)
+// and waits for the run's extract to be published. A run that fails as a
+// whole is an error; failed tables are reported in the Report.
+func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, out io.Writer) (*Report, error) {
+	if out == nil {
+		out = io.Discard
+	}
+	start := time.Now()
+	cons, err := js.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{schemas.RunEventsFilter(req.Source, req.RunID)},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("follow run events: %w", err)
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := js.Publish(ctx, schemas.SyncSubject(req.Source), b, jetstream.WithMsgID(req.RunID)); err != nil {
+		return nil, fmt.Errorf("publish sync request: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, fmt.Errorf("follow run events: %w", err)
+	}
+	defer it.Stop()
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("wait for run %s: %w (is a producer, writer and finalizer running?)", req.RunID, ctx.Err())
+			}
+			return nil, fmt.Errorf("wait for run %s: %w", req.RunID, err)
+		}
+		ev, err := schemas.DecodeEvent(msg.Data())
+		if err != nil {
+			continue
+		}
+		switch ev.Type {
+		case schemas.EventRunStarted:
+			fmt.Fprintf(out, "  %d tables: %s\n", len(ev.Tables), strings.Join(ev.Tables, ", "))
+		case schemas.EventTableStarted:
+			fmt.Fprintf(out, "  %-24s reading\n", ev.Table)
+		case schemas.EventTableProgress:
+			fmt.Fprintf(out, "  %-24s %s rows read\n", ev.Table, thousands(ev.Rows))
+		case schemas.EventTableDone:
+			if ev.QueryMode == schemas.ModeRemote {
+				fmt.Fprintf(out, "  %-24s remote\n", ev.Table)
+			} else {
+				fmt.Fprintf(out, "  %-24s %s rows read in %d batches, writing\n", ev.Table, thousands(ev.Rows), ev.Batches)
+			}
+		case schemas.EventTableFailed:
+			fmt.Fprintf(out, "  %-24s FAILED: %s\n", ev.Table, ev.Error)
+		case schemas.EventRunFailed:
+			return nil, fmt.Errorf("run %s failed: %s", req.RunID, ev.Error)
+		case schemas.EventExtractPublished:
+			rep := &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Duration: time.Since(start)}
+			for _, r := range ev.Results {
+				rep.Rows += r.Rows
+				if r.Status == schemas.StatusFailed {
+					rep.Failed++
+				}
+			}
+			return rep, nil
+		}
+	}
+}
+
+func printSummary(w io.Writer, rep *Report) {
+	fmt.Fprintf(w, "\nSynced %s in %s: %d tables, %s rows, %d failed\n", rep.Source, rep.Duration.Round(time.Millisecond),
+		len(rep.Results), thousands(rep.Rows), rep.Failed)
+	for _, r := range rep.Results {
+		switch {
+		case r.Status == schemas.StatusFailed:
+			fmt.Fprintf(w, "  %-24s FAILED  %s (its previous data, if any, stays in the extract)\n", r.Table, r.Error)
+		case r.QueryMode == schemas.ModeRemote:
+			fmt.Fprintf(w, "  %-24s remote\n", r.Table)
+		default:
+			fmt.Fprintf(w, "  %-24s %12s rows  %10s\n", r.Table, thousands(r.Rows), humanBytes(r.SizeBytes))
+		}
+	}
+	abs, _ := filepath.Abs(rep.Path)
+	fmt.Fprintf(w, "\nExtract: %s\n", abs)
+	fmt.Fprintf(w, "Try:     duckdb -readonly %s -c \"SELECT table_name, rows, query_mode FROM _meta\"\n", abs)
+	if _, err := os.Stat(abs); err != nil {
+		fmt.Fprintf(w, "warning: %v\n", err)
+	}
+}
+
+func thousands(n int64) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,157 @@
+// Package config loads the da configuration: the data directory, the NATS
+// connection and the list of sources. YAML with ${ENV} expansion; with no
+// file, a built-in default with a demo source is used.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/agnes-ai/connector-kit/schemas"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole da configuration.
+type Config struct {
+	// DataDir is where extracts and staging live; default ./data.
+	DataDir string `yaml:"data_dir"`
+	// NATS says where the bus is; empty URL means embedded.
+	NATS NATS `yaml:"nats"`
+	// Sources are the configured data sources.
+	Sources []Source `yaml:"sources"`
+
+	path string
+}
+
+// NATS configures the bus connection.
+type NATS struct {
+	URL      string `yaml:"url"`
+	Replicas int    `yaml:"replicas"`
+}
+
+// Source is one configured data source.
+type Source struct {
+	// Name is the source name: the extract folder and the ATTACH alias.
+	Name string `yaml:"name"`
+	// Connector names a registered connector.
+	Connector string `yaml:"connector"`
+	// Config is the connector's config, validated against its manifest.
+	Config map[string]any `yaml:"config"`
+	// Tables optionally limits the sync to these tables.
+	Tables []string `yaml:"tables"`
+}
+
+// DefaultDataDir is used when neither the file nor a flag sets one.
+const DefaultDataDir = "./data"
+
+// Default returns the built-in configuration: one demo source.
+func Default() *Config {
+	return &Config{
+		DataDir: DefaultDataDir,
+		Sources: []Source{{Name: "demo", Connector: "demo", Config: map[string]any{}}},
+		path:    "built-in default config",
+	}
+}
+
+// Load reads the YAML file at path, expands ${VAR} and ${VAR:-default}, and
+// validates it. An unset variable without a default is an error naming it.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	return Parse(path, raw)
+}
+
+// Parse is Load on bytes already read; path names the file in errors.
+func Parse(path string, raw []byte) (*Config, error) {
+	expanded, err := expandEnv(raw)
+	if err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	cfg := &Config{path: path}
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)
+
+func expandEnv(raw []byte) ([]byte, error) {
+	var missing []string
+	out := envRE.ReplaceAllFunc(raw, func(m []byte) []byte {
+		g := envRE.FindSubmatch(m)
+		if v, ok := os.LookupEnv(string(g[1])); ok {
+			return []byte(v)
+		}
+		if g[2] != nil {
+			return g[3]
+		}
+		missing = append(missing, string(g[1]))
+		return m
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("environment variable %s is not set (use ${%s:-default} for an optional value)",
+			strings.Join(missing, ", "), missing[0])
+	}
+	return out, nil
+}
+
+// Validate checks names and uniqueness; errors name the file and the field.
+func (c *Config) Validate() error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, s := range c.Sources {
+		field := fmt.Sprintf("sources[%d]", i)
+		if err := schemas.ValidateName("source", s.Name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: field %s.name: %w", c.path, field, err))
+		}
+		if seen[s.Name] {
+			errs = append(errs, fmt.Errorf("%s: field %s.name: source %q is defined twice", c.path, field, s.Name))
+		}
+		seen[s.Name] = true
+		if s.Connector == "" {
+			errs = append(errs, fmt.Errorf("%s: field %s.connector: is required", c.path, field))
+		}
+		for j, t := range s.Tables {
+			if err := schemas.ValidateName("table", t); err != nil {
+				errs = append(errs, fmt.Errorf("%s: field %s.tables[%d]: %w", c.path, field, j, err))
+			}
+		}
+	}
+	if c.NATS.Replicas < 0 || c.NATS.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("%s: field nats.replicas: %d is not between 1 and 5", c.path, c.NATS.Replicas))
+	}
+	return errors.Join(errs...)
+}
+
+// ErrUnknownSource marks a source name that is not configured.
+var ErrUnknownSource = errors.New("unknown source")
+
+// Source returns the named source, or ErrUnknownSource listing the known ones.
+func (c *Config) Source(name string) (Source, error) {
+	var names []string
+	for _, s := range c.Sources {
+		if s.Name == name {
+			return s, nil
+		}
+		names = append(names, s.Name)
+	}
+	return Source{}, fmt.Errorf("%w %q in %s (configured: %s)", ErrUnknownSource, name, c.path, strings.Join(names, ", "))
+}
+
+// Path names where the config came from.
+func (c *Config) Path() string { return c.path }

@@ -1,0 +1,145 @@
+// Package natsbus starts the embedded NATS JetStream server, connects clients
+// and provisions the streams and durable consumers named in schemas.
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ServerOptions configure the embedded server.
+type ServerOptions struct {
+	// StoreDir holds JetStream file storage.
+	StoreDir string
+	// Host and Port to listen on; Port 0 means in-process only (no listener),
+	// -1 a random port.
+	Host string
+	Port int
+	// MaxPayload is the largest message; 0 means 8 MiB.
+	MaxPayload int32
+}
+
+// DefaultMaxPayload of the embedded server. Larger messages mean fewer,
+// bigger batches; NATS advises staying at or below 8 MiB.
+const DefaultMaxPayload = 8 << 20
+
+// Server is a running embedded NATS server.
+type Server struct {
+	*server.Server
+	inProcess bool
+}
+
+// StartServer starts an embedded JetStream server and waits until it is ready.
+func StartServer(opts ServerOptions) (*Server, error) {
+	if opts.MaxPayload == 0 {
+		opts.MaxPayload = DefaultMaxPayload
+	}
+	if err := os.MkdirAll(opts.StoreDir, 0o755); err != nil {
+		return nil, fmt.Errorf("start nats: %w", err)
+	}
+	so := &server.Options{
+		ServerName:         "agnes-embedded",
+		JetStream:          true,
+		StoreDir:           opts.StoreDir,
+		MaxPayload:         opts.MaxPayload,
+		Host:               opts.Host,
+		Port:               opts.Port,
+		NoSigs:             true,
+		NoLog:              true,
+		JetStreamMaxMemory: 256 << 20,
+	}
+	if opts.Port == 0 {
+		so.DontListen = true
+	}
+	if so.Host == "" {
+		so.Host = "127.0.0.1"
+	}
+	ns, err := server.NewServer(so)
+	if err != nil {
+		return nil, fmt.Errorf("start nats: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("start nats: server not ready after 30s")
+	}
+	return &Server{Server: ns, inProcess: so.DontListen}, nil
+}
+
+// Connect opens a client connection to the embedded server.
+func (s *Server) Connect(name string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1)}
+	url := s.ClientURL()
+	if s.inProcess {
+		opts = append(opts, nats.InProcessServer(s.Server))
+		url = ""
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect embedded nats: %w", err)
+	}
+	return nc, nil
+}
+
+// Stop shuts the server down and waits for it.
+func (s *Server) Stop() {
+	s.Shutdown()
+	s.WaitForShutdown()
+}
+
+// Dial connects to an external server, failing fast when none answers.
+func Dial(url, name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.Timeout(2*time.Second),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect nats %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// Provision creates or updates the streams of schemas.StreamConfigs.
+func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	for _, cfg := range schemas.StreamConfigs(replicas) {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// WaitProvisioned blocks until the streams exist (another process provisions
+// them) or ctx ends.
+func WaitProvisioned(ctx context.Context, js jetstream.JetStream) error {
+	for {
+		var missing error
+		for _, cfg := range schemas.StreamConfigs(1) {
+			if _, err := js.Stream(ctx, cfg.Name); err != nil {
+				missing = err
+				break
+			}
+		}
+		if missing == nil {
+			return nil
+		}
+		if !errors.Is(missing, jetstream.ErrStreamNotFound) && ctx.Err() != nil {
+			return missing
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for streams: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

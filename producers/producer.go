@@ -1,0 +1,426 @@
+// Package producers runs connectors for sync requests: it takes requests from
+// the sync work queue (each taken by exactly one producer), discovers and
+// reads tables, and publishes Arrow IPC batches and run events on the bus.
+package producers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults.
+const (
+	DefaultConcurrency      = 4
+	DefaultTableConcurrency = 2
+	DefaultAckWait          = 30 * time.Second
+	// DefaultMaxInFlight bounds unacknowledged async publishes per table, which
+	// bounds the producer's memory however large the table is.
+	DefaultMaxInFlight = 32
+	progressEvery      = time.Second
+)
+
+// SourceLookup returns the configuration of a source by name.
+type SourceLookup func(name string) (config.Source, error)
+
+// Options configure a Producer.
+type Options struct {
+	JS       jetstream.JetStream
+	Registry *connectors.Registry
+	Sources  SourceLookup
+	// MaxPayload is the bus's largest message; batches are split to fit.
+	MaxPayload int
+	// Concurrency is how many runs this producer works on at once.
+	Concurrency int
+	// TableConcurrency is how many tables of one run are read at once.
+	TableConcurrency int
+	AckWait          time.Duration
+	MaxInFlight      int
+	Logger           *slog.Logger
+}
+
+// Producer consumes sync requests and publishes their data.
+type Producer struct {
+	opts Options
+	log  *slog.Logger
+}
+
+// New returns a Producer; Run starts it.
+func New(opts Options) *Producer {
+	if opts.Concurrency <= 0 {
+		opts.Concurrency = DefaultConcurrency
+	}
+	if opts.TableConcurrency <= 0 {
+		opts.TableConcurrency = DefaultTableConcurrency
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = DefaultAckWait
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.MaxPayload <= 0 {
+		opts.MaxPayload = 1 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Producer{opts: opts, log: opts.Logger.With("service", "producer")}
+}
+
+// Run takes sync requests until ctx ends, then waits for runs in progress to
+// stop. A request is acked when its run's events are all on the bus.
+func (p *Producer) Run(ctx context.Context) error {
+	cons, err := p.opts.JS.CreateOrUpdateConsumer(ctx, schemas.SyncStream, jetstream.ConsumerConfig{
+		Durable:       schemas.ProducerConsumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       p.opts.AckWait,
+		MaxDeliver:    5,
+		MaxAckPending: 1000,
+	})
+	if err != nil {
+		return fmt.Errorf("producer: create consumer: %w", err)
+	}
+	p.log.Info("producer started", "concurrency", p.opts.Concurrency)
+	sem := make(chan struct{}, p.opts.Concurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			p.log.Info("producer stopping")
+			return nil
+		}
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			<-sem
+			if ctx.Err() != nil {
+				return nil
+			}
+			p.log.Warn("fetch sync request", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		got := false
+		for msg := range batch.Messages() {
+			got = true
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				p.handle(ctx, msg)
+			}()
+		}
+		if !got {
+			<-sem
+		}
+	}
+}
+
+func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
+	var req schemas.SyncRequest
+	if err := json.Unmarshal(msg.Data(), &req); err != nil {
+		p.log.Error("sync request is not valid JSON; dropping it", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	if err := req.Validate(); err != nil {
+		p.log.Error("invalid sync request; dropping it", "err", err)
+		if req.RunID != "" && schemas.ValidateName("source", req.Source) == nil {
+			p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Source: req.Source, Error: err.Error()})
+		}
+		_ = msg.Term()
+		return
+	}
+	stop := keepAlive(ctx, msg, p.opts.AckWait/3)
+	err := p.run(ctx, req)
+	stop()
+	if ctx.Err() != nil {
+		// Shutting down: leave the request for redelivery to another producer.
+		_ = msg.Nak()
+		return
+	}
+	if err != nil {
+		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Source: req.Source, Error: err.Error()})
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		p.log.Warn("ack sync request", "run", req.RunID, "err", err)
+	}
+}
+
+// keepAlive tells the server the request is still being worked on, so a long
+// run is not redelivered to another producer.
+func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// run executes one sync request. A returned error fails the whole run; a
+// table's error only fails that table.
+func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
+	src, err := p.opts.Sources(req.Source)
+	if err != nil {
+		return err
+	}
+	conn, _, err := p.opts.Registry.Open(src.Connector, src.Config)
+	if err != nil {
+		return fmt.Errorf("source %s: %w", req.Source, err)
+	}
+	caps := conn.Capabilities()
+	var tables []connectors.TableInfo
+	if d, ok := conn.(connectors.Discoverer); ok && caps.Has(connectors.Discover) {
+		if tables, err = d.Discover(ctx); err != nil {
+			return fmt.Errorf("discover %s: %w", req.Source, err)
+		}
+	} else {
+		// Without discovery the configured table list is the catalog; the
+		// schema comes from the first batch.
+		for _, t := range src.Tables {
+			tables = append(tables, connectors.TableInfo{Name: t, Capabilities: caps &^ connectors.Discover})
+		}
+	}
+	want := req.Tables
+	if len(want) == 0 {
+		want = src.Tables
+	}
+	if tables, err = connectors.SelectTables(tables, want); err != nil {
+		return fmt.Errorf("source %s: %w", req.Source, err)
+	}
+	if len(tables) == 0 {
+		return fmt.Errorf("source %s: the connector offers no tables", req.Source)
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		if err := schemas.ValidateName("table", t.Name); err != nil {
+			return fmt.Errorf("source %s: %w", req.Source, err)
+		}
+		names[i] = t.Name
+	}
+	var remote *schemas.RemoteAttach
+	if r, ok := conn.(connectors.Remoter); ok && caps.Has(connectors.Remote) {
+		info, err := r.Remote(ctx)
+		if err != nil {
+			return fmt.Errorf("remote info of %s: %w", req.Source, err)
+		}
+		if remote, err = remoteRow(info); err != nil {
+			return fmt.Errorf("remote info of %s: %w", req.Source, err)
+		}
+	}
+	if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunStarted, RunID: req.RunID, Source: req.Source, Tables: names}); err != nil {
+		return err
+	}
+	p.log.Info("sync run started", "run", req.RunID, "source", req.Source, "tables", len(tables))
+
+	results := make([]schemas.TableResult, len(tables))
+	sem := make(chan struct{}, p.opts.TableConcurrency)
+	var wg sync.WaitGroup
+	for i, t := range tables {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			results[i] = p.table(ctx, req, conn, t)
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	done := schemas.Event{Type: schemas.EventRunDone, RunID: req.RunID, Source: req.Source, Results: results, Remote: remote}
+	if err := p.publishEvent(ctx, done); err != nil {
+		return err
+	}
+	var failed int
+	for _, r := range results {
+		if r.Status == schemas.StatusFailed {
+			failed++
+		}
+	}
+	p.log.Info("sync run produced", "run", req.RunID, "source", req.Source, "tables", len(results), "failed", failed)
+	return nil
+}
+
+func remoteRow(info connectors.RemoteAttachInfo) (*schemas.RemoteAttach, error) {
+	alias := info.Alias
+	if alias == "" {
+		alias = info.Extension
+	}
+	r := &schemas.RemoteAttach{Alias: alias, Extension: info.Extension, URL: info.URL, TokenEnv: info.TokenEnv}
+	if err := schemas.ValidateName("alias", r.Alias); err != nil {
+		return nil, err
+	}
+	if err := schemas.ValidateName("extension", r.Extension); err != nil {
+		return nil, err
+	}
+	if r.TokenEnv != "" {
+		if err := schemas.ValidateName("token_env", r.TokenEnv); err != nil {
+			return nil, fmt.Errorf("token_env must name an environment variable: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// table reads one table and publishes its batches; it never returns an error,
+// only a result with status failed.
+func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, conn connectors.Connector, t connectors.TableInfo) (res schemas.TableResult) {
+	res = schemas.TableResult{Table: t.Name, Status: schemas.StatusDone, QueryMode: schemas.ModeLocal}
+	log := p.log.With("run", req.RunID, "source", req.Source, "table", t.Name)
+	fail := func(err error) schemas.TableResult {
+		res.Status, res.Error = schemas.StatusFailed, err.Error()
+		log.Warn("table failed", "err", err)
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Source: req.Source, Table: t.Name, Error: res.Error})
+		return res
+	}
+	caps := t.Capabilities
+	if caps == 0 {
+		caps = conn.Capabilities()
+	}
+	reader, canRead := conn.(connectors.Reader)
+	if !caps.Has(connectors.Read) || !canRead {
+		if caps.Has(connectors.Remote) {
+			res.QueryMode = schemas.ModeRemote
+			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
+				Description: t.Description, QueryMode: schemas.ModeRemote}
+			if err := p.publishEvent(ctx, ev); err != nil {
+				return fail(err)
+			}
+			return res
+		}
+		return fail(fmt.Errorf("table %s: declares neither read nor remote", t.Name))
+	}
+	start := schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Source: req.Source, Table: t.Name, Description: t.Description}
+	if t.Schema != nil {
+		b, err := schemas.EncodeSchema(t.Schema)
+		if err != nil {
+			return fail(err)
+		}
+		start.Schema = b
+	}
+	if err := p.publishEvent(ctx, start); err != nil {
+		return fail(err)
+	}
+	schema, batches, rows, err := p.publishTable(ctx, req, reader, t, log)
+	res.Batches, res.Rows = batches, rows
+	if err != nil {
+		return fail(err)
+	}
+	enc, err := schemas.EncodeSchema(schema)
+	if err != nil {
+		return fail(err)
+	}
+	done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
+		Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: batches, Rows: rows}
+	if err := p.publishEvent(ctx, done); err != nil {
+		return fail(err)
+	}
+	log.Debug("table produced", "batches", batches, "rows", rows)
+	return res
+}
+
+// publishTable reads the table and publishes every batch, returning the
+// table's schema and how many messages and rows it published. A panic in the
+// connector is turned into an error.
+func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r connectors.Reader, t connectors.TableInfo, log *slog.Logger) (schema *arrow.Schema, seq, rows int64, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("connector panicked reading %s: %v\n%s", t.Name, v, debug.Stack())
+		}
+	}()
+	schema = t.Schema
+	subject := schemas.DataSubject(req.Source, t.Name)
+	var inflight []jetstream.PubAckFuture
+	wait := func(keep int) error {
+		for len(inflight) > keep {
+			f := inflight[0]
+			inflight = inflight[1:]
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return fmt.Errorf("publish batch of %s: %w", t.Name, err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	lastProgress := time.Now()
+	for rec, rerr := range r.Read(ctx, t.Name, connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize}) {
+		if rerr != nil {
+			wait(0)
+			return schema, seq, rows, fmt.Errorf("read %s: %w", t.Name, rerr)
+		}
+		if schema == nil {
+			schema = rec.Schema()
+		} else if !rec.Schema().Equal(schema) {
+			wait(0)
+			return schema, seq, rows, fmt.Errorf("read %s: batch schema does not match the declared schema:\n got: %s\nwant: %s", t.Name, rec.Schema(), schema)
+		}
+		if rec.NumRows() == 0 {
+			continue
+		}
+		chunks, err := schemas.EncodeBatch(rec, p.opts.MaxPayload)
+		if err != nil {
+			wait(0)
+			return schema, seq, rows, fmt.Errorf("encode %s: %w", t.Name, err)
+		}
+		for _, c := range chunks {
+			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, seq, c.Rows)}
+			f, err := p.opts.JS.PublishMsgAsync(m)
+			if err != nil {
+				wait(0)
+				return schema, seq, rows, fmt.Errorf("publish batch of %s: %w", t.Name, err)
+			}
+			inflight = append(inflight, f)
+			seq++
+			if err := wait(p.opts.MaxInFlight); err != nil {
+				wait(0)
+				return schema, seq, rows, err
+			}
+		}
+		rows += rec.NumRows()
+		if time.Since(lastProgress) >= progressEvery {
+			lastProgress = time.Now()
+			p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Source: req.Source, Table: t.Name, Batches: seq, Rows: rows})
+		}
+	}
+	if err := wait(0); err != nil {
+		return schema, seq, rows, err
+	}
+	if schema == nil {
+		return nil, seq, rows, fmt.Errorf("read %s: no schema declared and no batch read", t.Name)
+	}
+	return schema, seq, rows, nil
+}
+
+// publishEvent publishes e and waits for the stream's acknowledgement.
+func (p *Producer) publishEvent(ctx context.Context, e schemas.Event) error {
+	return schemas.PublishEvent(ctx, p.opts.JS, e)
+}

@@ -1,0 +1,15 @@
+package schemas
+
+import "errors"
+
+var (
+	// ErrInvalidName marks a source, table, alias or extension name that does
+	// not match the identifier rule.
+	ErrInvalidName = errors.New("invalid name")
+	// ErrOversized marks a batch that cannot be split under the bus payload
+	// limit (a single row larger than the limit).
+	ErrOversized = errors.New("batch exceeds the bus payload limit")
+	// ErrBadBatch marks a data message that is not a valid Arrow IPC stream
+	// with exactly one record batch, or lacks a required header.
+	ErrBadBatch = errors.New("malformed batch")
+)

@@ -1,0 +1,155 @@
+package schemas
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// SyncRequest asks a producer to sync one source. It travels on
+// SyncSubject(Source) with RunID as its message id, so a retried publish is
+// deduplicated.
+type SyncRequest struct {
+	RunID       string    `json:"run_id"`
+	Source      string    `json:"source"`
+	Tables      []string  `json:"tables,omitempty"`
+	FullRefresh bool      `json:"full_refresh,omitempty"`
+	RequestedAt time.Time `json:"requested_at"`
+	RequestedBy string    `json:"requested_by,omitempty"`
+}
+
+// Validate checks the request's names before they reach a file path or SQL.
+func (r SyncRequest) Validate() error {
+	if r.RunID == "" {
+		return fmt.Errorf("sync request: run_id is empty")
+	}
+	if err := ValidateName("source", r.Source); err != nil {
+		return fmt.Errorf("sync request: %w", err)
+	}
+	for _, t := range r.Tables {
+		if err := ValidateName("table", t); err != nil {
+			return fmt.Errorf("sync request: %w", err)
+		}
+	}
+	return nil
+}
+
+// EventType names a run event; it is the last token of the event subject.
+type EventType string
+
+const (
+	EventRunStarted       EventType = "run_started"
+	EventTableStarted     EventType = "table_started"
+	EventTableProgress    EventType = "table_progress"
+	EventTableDone        EventType = "table_done"
+	EventTableFailed      EventType = "table_failed"
+	EventBatchWritten     EventType = "batch_written"
+	EventBatchFailed      EventType = "batch_failed"
+	EventRunDone          EventType = "run_done"
+	EventRunFailed        EventType = "run_failed"
+	EventExtractPublished EventType = "extract_published"
+)
+
+// Query modes of a _meta row.
+const (
+	ModeLocal        = "local"
+	ModeRemote       = "remote"
+	ModeMaterialized = "materialized"
+)
+
+// Event is the envelope of every run event. Which fields are set depends on
+// Type; all events carry Type, RunID, Source and Time.
+type Event struct {
+	Type   EventType `json:"type"`
+	RunID  string    `json:"run_id"`
+	Source string    `json:"source"`
+	Time   time.Time `json:"time"`
+
+	// Table events.
+	Table       string `json:"table,omitempty"`
+	Description string `json:"description,omitempty"`
+	QueryMode   string `json:"query_mode,omitempty"`
+	// Schema is the table's Arrow schema as an IPC stream with no batches.
+	Schema  []byte `json:"schema,omitempty"`
+	Batches int64  `json:"batches,omitempty"`
+	Rows    int64  `json:"rows,omitempty"`
+	Error   string `json:"error,omitempty"`
+
+	// BatchWritten: the part file (relative to the run's staging folder) and
+	// the data message sequence numbers it holds, in file order, with their
+	// row counts.
+	Part     string  `json:"part,omitempty"`
+	Seqs     []int64 `json:"seqs,omitempty"`
+	SeqRows  []int64 `json:"seq_rows,omitempty"`
+	Writer   string  `json:"writer,omitempty"`
+	Seq      int64   `json:"seq,omitempty"`
+	Attempts int     `json:"attempts,omitempty"`
+
+	// RunStarted lists the tables the run will produce.
+	Tables []string `json:"tables,omitempty"`
+	// RunDone carries the remote catalog to attach, if any.
+	Remote *RemoteAttach `json:"remote,omitempty"`
+	// RunDone and ExtractPublished carry the outcome per table.
+	Results []TableResult `json:"results,omitempty"`
+	// ExtractPublished: absolute path of the published extract.
+	Path string `json:"path,omitempty"`
+}
+
+// RemoteAttach is one row of _remote_attach. TokenEnv names an environment
+// variable; it is never a secret.
+type RemoteAttach struct {
+	Alias     string `json:"alias"`
+	Extension string `json:"extension"`
+	URL       string `json:"url"`
+	TokenEnv  string `json:"token_env"`
+}
+
+// TableResult is the outcome of one table in a run.
+type TableResult struct {
+	Table     string `json:"table"`
+	Status    string `json:"status"` // "done" or "failed"
+	Rows      int64  `json:"rows"`
+	Batches   int64  `json:"batches,omitempty"`
+	SizeBytes int64  `json:"size_bytes,omitempty"`
+	QueryMode string `json:"query_mode,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
+
+// Table result statuses.
+const (
+	StatusDone   = "done"
+	StatusFailed = "failed"
+)
+
+// Encode marshals e as JSON.
+func (e Event) Encode() ([]byte, error) { return json.Marshal(e) }
+
+// DecodeEvent unmarshals an event and checks its envelope.
+func DecodeEvent(b []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("decode event: %w", err)
+	}
+	if e.Type == "" || e.RunID == "" || e.Source == "" {
+		return e, fmt.Errorf("decode event: missing type, run_id or source")
+	}
+	return e, nil
+}
+
+// MsgID is the deduplication id of an event: events that may be re-sent
+// after a crash get the same id every time.
+func (e Event) MsgID() string {
+	switch e.Type {
+	case EventBatchWritten:
+		return e.RunID + "." + string(e.Type) + "." + e.Table + "." + e.Part
+	case EventBatchFailed:
+		return fmt.Sprintf("%s.%s.%s.%d", e.RunID, e.Type, e.Table, e.Seq)
+	case EventTableProgress:
+		return fmt.Sprintf("%s.%s.%s.%d", e.RunID, e.Type, e.Table, e.Batches)
+	default:
+		if e.Table != "" {
+			return e.RunID + "." + string(e.Type) + "." + e.Table
+		}
+		return e.RunID + "." + string(e.Type)
+	}
+}

@@ -1,0 +1,138 @@
+package schemas
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream names.
+const (
+	// SyncStream holds sync requests; a work queue, so each request is taken
+	// by exactly one producer.
+	SyncStream = "AGNES_SYNC"
+	// DataStream holds Arrow IPC batches; a work queue shared by all writers.
+	DataStream = "AGNES_DATA"
+	// EventStream holds run events; the finalizer and CLIs read it.
+	EventStream = "AGNES_EVENTS"
+)
+
+// Durable consumer names.
+const (
+	ProducerConsumer = "producers"
+	WriterConsumer   = "writers"
+)
+
+// Header names carried by data messages.
+const (
+	HeaderRun    = "Agnes-Run"
+	HeaderSource = "Agnes-Source"
+	HeaderTable  = "Agnes-Table"
+	HeaderSeq    = "Agnes-Seq"
+	HeaderRows   = "Agnes-Rows"
+)
+
+// SyncSubject is the subject a sync request for source is published to.
+func SyncSubject(source string) string { return "agnes.sync." + source }
+
+// DataSubject is the subject of the data batches of one table.
+func DataSubject(source, table string) string { return "agnes.data." + source + "." + table }
+
+// EventSubject is the subject of one event of a run.
+func EventSubject(source, run string, t EventType) string {
+	return "agnes.events." + source + "." + run + "." + string(t)
+}
+
+// RunEventsFilter matches every event of one run.
+func RunEventsFilter(source, run string) string { return "agnes.events." + source + "." + run + ".>" }
+
+// DataMsgID is the deduplication id of the seq-th data message of a table in a run.
+func DataMsgID(run, table string, seq int64) string {
+	return run + "." + table + "." + strconv.FormatInt(seq, 10)
+}
+
+// StreamConfigs returns the JetStream streams the services need. replicas is
+// 1 for a single server and 3 for a cluster.
+func StreamConfigs(replicas int) []jetstream.StreamConfig {
+	if replicas < 1 {
+		replicas = 1
+	}
+	return []jetstream.StreamConfig{
+		{
+			Name:        SyncStream,
+			Description: "Agnes sync requests",
+			Subjects:    []string{"agnes.sync.*"},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+			Duplicates:  10 * time.Minute,
+		},
+		{
+			Name:        DataStream,
+			Description: "Agnes Arrow IPC batches, one subject per table",
+			Subjects:    []string{"agnes.data.*.*"},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+			Duplicates:  10 * time.Minute,
+		},
+		{
+			Name:        EventStream,
+			Description: "Agnes run events",
+			Subjects:    []string{"agnes.events.>"},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+			MaxAge:      7 * 24 * time.Hour,
+			Duplicates:  10 * time.Minute,
+		},
+	}
+}
+
+// DataHeader builds the headers of one data message.
+func DataHeader(run, source, table string, seq, rows int64) nats.Header {
+	h := nats.Header{}
+	h.Set(HeaderRun, run)
+	h.Set(HeaderSource, source)
+	h.Set(HeaderTable, table)
+	h.Set(HeaderSeq, strconv.FormatInt(seq, 10))
+	h.Set(HeaderRows, strconv.FormatInt(rows, 10))
+	h.Set(jetstream.MsgIDHeader, DataMsgID(run, table, seq))
+	return h
+}
+
+// BatchRef identifies one data message: which run, source and table it
+// belongs to and its position in the table's sequence.
+type BatchRef struct {
+	Run    string
+	Source string
+	Table  string
+	Seq    int64
+	Rows   int64
+}
+
+// ParseDataHeader reads a BatchRef from data message headers; a missing or
+// malformed header is ErrBadBatch.
+func ParseDataHeader(h nats.Header) (BatchRef, error) {
+	ref := BatchRef{Run: h.Get(HeaderRun), Source: h.Get(HeaderSource), Table: h.Get(HeaderTable)}
+	if ref.Run == "" {
+		return ref, fmt.Errorf("%w: missing header %s", ErrBadBatch, HeaderRun)
+	}
+	if err := ValidateName("source", ref.Source); err != nil {
+		return ref, fmt.Errorf("%w: header %s: %v", ErrBadBatch, HeaderSource, err)
+	}
+	if err := ValidateName("table", ref.Table); err != nil {
+		return ref, fmt.Errorf("%w: header %s: %v", ErrBadBatch, HeaderTable, err)
+	}
+	var err error
+	if ref.Seq, err = strconv.ParseInt(h.Get(HeaderSeq), 10, 64); err != nil || ref.Seq < 0 {
+		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderSeq, h.Get(HeaderSeq))
+	}
+	if ref.Rows, err = strconv.ParseInt(h.Get(HeaderRows), 10, 64); err != nil || ref.Rows < 0 {
+		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderRows, h.Get(HeaderRows))
+	}
+	return ref, nil
+}

@@ -1,0 +1,379 @@
+// Package writer turns Arrow IPC batches from the bus into Parquet part files.
+// Any number of writers share one durable pull consumer; each buffers the
+// batches it receives per table, writes them as one zstd Parquet part (one
+// row group) under the run's staging folder, announces the part with a
+// batch_written event and only then acks the batches.
+package writer
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Defaults for batching: a part is written when it holds RowGroupRows rows,
+// MaxBufferBytes bytes, or has waited FlushAfter, whichever comes first.
+const (
+	DefaultRowGroupRows   = parquetfile.DefaultRowGroupRows
+	DefaultMaxBufferBytes = 64 << 20
+	DefaultFlushAfter     = 500 * time.Millisecond
+	DefaultFetchBatch     = 32
+	DefaultAckWait        = 60 * time.Second
+	DefaultMaxDeliver     = 10
+)
+
+// SeqsMetaKey is the Parquet key-value metadata entry listing the data
+// message sequence numbers a part holds, with their row counts, in file order:
+// "seq:rows,seq:rows,...".
+const SeqsMetaKey = "agnes.seqs"
+
+// Options configure a Writer.
+type Options struct {
+	JS      jetstream.JetStream
+	DataDir string
+	// Name identifies this writer in events and logs.
+	Name           string
+	RowGroupRows   int64
+	MaxBufferBytes int64
+	FlushAfter     time.Duration
+	FetchBatch     int
+	AckWait        time.Duration
+	MaxDeliver     int
+	Mem            memory.Allocator
+	Logger         *slog.Logger
+}
+
+// Writer consumes data batches and writes Parquet parts.
+type Writer struct {
+	opts    Options
+	log     *slog.Logger
+	buffers map[bufferKey]*buffer
+	// Stats, read by tests and the bench after Run returns.
+	Parts   int64
+	Batches int64
+	Rows    int64
+}
+
+type bufferKey struct{ run, source, table string }
+
+type entry struct {
+	ref schemas.BatchRef
+	rec arrow.RecordBatch
+	msg jetstream.Msg
+}
+
+type buffer struct {
+	key     bufferKey
+	schema  *arrow.Schema
+	entries []entry
+	rows    int64
+	bytes   int64
+	since   time.Time
+}
+
+// New returns a Writer; Run starts it.
+func New(opts Options) *Writer {
+	if opts.RowGroupRows <= 0 {
+		opts.RowGroupRows = DefaultRowGroupRows
+	}
+	if opts.MaxBufferBytes <= 0 {
+		opts.MaxBufferBytes = DefaultMaxBufferBytes
+	}
+	if opts.FlushAfter <= 0 {
+		opts.FlushAfter = DefaultFlushAfter
+	}
+	if opts.FetchBatch <= 0 {
+		opts.FetchBatch = DefaultFetchBatch
+	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = DefaultAckWait
+	}
+	if opts.MaxDeliver <= 0 {
+		opts.MaxDeliver = DefaultMaxDeliver
+	}
+	if opts.Mem == nil {
+		opts.Mem = memory.DefaultAllocator
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Name == "" {
+		h, _ := os.Hostname()
+		opts.Name = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	return &Writer{opts: opts, log: opts.Logger.With("service", "writer", "writer", opts.Name), buffers: map[bufferKey]*buffer{}}
+}
+
+// StagingDir is the folder of one table's parts in one run.
+func StagingDir(dataDir, source, run, table string) string {
+	return filepath.Join(dataDir, "extracts", source, ".staging", run, table)
+}
+
+// Run consumes batches until ctx ends. On return every buffered batch has
+// been written and acked, or left unacked for redelivery.
+func (w *Writer) Run(ctx context.Context) error {
+	cons, err := w.opts.JS.CreateOrUpdateConsumer(ctx, schemas.DataStream, jetstream.ConsumerConfig{
+		Durable:       schemas.WriterConsumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       w.opts.AckWait,
+		MaxDeliver:    w.opts.MaxDeliver,
+		MaxAckPending: 20000,
+	})
+	if err != nil {
+		return fmt.Errorf("writer: create consumer: %w", err)
+	}
+	w.log.Info("writer started")
+	defer w.release()
+	for {
+		if ctx.Err() != nil {
+			// Flush what is buffered so it is not redelivered needlessly.
+			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			w.flushAll(fctx)
+			cancel()
+			w.log.Info("writer stopped", "parts", w.Parts, "batches", w.Batches, "rows", w.Rows)
+			return nil
+		}
+		wait := w.opts.FlushAfter / 2
+		batch, err := cons.Fetch(w.opts.FetchBatch, jetstream.FetchMaxWait(wait))
+		if err != nil {
+			if ctx.Err() == nil {
+				w.log.Warn("fetch batches", "err", err)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		for msg := range batch.Messages() {
+			w.handle(ctx, msg)
+		}
+		w.flushDue(ctx)
+	}
+}
+
+func (w *Writer) release() {
+	for k, b := range w.buffers {
+		for _, e := range b.entries {
+			e.rec.Release()
+		}
+		delete(w.buffers, k)
+	}
+}
+
+func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
+	ref, err := schemas.ParseDataHeader(msg.Headers())
+	if err != nil {
+		w.poison(ctx, msg, ref, err)
+		return
+	}
+	rec, err := schemas.DecodeBatch(msg.Data(), w.opts.Mem)
+	if err != nil {
+		w.poison(ctx, msg, ref, err)
+		return
+	}
+	if rec.NumRows() != ref.Rows {
+		rec.Release()
+		w.poison(ctx, msg, ref, fmt.Errorf("%w: header says %d rows, batch holds %d", schemas.ErrBadBatch, ref.Rows, rec.NumRows()))
+		return
+	}
+	key := bufferKey{ref.Run, ref.Source, ref.Table}
+	b := w.buffers[key]
+	if b != nil && !b.schema.Equal(rec.Schema()) {
+		// A part holds one schema; the finalizer checks parts against the
+		// table's declared schema.
+		w.flush(ctx, b)
+		b = nil
+	}
+	if b == nil {
+		b = &buffer{key: key, schema: rec.Schema(), since: time.Now()}
+		w.buffers[key] = b
+	}
+	b.entries = append(b.entries, entry{ref: ref, rec: rec, msg: msg})
+	b.rows += rec.NumRows()
+	b.bytes += recordBytes(rec)
+	if b.rows >= w.opts.RowGroupRows || b.bytes >= w.opts.MaxBufferBytes {
+		w.flush(ctx, b)
+	}
+}
+
+// poison terminates a message that can never be written and reports it so
+// the finalizer fails the table instead of waiting for the batch.
+func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.BatchRef, cause error) {
+	w.log.Error("dropping bad batch", "subject", msg.Subject(), "run", ref.Run, "table", ref.Table, "seq", ref.Seq, "err", cause)
+	if ref.Run != "" && ref.Source != "" && ref.Table != "" {
+		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
+			Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
+		if err := schemas.PublishEvent(ctx, w.opts.JS, ev); err != nil {
+			w.log.Error("report bad batch", "err", err)
+			_ = msg.Nak()
+			return
+		}
+	}
+	if err := msg.Term(); err != nil {
+		w.log.Warn("terminate bad batch", "err", err)
+	}
+}
+
+func (w *Writer) flushDue(ctx context.Context) {
+	for _, b := range w.buffers {
+		if time.Since(b.since) >= w.opts.FlushAfter {
+			w.flush(ctx, b)
+		}
+	}
+}
+
+func (w *Writer) flushAll(ctx context.Context) {
+	for _, b := range w.buffers {
+		w.flush(ctx, b)
+	}
+}
+
+// Flush writes every buffered batch now.
+func (w *Writer) Flush(ctx context.Context) { w.flushAll(ctx) }
+
+// flush writes b as one part, announces it, then acks its messages. On
+// failure the messages are nak'ed for redelivery.
+func (w *Writer) flush(ctx context.Context, b *buffer) {
+	delete(w.buffers, b.key)
+	defer func() {
+		for _, e := range b.entries {
+			e.rec.Release()
+		}
+	}()
+	// Part contents are ordered by seq and free of duplicate seqs, so the same
+	// set of batches always gives the same file under the same name.
+	slices.SortFunc(b.entries, func(x, y entry) int { return cmp.Compare(x.ref.Seq, y.ref.Seq) })
+	uniq := b.entries[:0:0]
+	var dups []jetstream.Msg
+	for _, e := range b.entries {
+		if n := len(uniq); n > 0 && uniq[n-1].ref.Seq == e.ref.Seq {
+			dups = append(dups, e.msg)
+			e.rec.Release()
+			continue
+		}
+		uniq = append(uniq, e)
+	}
+	b.entries = uniq
+	ev, err := w.writePart(b)
+	if err == nil {
+		err = schemas.PublishEvent(ctx, w.opts.JS, ev)
+	}
+	if err != nil {
+		w.log.Error("write part failed; batches will be redelivered", "run", b.key.run, "table", b.key.table, "err", err)
+		for _, e := range b.entries {
+			_ = e.msg.NakWithDelay(redeliveryDelay(e.msg))
+		}
+		for _, m := range dups {
+			_ = m.NakWithDelay(redeliveryDelay(m))
+		}
+		return
+	}
+	for _, e := range b.entries {
+		if err := e.msg.Ack(); err != nil {
+			w.log.Warn("ack batch", "seq", e.ref.Seq, "err", err)
+		}
+	}
+	for _, m := range dups {
+		_ = m.Ack()
+	}
+	w.Parts++
+	w.Batches += int64(len(b.entries))
+	w.Rows += b.rows
+	w.log.Debug("part written", "run", b.key.run, "table", b.key.table, "part", ev.Part, "batches", len(b.entries), "rows", ev.Rows)
+}
+
+func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
+	seqs := make([]int64, len(b.entries))
+	counts := make([]int64, len(b.entries))
+	var meta strings.Builder
+	h := sha256.New()
+	var rows int64
+	for i, e := range b.entries {
+		seqs[i], counts[i] = e.ref.Seq, e.rec.NumRows()
+		rows += counts[i]
+		if i > 0 {
+			meta.WriteByte(',')
+		}
+		fmt.Fprintf(&meta, "%d:%d", seqs[i], counts[i])
+	}
+	h.Write([]byte(meta.String()))
+	name := fmt.Sprintf("s%010d-%010d-%s.part", seqs[0], seqs[len(seqs)-1], hex.EncodeToString(h.Sum(nil))[:12])
+	dir := StagingDir(w.opts.DataDir, b.key.source, b.key.run, b.key.table)
+	pf, err := parquetfile.Create(filepath.Join(dir, name), b.schema, max(w.opts.RowGroupRows, rows), map[string]string{SeqsMetaKey: meta.String()}, w.opts.Mem)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	for _, e := range b.entries {
+		if err := pf.Write(e.rec); err != nil {
+			pf.Abort()
+			return schemas.Event{}, err
+		}
+	}
+	if _, err := pf.Commit(); err != nil {
+		return schemas.Event{}, err
+	}
+	return schemas.Event{Type: schemas.EventBatchWritten, RunID: b.key.run, Source: b.key.source, Table: b.key.table,
+		Part: name, Seqs: seqs, SeqRows: counts, Rows: rows, Writer: w.opts.Name}, nil
+}
+
+// ParseSeqs parses the SeqsMetaKey value of a part.
+func ParseSeqs(s string) (seqs, rows []int64, err error) {
+	if s == "" {
+		return nil, nil, errors.New("part has no " + SeqsMetaKey + " metadata")
+	}
+	for _, kv := range strings.Split(s, ",") {
+		a, b, ok := strings.Cut(kv, ":")
+		sq, err1 := strconv.ParseInt(a, 10, 64)
+		n, err2 := strconv.ParseInt(b, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return nil, nil, fmt.Errorf("bad %s entry %q", SeqsMetaKey, kv)
+		}
+		seqs, rows = append(seqs, sq), append(rows, n)
+	}
+	return seqs, rows, nil
+}
+
+// recordBytes is the memory held by rec's buffers.
+func recordBytes(rec arrow.RecordBatch) int64 {
+	var n int64
+	var add func(d arrow.ArrayData)
+	add = func(d arrow.ArrayData) {
+		for _, b := range d.Buffers() {
+			if b != nil {
+				n += int64(b.Len())
+			}
+		}
+		for _, c := range d.Children() {
+			add(c)
+		}
+	}
+	for _, c := range rec.Columns() {
+		add(c.Data())
+	}
+	return n
+}
+
+// redeliveryDelay backs off exponentially with the delivery count, from
+// 250ms to 30s.
+func redeliveryDelay(m jetstream.Msg) time.Duration {
+	n := uint64(1)
+	if md, err := m.Metadata(); err == nil {
+		n = md.NumDelivered
+	}
+	d := 250 * time.Millisecond << min(n-1, 7)
+	return min(d, 30*time.Second)
+}
