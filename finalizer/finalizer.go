@@ -83,7 +83,19 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	} else if n > 0 {
 		f.log.Info("removed temporary files left by a crash", "count", n)
 	}
-	cons, err := f.opts.JS.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{
+	stream, err := f.opts.JS.Stream(ctx, schemas.EventStream)
+	if err != nil {
+		return fmt.Errorf("finalizer: event stream: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("finalizer: event stream: %w", err)
+	}
+	// Events up to replayEnd are history: a run may look complete there
+	// before its extract_published event is read, so nothing is finalized
+	// until the replay has caught up.
+	replayEnd := info.State.LastSeq
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{"agnes.events.>"},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
@@ -98,7 +110,8 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		<-ctx.Done()
 		it.Stop()
 	}()
-	f.log.Info("finalizer started", "data_dir", f.dataDir)
+	f.log.Info("finalizer started", "data_dir", f.dataDir, "replaying", replayEnd)
+	replaying := replayEnd > 0
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -112,15 +125,39 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
 			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
+		} else {
+			f.apply(ev)
+		}
+		if replaying {
+			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
+				continue
+			}
+			replaying = false
+			f.cleanPublished()
+			for id := range f.runs {
+				f.maybeFinalize(ctx, id)
+			}
 			continue
 		}
-		f.apply(ctx, ev)
+		if ev.RunID != "" {
+			f.maybeFinalize(ctx, ev.RunID)
+		}
+	}
+}
+
+// cleanPublished removes staging folders of runs whose extract is published
+// (left when a finalizer stopped between publishing and cleaning up).
+func (f *Finalizer) cleanPublished() {
+	for id, r := range f.runs {
+		if r.published {
+			os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", id))
+		}
 	}
 }
 
 // apply folds one event into the run state and starts finalization when the
 // run is complete.
-func (f *Finalizer) apply(ctx context.Context, ev schemas.Event) {
+func (f *Finalizer) apply(ev schemas.Event) {
 	r := f.runs[ev.RunID]
 	if r == nil {
 		r = &runState{source: ev.Source, tables: map[string]*tableState{}}
@@ -157,20 +194,36 @@ func (f *Finalizer) apply(ctx context.Context, ev schemas.Event) {
 		r.failed = true
 	case schemas.EventExtractPublished:
 		r.published = true
-		r.tables = nil
-		return
-	default:
-		return
+		r.tables = map[string]*tableState{}
 	}
-	if r.published || r.failed || r.finalizing || r.done == nil || !f.complete(r) {
+}
+
+// maybeFinalize starts finalizing a run whose data is complete. The
+// finalization works on a snapshot, so later events do not race with it.
+func (f *Finalizer) maybeFinalize(ctx context.Context, runID string) {
+	r := f.runs[runID]
+	if r == nil || r.published || r.failed || r.finalizing || r.done == nil || !f.complete(r) {
 		return
 	}
 	r.finalizing = true
+	snap := r.snapshot()
 	f.wg.Add(1)
-	go func(runID string, r *runState) {
+	go func() {
 		defer f.wg.Done()
-		f.finalizeLocked(ctx, runID, r)
-	}(ev.RunID, r)
+		f.finalizeLocked(ctx, runID, snap)
+	}()
+}
+
+func (r *runState) snapshot() *runState {
+	s := &runState{source: r.source, done: r.done, tables: make(map[string]*tableState, len(r.tables))}
+	for n, t := range r.tables {
+		c := &tableState{done: t.done, batchFailed: t.batchFailed, parts: make(map[string]schemas.Event, len(t.parts))}
+		for k, v := range t.parts {
+			c.parts[k] = v
+		}
+		s.tables[n] = c
+	}
+	return s
 }
 
 func (f *Finalizer) complete(r *runState) bool {
@@ -259,6 +312,11 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			continue
 		}
 		t := r.tables[res.Table]
+		if t == nil || t.done == nil {
+			res.Status, res.Error = schemas.StatusFailed, "no table_done event for a table the run reported done"
+			results = append(results, res)
+			continue
+		}
 		if t.batchFailed != "" {
 			res.Status, res.Error = schemas.StatusFailed, t.batchFailed
 			results = append(results, res)

@@ -33,6 +33,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	tables := fs.String("tables", "", "comma-separated tables to sync (default: the source's configured tables, or all)")
 	fullRefresh := fs.Bool("full-refresh", false, "ignore incremental state and read everything")
 	timeout := fs.Duration("timeout", time.Hour, "give up waiting after this long")
+	embedded := fs.Bool("embedded", false, "always run the pipeline in-process on an embedded NATS, even if a server is reachable")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -60,7 +61,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 
 	log := newLogger(stderr, slog.LevelWarn)
-	js, closeBus, where, err := connectOrEmbed(ctx, cfg, c.writers, log)
+	js, closeBus, where, err := connectOrEmbed(ctx, cfg, c.writers, *embedded, log)
 	if err != nil {
 		return err
 	}
@@ -80,13 +81,20 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // connectOrEmbed connects to the configured NATS server. With none
 // configured it tries the default local address and, when nothing answers,
 // starts the whole pipeline in-process on an embedded server.
-func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, log *slog.Logger) (jetstream.JetStream, func(), string, error) {
+func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, embedded bool, log *slog.Logger) (jetstream.JetStream, func(), string, error) {
 	url := cfg.NATS.URL
 	explicit := url != ""
+	if explicit && embedded {
+		return nil, nil, "", usageError{errors.New("--embedded and a NATS URL exclude each other")}
+	}
 	if !explicit {
 		url = defaultNATSURL
 	}
-	nc, err := nats.Connect(url, nats.Timeout(500*time.Millisecond), nats.RetryOnFailedConnect(false))
+	var nc *nats.Conn
+	err := errors.New("embedded requested")
+	if !embedded {
+		nc, err = nats.Connect(url, nats.Timeout(500*time.Millisecond), nats.RetryOnFailedConnect(false))
+	}
 	if err == nil {
 		js, err := jetstream.New(nc)
 		if err != nil {
@@ -106,7 +114,11 @@ func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, log *s
 	if err != nil {
 		return nil, nil, "", err
 	}
-	return st.JS, func() { st.Stop() }, "an in-process embedded NATS (no server at " + defaultNATSURL + ")", nil
+	where := "an in-process embedded NATS (no server at " + defaultNATSURL + ")"
+	if embedded {
+		where = "an in-process embedded NATS"
+	}
+	return st.JS, func() { st.Stop() }, where, nil
 }
 
 // Report is the outcome of one sync run as seen by the client.
