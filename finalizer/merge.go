@@ -121,6 +121,12 @@ func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []par
 			out.Abort()
 			return 0, err
 		}
+		if c.next >= len(c.p.seqs) {
+			// Release a finished part at once: memory stays bounded by the
+			// parts in use, not by the table's size.
+			c.close()
+			cursors[i] = nil
+		}
 	}
 	return out.Commit()
 }
@@ -158,7 +164,7 @@ func openCursor(ctx context.Context, p part, schema *arrow.Schema, mem memory.Al
 	if err := checkPart(p, schema); err != nil {
 		return nil, err
 	}
-	r, err := parquetfile.Open(p.path, 64*1024, mem)
+	r, err := parquetfile.Open(p.path, 16*1024, mem)
 	if err != nil {
 		return nil, err
 	}

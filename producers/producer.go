@@ -28,6 +28,11 @@ const (
 	// DefaultMaxInFlight bounds unacknowledged async publishes per table, which
 	// bounds the producer's memory however large the table is.
 	DefaultMaxInFlight = 32
+	// DefaultMaxBacklog bounds the batches waiting for a writer: past it the
+	// producer waits, so a fast source cannot pile a whole table into the
+	// bus ahead of slow writers.
+	DefaultMaxBacklog = 256
+	backlogCheckEvery = 16
 	progressEvery      = time.Second
 )
 
@@ -47,6 +52,7 @@ type Options struct {
 	TableConcurrency int
 	AckWait          time.Duration
 	MaxInFlight      int
+	MaxBacklog       int
 	Logger           *slog.Logger
 }
 
@@ -69,6 +75,9 @@ func New(opts Options) *Producer {
 	}
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.MaxBacklog <= 0 {
+		opts.MaxBacklog = DefaultMaxBacklog
 	}
 	if opts.MaxPayload <= 0 {
 		opts.MaxPayload = 1 << 20
@@ -400,6 +409,12 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 			}
 			inflight = append(inflight, f)
 			seq++
+			if seq%backlogCheckEvery == 0 {
+				if err := p.waitBacklog(ctx, log); err != nil {
+					wait(0)
+					return schema, seq, rows, err
+				}
+			}
 			if err := wait(p.opts.MaxInFlight); err != nil {
 				wait(0)
 				return schema, seq, rows, err
@@ -418,6 +433,37 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		return nil, seq, rows, fmt.Errorf("read %s: no schema declared and no batch read", t.Name)
 	}
 	return schema, seq, rows, nil
+}
+
+// waitBacklog blocks while more than MaxBacklog batches wait for a writer.
+func (p *Producer) waitBacklog(ctx context.Context, log *slog.Logger) error {
+	cons, err := p.opts.JS.Consumer(ctx, schemas.DataStream, schemas.WriterConsumer)
+	if err != nil {
+		// No writer consumer yet: writers have not started; the stream
+		// keeps the batches until they do.
+		return nil
+	}
+	delay := 10 * time.Millisecond
+	warned := time.Now()
+	for {
+		info, err := cons.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("check writer backlog: %w", err)
+		}
+		if info.NumPending <= uint64(p.opts.MaxBacklog) {
+			return nil
+		}
+		if time.Since(warned) > 30*time.Second {
+			warned = time.Now()
+			log.Warn("waiting for writers: backlog over limit", "pending", info.NumPending, "limit", p.opts.MaxBacklog)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 200*time.Millisecond)
+	}
 }
 
 // publishEvent publishes e and waits for the stream's acknowledgement.

@@ -123,7 +123,7 @@ func benchPhase(ctx context.Context, phase string, rows int64, writers int, dir 
 		cfg.DataDir = dir
 		cfg.Sources[0].Config = map[string]any{"rows": rows, "customer_rows": 10000}
 		st, err := StartStack(ctx, StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: dir, Writers: writers,
-			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+			Logger: newLogger(os.Stderr, slog.LevelWarn)})
 		if err != nil {
 			return res, err
 		}
