@@ -1,0 +1,78 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParse(t *testing.T) {
+	t.Setenv("DEMO_ROWS", "500")
+	cfg, err := Parse("agnes.yaml", []byte(`
+data_dir: /srv/agnes
+sources:
+  - name: demo
+    connector: demo
+    config:
+      rows: ${DEMO_ROWS}
+      seed: ${DEMO_SEED:-7}
+    tables: [orders]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != "/srv/agnes" || len(cfg.Sources) != 1 {
+		t.Fatalf("got %+v", cfg)
+	}
+	s, err := cfg.Source("demo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Config["rows"] != 500 || s.Config["seed"] != 7 || s.Tables[0] != "orders" {
+		t.Errorf("env not expanded: %+v", s)
+	}
+}
+
+func TestDefault(t *testing.T) {
+	cfg := Default()
+	if cfg.DataDir != "./data" {
+		t.Errorf("data dir %q", cfg.DataDir)
+	}
+	if s, err := cfg.Source("demo"); err != nil || s.Connector != "demo" {
+		t.Errorf("default demo source: %+v %v", s, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml string
+		says       []string
+	}{
+		{"ErrMissingEnv", "sources:\n  - name: x\n    connector: demo\n    config: {token: \"${NO_SUCH_VAR_AGNES}\"}\n", []string{"NO_SUCH_VAR_AGNES", "is not set"}},
+		{"ErrBadSourceName", "sources:\n  - name: my-source\n    connector: demo\n", []string{"agnes.yaml", "sources[0].name", "my-source"}},
+		{"ErrBadTable", "sources:\n  - name: s\n    connector: demo\n    tables: [\"a b\"]\n", []string{"sources[0].tables[0]"}},
+		{"ErrDuplicate", "sources:\n  - {name: s, connector: demo}\n  - {name: s, connector: demo}\n", []string{"defined twice"}},
+		{"ErrNoConnector", "sources:\n  - name: s\n", []string{"sources[0].connector", "required"}},
+		{"ErrUnknownField", "sourcez: []\n", []string{"sourcez"}},
+		{"ErrWrongType", "sources: 5\n", []string{"agnes.yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("agnes.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.says {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	_, err := Default().Source("nope")
+	if !errors.Is(err, ErrUnknownSource) || !strings.Contains(err.Error(), "demo") {
+		t.Errorf("got %v, want ErrUnknownSource listing demo", err)
+	}
+}
