@@ -268,6 +268,10 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 		uniq = append(uniq, e)
 	}
 	b.entries = uniq
+	b.rows = 0
+	for _, e := range uniq {
+		b.rows += e.rec.NumRows()
+	}
 	ev, err := w.writePart(b)
 	if err == nil {
 		err = schemas.PublishEvent(ctx, w.opts.JS, ev)

@@ -1,0 +1,220 @@
+package finalizer
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+var idSchema = arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}}, nil)
+
+// mustPart writes a staged part holding the given seqs, each seq s holding
+// rows [s*10, s*10+10).
+func mustPart(tb testing.TB, dir, name string, seqs ...int64) part {
+	tb.Helper()
+	f, err := parquetfile.Create(filepath.Join(dir, name), idSchema, 1000, nil, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := part{path: filepath.Join(dir, name)}
+	for _, s := range seqs {
+		b := array.NewInt64Builder(memory.DefaultAllocator)
+		for i := range int64(10) {
+			b.Append(s*10 + i)
+		}
+		col := b.NewArray()
+		rec := array.NewRecordBatch(idSchema, []arrow.Array{col}, 10)
+		if err := f.Write(rec); err != nil {
+			tb.Fatal(err)
+		}
+		rec.Release()
+		col.Release()
+		b.Release()
+		p.seqs = append(p.seqs, s)
+		p.seqRows = append(p.seqRows, 10)
+	}
+	if _, err := f.Commit(); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func readIDs(tb testing.TB, path string) []int64 {
+	tb.Helper()
+	r, err := parquetfile.Open(path, 7, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer r.Close()
+	rr, err := r.Records(context.Background())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rr.Release()
+	var ids []int64
+	for rr.Next() {
+		ids = append(ids, rr.RecordBatch().Column(0).(*array.Int64).Int64Values()...)
+	}
+	return ids
+}
+
+func TestCover(t *testing.T) {
+	parts := []part{{path: "b", seqs: []int64{1, 2}}, {path: "a", seqs: []int64{0, 1}}}
+	owner := cover(parts, 3)
+	if owner == nil || owner[0] != 1 || owner[1] != 1 || owner[2] != 0 {
+		t.Errorf("owner = %v, want [1 1 0] (first part by name wins)", owner)
+	}
+	if cover(parts, 4) != nil {
+		t.Error("seq 3 is not held by any part, yet the table counts as complete")
+	}
+	if o := cover(nil, 0); o == nil || len(o) != 0 {
+		t.Error("an empty table is complete")
+	}
+}
+
+func TestAssembleDeduplicatesAndOrders(t *testing.T) {
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	defer mem.AssertSize(t, 0)
+	dir := t.TempDir()
+	// Two writers interleaved, and a redelivery that wrote seqs 2 and 3 twice.
+	parts := []part{
+		mustPart(t, dir, "p1.part", 0, 2, 4),
+		mustPart(t, dir, "p2.part", 1, 3, 5),
+		mustPart(t, dir, "p3.part", 2, 3, 6),
+	}
+	owner := cover(parts, 7)
+	if owner == nil {
+		t.Fatal("not covered")
+	}
+	dst := filepath.Join(dir, "out.parquet")
+	size, err := assemble(context.Background(), dst, idSchema, parts, owner, 25, mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(dst); st.Size() != size {
+		t.Errorf("reported size %d, file is %d", size, st.Size())
+	}
+	ids := readIDs(t, dst)
+	if len(ids) != 70 {
+		t.Fatalf("%d rows, want 70", len(ids))
+	}
+	for i, id := range ids {
+		if id != int64(i) {
+			t.Fatalf("row %d is %d: rows are duplicated, lost or out of order", i, id)
+		}
+	}
+	r, _ := parquetfile.Open(dst, 1, nil)
+	if r.NumRowGroups() != 3 {
+		t.Errorf("%d row groups for 70 rows at 25 per group, want 3", r.NumRowGroups())
+	}
+	r.Close()
+}
+
+func TestAssembleSinglePartLinks(t *testing.T) {
+	dir := t.TempDir()
+	p := mustPart(t, dir, "only.part", 0, 1, 2)
+	dst := filepath.Join(dir, "t.parquet")
+	if _, err := assemble(context.Background(), dst, idSchema, []part{p}, cover([]part{p}, 3), 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.Stat(dst)
+	b, _ := os.Stat(p.path)
+	if !os.SameFile(a, b) {
+		t.Error("a part holding the whole table was rewritten instead of linked")
+	}
+}
+
+func TestAssembleErrors(t *testing.T) {
+	dir := t.TempDir()
+	p := mustPart(t, dir, "p.part", 0, 1)
+	other := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, nil)
+	_, err := assemble(context.Background(), filepath.Join(dir, "x.parquet"), other, []part{p}, cover([]part{p}, 2), 0, nil)
+	if !errors.Is(err, errPartMismatch) || !strings.Contains(err.Error(), "schema") {
+		t.Errorf("schema mismatch: got %v", err)
+	}
+	lying := p
+	lying.seqRows = []int64{10, 11}
+	_, err = assemble(context.Background(), filepath.Join(dir, "y.parquet"), idSchema, []part{lying}, cover([]part{lying}, 2), 0, nil)
+	if !errors.Is(err, errPartMismatch) {
+		t.Errorf("row count mismatch: got %v", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*.parquet*")); len(m) != 0 {
+		t.Errorf("failed assembly left files: %v", m)
+	}
+}
+
+func TestBuildExtract(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	os.MkdirAll(data, 0o755)
+	p := mustPart(t, dir, "p.part", 0, 1, 2)
+	os.Link(p.path, filepath.Join(data, "things.parquet"))
+	empty := filepath.Join(data, "nothing.parquet")
+	if _, err := writeEmpty(empty, idSchema, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(filepath.Join(data, "things.parquet"))
+	est, _ := os.Stat(empty)
+	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	rows := []metaRow{
+		{Table: "things", Description: "it's things", Rows: 30, SizeBytes: st.Size(), ExtractedAt: at, QueryMode: schemas.ModeLocal, Path: filepath.Join(data, "things.parquet")},
+		{Table: "nothing", Rows: 0, SizeBytes: est.Size(), ExtractedAt: at, QueryMode: schemas.ModeLocal, Path: empty},
+		{Table: "far_away", Description: "remote", Rows: 99, SizeBytes: 99, ExtractedAt: at, QueryMode: schemas.ModeRemote},
+	}
+	remote := []schemas.RemoteAttach{{Alias: "kbc", Extension: "keboola", URL: "https://connection.keboola.com/", TokenEnv: "KEBOOLA_STORAGE_TOKEN"}}
+	if err := buildExtract(context.Background(), dir, rows, remote); err != nil {
+		t.Fatal(err)
+	}
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dir, ExtractFile))
+	if err != nil {
+		t.Fatalf("contract: %v", err)
+	}
+	got := map[string]extractcheck.MetaRow{}
+	for _, m := range x.Meta {
+		got[m.Table] = m
+	}
+	if r := got["far_away"]; r.Rows != 0 || r.SizeBytes != 0 || r.QueryMode != "remote" {
+		t.Errorf("remote row %+v, want rows = size_bytes = 0", r)
+	}
+	if r := got["things"]; r.Rows != 30 || r.Description != "it's things" || !r.ExtractedAt.Equal(at) {
+		t.Errorf("things row %+v", r)
+	}
+	if x.Counts["nothing"] != 0 || got["nothing"].Rows != 0 {
+		t.Errorf("empty table: count %d", x.Counts["nothing"])
+	}
+	if _, ok := x.Views["far_away"]; ok {
+		t.Error("a remote table got a local view")
+	}
+	if len(x.Remote) != 1 || x.Remote[0] != (extractcheck.RemoteRow{Alias: "kbc", Extension: "keboola", URL: "https://connection.keboola.com", TokenEnv: "KEBOOLA_STORAGE_TOKEN"}) {
+		t.Errorf("_remote_attach = %+v", x.Remote)
+	}
+}
+
+func TestBuildExtractRejectsBadNames(t *testing.T) {
+	dir := t.TempDir()
+	for i, rows := range [][]metaRow{
+		{{Table: "bad name", QueryMode: schemas.ModeRemote}},
+		{{Table: "rel", QueryMode: schemas.ModeLocal, Path: "data/rel.parquet"}},
+	} {
+		if err := buildExtract(context.Background(), dir, rows, nil); err == nil {
+			t.Errorf("case %d: accepted %+v", i, rows)
+		}
+	}
+	if err := buildExtract(context.Background(), dir, nil, []schemas.RemoteAttach{{Alias: "x'; DROP", Extension: "keboola"}}); !errors.Is(err, schemas.ErrInvalidName) {
+		t.Errorf("bad alias: %v", err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*")); len(m) != 0 {
+		t.Errorf("rejected builds left files: %v", m)
+	}
+}

@@ -1,0 +1,75 @@
+// Package natstest starts an in-process JetStream server for tests, with the
+// project's streams provisioned.
+package natstest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/schemas"
+
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// MustStart starts an embedded server in a temporary folder, provisions the
+// streams and returns a JetStream client; everything stops at test cleanup.
+func MustStart(tb testing.TB) jetstream.JetStream {
+	tb.Helper()
+	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	nc, err := srv.Connect("test")
+	if err != nil {
+		srv.Stop()
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		nc.Close()
+		srv.Stop()
+	})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
+		tb.Fatal(err)
+	}
+	return js
+}
+
+// WaitEvents reads events matching filter from the start of the event stream
+// until done returns true for the events seen so far, or the deadline passes.
+func WaitEvents(tb testing.TB, js jetstream.JetStream, filter string, timeout time.Duration, done func([]schemas.Event) bool) []schemas.Event {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cons, err := js.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var evs []schemas.Event
+	for {
+		batch, err := cons.Fetch(100, jetstream.FetchMaxWait(100*time.Millisecond))
+		if err != nil && ctx.Err() == nil {
+			continue
+		}
+		if err == nil {
+			for m := range batch.Messages() {
+				ev, err := schemas.DecodeEvent(m.Data())
+				if err != nil {
+					tb.Fatal(err)
+				}
+				evs = append(evs, ev)
+			}
+			if done(evs) {
+				return evs
+			}
+		}
+		if ctx.Err() != nil {
+			tb.Fatalf("events on %s: condition not met after %s; saw %d events", filter, timeout, len(evs))
+		}
+	}
+}

@@ -1,0 +1,206 @@
+package writer
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var testSchema = arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}}, nil)
+
+func mustBatch(tb testing.TB, from, n int64) []byte {
+	tb.Helper()
+	b := array.NewInt64Builder(memory.DefaultAllocator)
+	defer b.Release()
+	for i := range n {
+		b.Append(from + i)
+	}
+	col := b.NewArray()
+	defer col.Release()
+	rec := array.NewRecordBatch(testSchema, []arrow.Array{col}, n)
+	defer rec.Release()
+	chunks, err := schemas.EncodeBatch(rec, 1<<20)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return chunks[0].Data
+}
+
+func publish(tb testing.TB, js jetstream.JetStream, run string, seq, rows int64, data []byte, msgID string) {
+	tb.Helper()
+	h := schemas.DataHeader(run, "src", "things", seq, rows)
+	if msgID != "" {
+		h.Set(jetstream.MsgIDHeader, msgID)
+	}
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: schemas.DataSubject("src", "things"), Header: h, Data: data}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func startWriter(tb testing.TB, js jetstream.JetStream, dir string, mem memory.Allocator) (*Writer, func()) {
+	tb.Helper()
+	w := New(Options{JS: js, DataDir: dir, Name: "w1", RowGroupRows: 1000, FlushAfter: 100 * time.Millisecond, Mem: mem,
+		Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	return w, func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Error(err)
+		}
+	}
+}
+
+func TestWriterWritesPartsAndAcks(t *testing.T) {
+	js := natstest.MustStart(t)
+	dir := t.TempDir()
+	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
+	for seq := range int64(5) {
+		publish(t, js, "run1", seq, 100, mustBatch(t, seq*100, 100), "")
+	}
+	// A redelivered copy of batch 2 under another message id.
+	publish(t, js, "run1", 2, 100, mustBatch(t, 200, 100), "copy-of-2")
+	w, stop := startWriter(t, js, dir, mem)
+
+	evs := natstest.WaitEvents(t, js, "agnes.events.src.run1.batch_written", 10*time.Second, func(evs []schemas.Event) bool {
+		seen := map[int64]bool{}
+		for _, e := range evs {
+			for _, s := range e.Seqs {
+				seen[s] = true
+			}
+		}
+		return len(seen) == 5
+	})
+	stop()
+	mem.AssertSize(t, 0)
+	if w.Rows != 500 {
+		t.Errorf("writer wrote %d rows, want 500 (the duplicate dropped)", w.Rows)
+	}
+	var total int64
+	for _, e := range evs {
+		path := filepath.Join(StagingDir(dir, "src", "run1", "things"), e.Part)
+		r, err := parquetfile.Open(path, 1000, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs, rows, err := ParseSeqs(r.Meta(SeqsMetaKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum int64
+		for i := range seqs {
+			if seqs[i] != e.Seqs[i] || rows[i] != e.SeqRows[i] {
+				t.Errorf("part %s metadata %v/%v disagrees with its event %v/%v", e.Part, seqs, rows, e.Seqs, e.SeqRows)
+			}
+			sum += rows[i]
+		}
+		if r.NumRows() != sum || e.Rows != sum {
+			t.Errorf("part %s holds %d rows, metadata %d, event %d", e.Part, r.NumRows(), sum, e.Rows)
+		}
+		if r.NumRowGroups() != 1 {
+			t.Errorf("part %s has %d row groups, want 1 (not one per message)", e.Part, r.NumRowGroups())
+		}
+		total += r.NumRows()
+		r.Close()
+		if !strings.HasSuffix(e.Part, ".part") {
+			t.Errorf("part %q could be globbed as Parquet by readers", e.Part)
+		}
+	}
+	if total < 500 {
+		t.Errorf("parts hold %d rows, want at least 500", total)
+	}
+	cons, err := js.Consumer(context.Background(), schemas.DataStream, schemas.WriterConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumPending != 0 || info.NumAckPending != 0 {
+		t.Errorf("pending %d, ack pending %d: batches were not acked after writing", info.NumPending, info.NumAckPending)
+	}
+}
+
+func TestWriterPoison(t *testing.T) {
+	js := natstest.MustStart(t)
+	dir := t.TempDir()
+	publish(t, js, "run2", 0, 10, []byte("definitely not arrow"), "")
+	publish(t, js, "run2", 1, 99, mustBatch(t, 0, 10), "") // header lies about rows
+	publish(t, js, "run2", 2, 10, mustBatch(t, 0, 10), "")
+	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
+	defer stop()
+	evs := natstest.WaitEvents(t, js, "agnes.events.src.run2.>", 10*time.Second, func(evs []schemas.Event) bool {
+		var failed, written int
+		for _, e := range evs {
+			switch e.Type {
+			case schemas.EventBatchFailed:
+				failed++
+			case schemas.EventBatchWritten:
+				written++
+			}
+		}
+		return failed == 2 && written == 1
+	})
+	for _, e := range evs {
+		if e.Type != schemas.EventBatchFailed {
+			continue
+		}
+		if e.Table != "things" || e.Source != "src" || e.Error == "" {
+			t.Errorf("batch_failed lacks table, source or reason: %+v", e)
+		}
+		if e.Seq == 0 && !strings.Contains(e.Error, "malformed batch") {
+			t.Errorf("seq 0 reason %q does not say the batch is malformed", e.Error)
+		}
+		if e.Seq == 1 && !strings.Contains(e.Error, "99 rows") {
+			t.Errorf("seq 1 reason %q does not say the row count is wrong", e.Error)
+		}
+	}
+}
+
+func TestPartNameDeterministic(t *testing.T) {
+	dir := t.TempDir()
+	w := New(Options{DataDir: dir})
+	mk := func() *buffer {
+		b := &buffer{key: bufferKey{"r", "s", "t"}, schema: testSchema}
+		for seq := range int64(3) {
+			rec, err := schemas.DecodeBatch(mustBatch(t, seq*10, 10), memory.DefaultAllocator)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.entries = append(b.entries, entry{ref: schemas.BatchRef{Seq: seq, Rows: 10}, rec: rec})
+			b.rows += 10
+		}
+		return b
+	}
+	b1, b2 := mk(), mk()
+	e1, err := w.writePart(b1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e2, err := w.writePart(b2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e1.Part != e2.Part {
+		t.Errorf("the same batches gave parts %s and %s", e1.Part, e2.Part)
+	}
+	files, _ := os.ReadDir(StagingDir(dir, "s", "r", "t"))
+	if len(files) != 1 {
+		t.Errorf("rewriting the same batches left %d files, want 1", len(files))
+	}
+}
