@@ -54,8 +54,17 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := req.Validate(); err != nil {
 		return err
 	}
-	if _, err := cfg.Source(req.Source); err != nil {
+	src, err := cfg.Source(req.Source)
+	if err != nil {
 		return err
+	}
+	// Catch a wrong connector name or config here, before anything is published.
+	reg, err := builtin.Registry().Lookup(src.Connector)
+	if err != nil {
+		return fmt.Errorf("source %s: %w", src.Name, err)
+	}
+	if _, err := reg.Manifest.ValidateConfig(src.Config); err != nil {
+		return fmt.Errorf("source %s in %s: %w", src.Name, cfg.Path(), err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
