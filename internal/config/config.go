@@ -68,16 +68,28 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse is Load on bytes already read; path names the file in errors.
+// ${VAR} is expanded inside YAML values only (not in comments or keys), and
+// an expanded value is typed as if written in place: "rows: ${N}" with N=5
+// is the integer 5, while a quoted "${N}" stays a string.
 func Parse(path string, raw []byte) (*Config, error) {
-	expanded, err := expandEnv(raw)
-	if err != nil {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return nil, fmt.Errorf("load config %s: %w", path, err)
+	}
+	if err := expandNode(&doc); err != nil {
 		return nil, fmt.Errorf("load config %s: %w", path, err)
 	}
 	cfg := &Config{path: path}
-	dec := yaml.NewDecoder(bytes.NewReader(expanded))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil {
-		return nil, fmt.Errorf("load config %s: %w", path, err)
+	if doc.Kind != 0 {
+		expanded, err := yaml.Marshal(&doc)
+		if err != nil {
+			return nil, fmt.Errorf("load config %s: %w", path, err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(expanded))
+		dec.KnownFields(true)
+		if err := dec.Decode(cfg); err != nil {
+			return nil, fmt.Errorf("load config %s: %w", path, err)
+		}
 	}
 	if cfg.DataDir == "" {
 		cfg.DataDir = DefaultDataDir
@@ -86,6 +98,30 @@ func Parse(path string, raw []byte) (*Config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+func expandNode(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && strings.Contains(n.Value, "${") {
+		v, err := expandEnv([]byte(n.Value))
+		if err != nil {
+			return err
+		}
+		n.Value = string(v)
+		if n.Style == 0 {
+			n.Tag = "" // let YAML type the expanded plain value
+		}
+		return nil
+	}
+	for i, c := range n.Content {
+		// Keys of mappings are never expanded.
+		if n.Kind == yaml.MappingNode && i%2 == 0 {
+			continue
+		}
+		if err := expandNode(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var envRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}`)

@@ -76,3 +76,27 @@ func TestErrors(t *testing.T) {
 		t.Errorf("got %v, want ErrUnknownSource listing demo", err)
 	}
 }
+
+func TestExpandOnlyValues(t *testing.T) {
+	t.Setenv("AGNES_TOKEN", "x: 1\n- injected")
+	t.Setenv("AGNES_N", "12")
+	cfg, err := Parse("agnes.yaml", []byte(`# ${NOT_SET_ANYWHERE} in a comment is left alone
+sources:
+  - name: s
+    connector: demo
+    config:
+      token: ${AGNES_TOKEN}
+      n: ${AGNES_N}
+      quoted: "${AGNES_N}"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Sources[0].Config
+	if c["token"] != "x: 1\n- injected" {
+		t.Errorf("an env value changed the YAML structure: %#v", c)
+	}
+	if c["n"] != 12 || c["quoted"] != "12" {
+		t.Errorf("typing after expansion: n=%#v quoted=%#v", c["n"], c["quoted"])
+	}
+}
