@@ -33,7 +33,7 @@ const (
 	// bus ahead of slow writers.
 	DefaultMaxBacklog = 256
 	backlogCheckEvery = 16
-	progressEvery      = time.Second
+	progressEvery     = time.Second
 )
 
 // SourceLookup returns the configuration of a source by name.

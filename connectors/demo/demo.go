@@ -10,11 +10,11 @@ import (
 	"iter"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/decimal128"
 	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/agnes-ai/connector-kit/connectors"
 )
 
 //go:embed connector.yaml
