@@ -30,19 +30,29 @@ const DefaultRowGroupRows = 128 * 1024
 const TempMarker = ".tmp-"
 
 // WriterProperties are the Parquet settings used everywhere: zstd,
-// dictionary encoding, statistics, row groups of rowGroupRows.
-func WriterProperties(rowGroupRows int64, mem memory.Allocator) *parquet.WriterProperties {
+// statistics, row groups of rowGroupRows, and dictionary encoding for string
+// and binary columns only. Dictionary-encoding numeric columns (ids,
+// timestamps, amounts) costs most of the encoding time for little gain once
+// zstd has compressed the plain values.
+func WriterProperties(schema *arrow.Schema, rowGroupRows int64, mem memory.Allocator) *parquet.WriterProperties {
 	if rowGroupRows <= 0 {
 		rowGroupRows = DefaultRowGroupRows
 	}
-	return parquet.NewWriterProperties(
+	opts := []parquet.WriterProperty{
 		parquet.WithCompression(compress.Codecs.Zstd),
 		parquet.WithCompressionLevel(1),
-		parquet.WithDictionaryDefault(true),
+		parquet.WithDictionaryDefault(false),
 		parquet.WithStats(true),
 		parquet.WithMaxRowGroupLength(rowGroupRows),
 		parquet.WithAllocator(mem),
-	)
+	}
+	for _, f := range schema.Fields() {
+		switch f.Type.ID() {
+		case arrow.STRING, arrow.LARGE_STRING, arrow.BINARY, arrow.LARGE_BINARY:
+			opts = append(opts, parquet.WithDictionaryFor(f.Name, true))
+		}
+	}
+	return parquet.NewWriterProperties(opts...)
 }
 
 // File is a Parquet file being written under a temporary name.
@@ -72,7 +82,7 @@ func Create(final string, schema *arrow.Schema, rowGroupRows int64, meta map[str
 	}
 	// The Parquet writer closes a sink that is an io.Closer; hide Close so
 	// the file stays open for fsync.
-	w, err := pqarrow.NewFileWriter(schema, writeOnly{f}, WriterProperties(rowGroupRows, mem),
+	w, err := pqarrow.NewFileWriter(schema, writeOnly{f}, WriterProperties(schema, rowGroupRows, mem),
 		pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema(), pqarrow.WithAllocator(mem)))
 	if err != nil {
 		f.Close()
