@@ -10,9 +10,9 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/connectors/demo"
-	"github.com/agnes-ai/connector-kit/internal/cli"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 )
@@ -26,7 +26,7 @@ func BenchmarkSyncDemo(b *testing.B) {
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.Sources[0].Config = map[string]any{"rows": benchRows}
-	st, err := cli.StartStack(context.Background(), cli.StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
 		Writers: 2, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
@@ -35,7 +35,7 @@ func BenchmarkSyncDemo(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		rep, err := cli.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "demo", Tables: []string{"orders"}}, nil)
+		rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "demo", Tables: []string{"orders"}}, nil)
 		cancel()
 		if err != nil || rep.Rows != benchRows {
 			b.Fatalf("sync: %v (%+v)", err, rep)

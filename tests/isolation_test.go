@@ -9,19 +9,19 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
-	"github.com/agnes-ai/connector-kit/internal/cli"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 )
 
-func startFixture(tb testing.TB, f *fixture, dataDir string) *cli.Stack {
+func startFixture(tb testing.TB, f *fixture, dataDir string) *stack.Stack {
 	tb.Helper()
 	cfg := config.Default()
 	cfg.DataDir = dataDir
 	cfg.Sources = []config.Source{{Name: "fx", Connector: "fixture"}}
-	st, err := cli.StartStack(context.Background(), cli.StackOptions{Config: cfg, Registry: fixtureRegistry(f), DataDir: dataDir,
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: fixtureRegistry(f), DataDir: dataDir,
 		Writers: 2, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		tb.Fatal(err)
@@ -30,18 +30,18 @@ func startFixture(tb testing.TB, f *fixture, dataDir string) *cli.Stack {
 	return st
 }
 
-func syncFixture(tb testing.TB, st *cli.Stack) *cli.Report {
+func syncFixture(tb testing.TB, st *stack.Stack) *stack.Report {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rep, err := cli.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "fx", RequestedAt: time.Now().UTC()}, nil)
+	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "fx", RequestedAt: time.Now().UTC()}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return rep
 }
 
-func results(rep *cli.Report) map[string]schemas.TableResult {
+func results(rep *stack.Report) map[string]schemas.TableResult {
 	m := map[string]schemas.TableResult{}
 	for _, r := range rep.Results {
 		m[r.Table] = r

@@ -18,6 +18,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors/demo"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 )
@@ -122,7 +123,7 @@ func benchPhase(ctx context.Context, phase string, rows int64, writers int, dir 
 		cfg := config.Default()
 		cfg.DataDir = dir
 		cfg.Sources[0].Config = map[string]any{"rows": rows, "customer_rows": 10000}
-		st, err := StartStack(ctx, StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: dir, Writers: writers,
+		st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir, Writers: writers,
 			Logger: newLogger(os.Stderr, slog.LevelWarn)})
 		if err != nil {
 			return res, err
@@ -130,7 +131,7 @@ func benchPhase(ctx context.Context, phase string, rows int64, writers int, dir 
 		defer st.Stop()
 		req := schemas.SyncRequest{RunID: uuid.NewString(), Source: "demo", Tables: []string{"orders"}, RequestedAt: time.Now().UTC()}
 		start := time.Now()
-		rep, err := Sync(ctx, st.JS, req, nil)
+		rep, err := stack.Sync(ctx, st.JS, req, nil)
 		if err != nil {
 			return res, err
 		}

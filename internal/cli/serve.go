@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 )
 
 type roleList []string
@@ -19,7 +20,7 @@ func (r *roleList) String() string { return strings.Join(*r, ",") }
 func (r *roleList) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case RoleProducer, RoleWriter, RoleFinalizer:
+		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer:
 			*r = append(*r, p)
 		default:
 			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer)", p)
@@ -56,7 +57,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageError{fmt.Errorf("--nats-listen %q: bad port", *listen)}
 	}
-	st, err := StartStack(ctx, StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
+	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
 		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log})
 	if err != nil {
 		return err
@@ -73,7 +74,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func orAll(r []string) []string {
 	if len(r) == 0 {
-		return AllRoles
+		return stack.AllRoles
 	}
 	return r
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -76,7 +76,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer closeBus()
 	fmt.Fprintf(stdout, "Syncing source %s (run %s) on %s\n", req.Source, req.RunID, where)
-	rep, err := Sync(ctx, js, req, stdout)
+	rep, err := stack.Sync(ctx, js, req, progress(stdout))
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,7 @@ func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, embedd
 	if explicit {
 		return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", url, err)
 	}
-	st, err := StartStack(ctx, StackOptions{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir, Writers: writers, Logger: log})
+	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir, Writers: writers, Logger: log})
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -130,60 +130,9 @@ func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, embedd
 	return st.JS, func() { st.Stop() }, where, nil
 }
 
-// Report is the outcome of one sync run as seen by the client.
-type Report struct {
-	RunID    string
-	Source   string
-	Path     string
-	Results  []schemas.TableResult
-	Rows     int64
-	Failed   int
-	Duration time.Duration
-}
-
-// Sync publishes req, prints live per-table progress to out (nil for none)
-// and waits for the run's extract to be published. A run that fails as a
-// whole is an error; failed tables are reported in the Report.
-func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, out io.Writer) (*Report, error) {
-	if out == nil {
-		out = io.Discard
-	}
-	start := time.Now()
-	cons, err := js.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{schemas.RunEventsFilter(req.Source, req.RunID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("follow run events: %w", err)
-	}
-	b, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := js.Publish(ctx, schemas.SyncSubject(req.Source), b, jetstream.WithMsgID(req.RunID)); err != nil {
-		return nil, fmt.Errorf("publish sync request: %w", err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return nil, fmt.Errorf("follow run events: %w", err)
-	}
-	defer it.Stop()
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("wait for run %s: %w (is a producer, writer and finalizer running?)", req.RunID, ctx.Err())
-			}
-			return nil, fmt.Errorf("wait for run %s: %w", req.RunID, err)
-		}
-		ev, err := schemas.DecodeEvent(msg.Data())
-		if err != nil {
-			continue
-		}
+// progress prints one line per table event.
+func progress(out io.Writer) func(schemas.Event) {
+	return func(ev schemas.Event) {
 		switch ev.Type {
 		case schemas.EventRunStarted:
 			fmt.Fprintf(out, "  %d tables: %s\n", len(ev.Tables), strings.Join(ev.Tables, ", "))
@@ -199,22 +148,11 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 			}
 		case schemas.EventTableFailed:
 			fmt.Fprintf(out, "  %-24s FAILED: %s\n", ev.Table, ev.Error)
-		case schemas.EventRunFailed:
-			return nil, fmt.Errorf("run %s failed: %s", req.RunID, ev.Error)
-		case schemas.EventExtractPublished:
-			rep := &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Duration: time.Since(start)}
-			for _, r := range ev.Results {
-				rep.Rows += r.Rows
-				if r.Status == schemas.StatusFailed {
-					rep.Failed++
-				}
-			}
-			return rep, nil
 		}
 	}
 }
 
-func printSummary(w io.Writer, rep *Report) {
+func printSummary(w io.Writer, rep *stack.Report) {
 	fmt.Fprintf(w, "\nSynced %s in %s: %d tables, %s rows, %d failed\n", rep.Source, rep.Duration.Round(time.Millisecond),
 		len(rep.Results), thousands(rep.Rows), rep.Failed)
 	for _, r := range rep.Results {

@@ -1,4 +1,7 @@
-package cli
+// Package stack runs the services (producer, writers, finalizer) in one
+// process against an embedded or external NATS server, and is the client
+// side of a sync: publish a request, follow its events, wait for the extract.
+package stack
 
 import (
 	"context"
@@ -28,8 +31,8 @@ const (
 // AllRoles are the roles run when none is named.
 var AllRoles = []string{RoleProducer, RoleWriter, RoleFinalizer}
 
-// StackOptions say which services to run and where.
-type StackOptions struct {
+// Options say which services to run and where.
+type Options struct {
 	Config   *config.Config
 	Registry *connectors.Registry
 	DataDir  string
@@ -57,9 +60,9 @@ type Stack struct {
 	errs   []error
 }
 
-// StartStack connects to (or starts) NATS, provisions the streams and starts
+// Start connects to (or starts) NATS, provisions the streams and starts
 // the requested roles. Stop stops them.
-func StartStack(ctx context.Context, o StackOptions) (*Stack, error) {
+func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
