@@ -7,6 +7,7 @@ package finalizer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -297,6 +298,11 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			os.Remove(m.tmp)
 		}
 	}()
+	state, err := f.opts.JS.KeyValue(ctx, schemas.StateBucket)
+	if err != nil {
+		return schemas.Event{}, fmt.Errorf("open state bucket: %w", err)
+	}
+	var commits []*schemas.Event
 	results := make([]schemas.TableResult, 0, len(r.done.Results))
 	for _, res := range r.done.Results {
 		if err := schemas.ValidateName("table", res.Table); err != nil {
@@ -322,9 +328,19 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			results = append(results, res)
 			continue
 		}
+		res.SchemaChanges, res.WriteMode = t.done.SchemaChanges, t.done.WriteMode
+		if err := f.checkCursor(ctx, state, r.source, res.Table, t.done); err != nil {
+			res.Status, res.Error = schemas.StatusFailed, err.Error()
+			results = append(results, res)
+			continue
+		}
 		final := filepath.Join(dataDir, res.Table+".parquet")
 		tmp := final + parquetfile.TempMarker + runID[:min(8, len(runID))]
-		size, err := f.assembleTable(ctx, runID, r.source, res.Table, t, tmp)
+		var prev string
+		if ct, ok := cat.Tables[res.Table]; ok && ct.QueryMode == schemas.ModeLocal {
+			prev = final
+		}
+		out, err := f.assembleTable(ctx, runID, r.source, res.Table, t, tmp, prev)
 		if err != nil {
 			if ctx.Err() != nil {
 				return schemas.Event{}, ctx.Err()
@@ -333,10 +349,13 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			results = append(results, res)
 			continue
 		}
-		moves = append(moves, staged{tmp, final})
-		res.SizeBytes = size
-		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: t.done.Rows, SizeBytes: size,
+		if !out.applied {
+			moves = append(moves, staged{tmp, final})
+		}
+		res.SizeBytes, res.TotalRows = out.size, out.rows
+		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
 			ExtractedAt: now, QueryMode: schemas.ModeLocal, RunID: runID, Schema: t.done.Schema}
+		commits = append(commits, t.done)
 		results = append(results, res)
 	}
 	if r.done.Remote != nil {
@@ -372,6 +391,13 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 	if err := cat.save(dir); err != nil {
 		return schemas.Event{}, err
 	}
+	// Only now that the extract holding the rows is published do the
+	// schema and the cursor advance.
+	for _, d := range commits {
+		if err := commitState(ctx, state, r.source, d); err != nil {
+			return schemas.Event{}, err
+		}
+	}
 	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results,
 		Path: filepath.Join(dir, ExtractFile)}, nil
 }
@@ -383,18 +409,31 @@ func (t *tableState) doneDescription() string {
 	return t.done.Description
 }
 
-func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table string, t *tableState, dst string) (int64, error) {
+// assembled says what assembleTable produced.
+type assembled struct {
+	size, rows int64
+	// applied: the live file already holds this run's result (a retried
+	// finalization of a merge or append); nothing is to be moved.
+	applied bool
+}
+
+// assembleTable writes the table's new file at dst. A replace takes the run's
+// batches; a merge or append also reads prev, the live file. Merge and append
+// files record the run that made them, so a retried finalization does not
+// apply the same rows twice.
+func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table string, t *tableState, dst, prev string) (assembled, error) {
 	schema, err := schemas.DecodeSchema(t.done.Schema)
 	if err != nil {
-		return 0, fmt.Errorf("table %s: %w", table, err)
+		return assembled{}, fmt.Errorf("table %s: %w", table, err)
 	}
-	if t.done.Batches == 0 {
-		return writeEmpty(dst, schema, f.opts.Mem)
+	mode := t.done.WriteMode
+	if mode == "" || prev == "" {
+		mode = schemas.WriteReplace
 	}
 	parts := partsOf(f.staging(source, runID, table), t.parts)
 	owner := cover(parts, t.done.Batches)
 	if owner == nil {
-		return 0, fmt.Errorf("table %s: not every batch is written", table)
+		return assembled{}, fmt.Errorf("table %s: not every batch is written", table)
 	}
 	var rows int64
 	for seq, i := range owner {
@@ -407,11 +446,75 @@ func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table stri
 		}
 	}
 	if rows != t.done.Rows {
-		return 0, fmt.Errorf("table %s: written batches hold %d rows, the producer sent %d", table, rows, t.done.Rows)
+		return assembled{}, fmt.Errorf("table %s: written batches hold %d rows, the producer sent %d", table, rows, t.done.Rows)
 	}
-	size, err := assemble(ctx, dst, schema, parts, owner, f.opts.RowGroupRows, f.opts.Mem)
+	if mode == schemas.WriteReplace {
+		var size int64
+		if t.done.Batches == 0 {
+			size, err = writeEmpty(dst, schema, f.opts.Mem)
+		} else {
+			size, err = assemble(ctx, dst, schema, parts, owner, f.opts.RowGroupRows, f.opts.Mem)
+		}
+		if err != nil {
+			return assembled{}, fmt.Errorf("table %s: %w", table, err)
+		}
+		return assembled{size: size, rows: rows}, nil
+	}
+	if done, n, size := appliedBy(prev, runID); done {
+		return assembled{size: size, rows: n, applied: true}, nil
+	}
+	out, err := combine(ctx, dst, schema, parts, owner, prev, mode, t.done.PrimaryKey, runID, f.opts.RowGroupRows, f.opts.Mem)
 	if err != nil {
-		return 0, fmt.Errorf("table %s: %w", table, err)
+		return assembled{}, fmt.Errorf("table %s: %w", table, err)
 	}
-	return size, nil
+	return out, nil
+}
+
+// checkCursor refuses an incremental result whose cursor moved since the run
+// read it: another run published first, and applying this one on top could
+// duplicate rows.
+func (f *Finalizer) checkCursor(ctx context.Context, kv jetstream.KeyValue, source, table string, d *schemas.Event) error {
+	if d.Cursor == nil {
+		return nil
+	}
+	e, err := kv.Get(ctx, schemas.CursorKey(source, table))
+	var rev uint64
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return fmt.Errorf("read cursor of %s: %w", table, err)
+	default:
+		rev = e.Revision()
+		if cur, err := schemas.DecodeCursor(e.Value()); err == nil && sameCursor(cur, *d.Cursor) {
+			return nil // this run's cursor is already committed (a retried finalization)
+		}
+	}
+	if rev != d.CursorRevision {
+		return fmt.Errorf("the cursor of %s moved since this run read it (another run published first); run the sync again", table)
+	}
+	return nil
+}
+
+func sameCursor(a, b schemas.Cursor) bool {
+	x, _ := a.Encode()
+	y, _ := b.Encode()
+	return string(x) == string(y)
+}
+
+// commitState records the published schema and advances the cursor.
+func commitState(ctx context.Context, kv jetstream.KeyValue, source string, d *schemas.Event) error {
+	if _, err := kv.Put(ctx, schemas.SchemaKey(source, d.Table), d.Schema); err != nil {
+		return fmt.Errorf("save schema of %s: %w", d.Table, err)
+	}
+	if d.Cursor == nil {
+		return nil
+	}
+	b, err := d.Cursor.Encode()
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, schemas.CursorKey(source, d.Table), b); err != nil {
+		return fmt.Errorf("save cursor of %s: %w", d.Table, err)
+	}
+	return nil
 }

@@ -90,6 +90,16 @@ func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []par
 	if err != nil {
 		return 0, err
 	}
+	if err := eachBatch(ctx, schema, parts, owner, mem, out.Write); err != nil {
+		out.Abort()
+		return 0, err
+	}
+	return out.Commit()
+}
+
+// eachBatch passes the table's batches 0..n-1 to fn in seq order, each taken
+// once from its owning part, as records with exactly schema.
+func eachBatch(ctx context.Context, schema *arrow.Schema, parts []part, owner []int, mem memory.Allocator, fn func(arrow.RecordBatch) error) error {
 	cursors := make([]*cursor, len(parts))
 	defer func() {
 		for _, c := range cursors {
@@ -101,25 +111,23 @@ func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []par
 	write := func(rec arrow.RecordBatch) error {
 		r := array.NewRecordBatch(schema, rec.Columns(), rec.NumRows())
 		defer r.Release()
-		return out.Write(r)
+		return fn(r)
 	}
 	for seq := range int64(len(owner)) {
 		if err := ctx.Err(); err != nil {
-			out.Abort()
-			return 0, err
+			return err
 		}
 		i := owner[seq]
 		c := cursors[i]
 		if c == nil {
+			var err error
 			if c, err = openCursor(ctx, parts[i], schema, mem); err != nil {
-				out.Abort()
-				return 0, err
+				return err
 			}
 			cursors[i] = c
 		}
 		if err := c.copySeq(seq, write); err != nil {
-			out.Abort()
-			return 0, err
+			return err
 		}
 		if c.next >= len(c.p.seqs) {
 			// Release a finished part at once: memory stays bounded by the
@@ -128,7 +136,7 @@ func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []par
 			cursors[i] = nil
 		}
 	}
-	return out.Commit()
+	return nil
 }
 
 func checkPart(p part, schema *arrow.Schema) error {
@@ -244,4 +252,150 @@ func partsOf(dir string, evs map[string]schemas.Event) []part {
 		out = append(out, part{path: filepath.Join(dir, n), seqs: e.Seqs, seqRows: e.SeqRows})
 	}
 	return out
+}
+
+// RunMetaKey in a merged or appended table file names the run that made it.
+const RunMetaKey = "agnes.run"
+
+// appliedBy reports whether the file at path was made by run, with its rows
+// and size.
+func appliedBy(path, run string) (bool, int64, int64) {
+	r, err := parquetfile.Open(path, 1, nil)
+	if err != nil {
+		return false, 0, 0
+	}
+	defer r.Close()
+	if r.Meta(RunMetaKey) != run {
+		return false, 0, 0
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return false, 0, 0
+	}
+	return true, r.NumRows(), st.Size()
+}
+
+// combine writes at dst the previous table at prev combined with the run's
+// batches: appended after them, or merged by primary key (the run's latest
+// row for a key replaces every previous row with that key).
+func combine(ctx context.Context, dst string, schema *arrow.Schema, parts []part, owner []int, prev, mode string, pk []string,
+	run string, rowGroupRows int64, mem memory.Allocator) (assembled, error) {
+	old, err := parquetfile.Open(prev, 16*1024, mem)
+	if err != nil {
+		return assembled{}, err
+	}
+	defer old.Close()
+	if !sameColumns(old.Schema, schema) {
+		return assembled{}, fmt.Errorf("the published data has schema %s, the new rows %s; run the sync with --full-refresh", old.Schema, schema)
+	}
+	var keyCols []int
+	if mode == schemas.WriteMerge {
+		for _, k := range pk {
+			idx := schema.FieldIndices(k)
+			if len(idx) != 1 {
+				return assembled{}, fmt.Errorf("primary key column %q is not a column of the table", k)
+			}
+			keyCols = append(keyCols, idx[0])
+		}
+	}
+	out, err := parquetfile.Create(dst, schema, rowGroupRows, map[string]string{RunMetaKey: run}, mem)
+	if err != nil {
+		return assembled{}, err
+	}
+	var rows int64
+	write := func(rec arrow.RecordBatch) error {
+		rows += rec.NumRows()
+		return out.Write(rec)
+	}
+	fail := func(err error) (assembled, error) {
+		out.Abort()
+		return assembled{}, err
+	}
+	// The last position of each key among the new rows: only that row is kept.
+	var last map[uint64]int64
+	if mode == schemas.WriteMerge {
+		last = map[uint64]int64{}
+		var pos int64
+		if err := eachBatch(ctx, schema, parts, owner, mem, func(rec arrow.RecordBatch) error {
+			for i := range int(rec.NumRows()) {
+				last[schemas.RowKey(rec, i, keyCols)] = pos
+				pos++
+			}
+			return nil
+		}); err != nil {
+			return fail(err)
+		}
+	}
+	copyOld := func() error {
+		rr, err := old.Records(ctx)
+		if err != nil {
+			return err
+		}
+		defer rr.Release()
+		for rr.Next() {
+			rec := rr.RecordBatch()
+			if last == nil {
+				r := array.NewRecordBatch(schema, rec.Columns(), rec.NumRows())
+				err := write(r)
+				r.Release()
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			if err := writeRuns(schema, rec, func(i int) bool { _, replaced := last[schemas.RowKey(rec, i, keyCols)]; return !replaced }, write); err != nil {
+				return err
+			}
+		}
+		return rr.Err()
+	}
+	if err := copyOld(); err != nil {
+		return fail(err)
+	}
+	var pos int64
+	if err := eachBatch(ctx, schema, parts, owner, mem, func(rec arrow.RecordBatch) error {
+		if last == nil {
+			return write(rec)
+		}
+		base := pos
+		pos += rec.NumRows()
+		return writeRuns(schema, rec, func(i int) bool { return last[schemas.RowKey(rec, i, keyCols)] == base+int64(i) }, write)
+	}); err != nil {
+		return fail(err)
+	}
+	size, err := out.Commit()
+	if err != nil {
+		return assembled{}, err
+	}
+	return assembled{size: size, rows: rows}, nil
+}
+
+// writeRuns passes the contiguous runs of rows of rec for which keep is true.
+func writeRuns(schema *arrow.Schema, rec arrow.RecordBatch, keep func(int) bool, write func(arrow.RecordBatch) error) error {
+	n := int(rec.NumRows())
+	start := -1
+	emit := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		s := rec.NewSlice(int64(start), int64(end))
+		r := array.NewRecordBatch(schema, s.Columns(), s.NumRows())
+		s.Release()
+		err := write(r)
+		r.Release()
+		start = -1
+		return err
+	}
+	for i := range n {
+		if keep(i) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if err := emit(i); err != nil {
+			return err
+		}
+	}
+	return emit(n)
 }

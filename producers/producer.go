@@ -6,9 +6,11 @@ package producers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -242,6 +244,10 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 			return fmt.Errorf("remote info of %s: %w", req.Source, err)
 		}
 	}
+	state, err := p.opts.JS.KeyValue(ctx, schemas.StateBucket)
+	if err != nil {
+		return fmt.Errorf("open state bucket: %w", err)
+	}
 	if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunStarted, RunID: req.RunID, Source: req.Source, Tables: names}); err != nil {
 		return err
 	}
@@ -256,7 +262,7 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			results[i] = p.table(ctx, req, conn, t)
+			results[i] = p.table(ctx, req, src, state, conn, t)
 		}()
 	}
 	wg.Wait()
@@ -299,13 +305,14 @@ func remoteRow(info connectors.RemoteAttachInfo) (*schemas.RemoteAttach, error) 
 
 // table reads one table and publishes its batches; it never returns an error,
 // only a result with status failed.
-func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, conn connectors.Connector, t connectors.TableInfo) (res schemas.TableResult) {
+func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src config.Source, state jetstream.KeyValue, conn connectors.Connector, t connectors.TableInfo) (res schemas.TableResult) {
 	res = schemas.TableResult{Table: t.Name, Status: schemas.StatusDone, QueryMode: schemas.ModeLocal}
 	log := p.log.With("run", req.RunID, "source", req.Source, "table", t.Name)
 	fail := func(err error) schemas.TableResult {
 		res.Status, res.Error = schemas.StatusFailed, err.Error()
 		log.Warn("table failed", "err", err)
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Source: req.Source, Table: t.Name, Error: res.Error})
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Source: req.Source, Table: t.Name,
+			Error: res.Error, SchemaChanges: res.SchemaChanges})
 		return res
 	}
 	caps := t.Capabilities
@@ -318,6 +325,9 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, conn conn
 			res.QueryMode = schemas.ModeRemote
 			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
 				Description: t.Description, QueryMode: schemas.ModeRemote}
+			if t.Schema != nil {
+				ev.Schema, _ = schemas.EncodeSchema(t.Schema)
+			}
 			if err := p.publishEvent(ctx, ev); err != nil {
 				return fail(err)
 			}
@@ -325,7 +335,35 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, conn conn
 		}
 		return fail(fmt.Errorf("table %s: declares neither read nor remote", t.Name))
 	}
-	start := schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Source: req.Source, Table: t.Name, Description: t.Description}
+	opts := src.Table(t.Name)
+	pk := opts.PrimaryKey
+	if len(pk) == 0 {
+		pk = t.PrimaryKey
+	}
+	prevSchema, err := loadSchema(ctx, state, req.Source, t.Name)
+	if err != nil {
+		return fail(err)
+	}
+	var cursor *schemas.Cursor
+	var cursorRev uint64
+	if opts.IncrementalKey != "" {
+		if cursor, cursorRev, err = loadCursor(ctx, state, req.Source, t.Name); err != nil {
+			return fail(err)
+		}
+	}
+	plan := tablePlan{prevSchema: prevSchema, policy: opts.SchemaPolicy, incrementalKey: opts.IncrementalKey, pk: pk, mode: schemas.WriteReplace}
+	if cursor != nil && cursor.Column == opts.IncrementalKey && !req.FullRefresh {
+		plan.cursor = cursor
+	}
+	// A table whose schema is known up front is checked before reading.
+	if t.Schema != nil {
+		if err := plan.check(t.Schema); err != nil {
+			res.SchemaChanges = plan.changes
+			return fail(err)
+		}
+	}
+	start := schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Source: req.Source, Table: t.Name,
+		Description: t.Description, SchemaChanges: plan.changes}
 	if t.Schema != nil {
 		b, err := schemas.EncodeSchema(t.Schema)
 		if err != nil {
@@ -336,8 +374,8 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, conn conn
 	if err := p.publishEvent(ctx, start); err != nil {
 		return fail(err)
 	}
-	schema, batches, rows, err := p.publishTable(ctx, req, reader, t, log)
-	res.Batches, res.Rows = batches, rows
+	schema, batches, rows, next, err := p.publishTable(ctx, req, reader, t, &plan, log)
+	res.Batches, res.Rows, res.SchemaChanges, res.WriteMode = batches, rows, plan.changes, plan.mode
 	if err != nil {
 		return fail(err)
 	}
@@ -346,18 +384,84 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, conn conn
 		return fail(err)
 	}
 	done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
-		Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: batches, Rows: rows}
+		Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: batches, Rows: rows,
+		SchemaChanges: plan.changes, WriteMode: plan.mode, PrimaryKey: pk, Cursor: next, CursorRevision: cursorRev}
 	if err := p.publishEvent(ctx, done); err != nil {
 		return fail(err)
 	}
-	log.Debug("table produced", "batches", batches, "rows", rows)
+	log.Debug("table produced", "batches", batches, "rows", rows, "mode", plan.mode)
 	return res
 }
 
+// tablePlan is how one table is read this run: the schema check and whether
+// the read is incremental.
+type tablePlan struct {
+	prevSchema     *arrow.Schema
+	policy         string
+	incrementalKey string
+	pk             []string
+	cursor         *schemas.Cursor // committed cursor to read from; nil: full read
+	changes        []string
+	mode           string
+	checked        bool
+}
+
+// check compares schema with the last published one and settles the plan:
+// a frozen table with changes fails; a changed schema forces a full read,
+// since old rows cannot be merged with rows of another shape.
+func (pl *tablePlan) check(schema *arrow.Schema) error {
+	pl.checked = true
+	pl.changes = schemas.DiffSchemas(pl.prevSchema, schema)
+	if len(pl.changes) > 0 && pl.policy == config.PolicyFreeze {
+		return fmt.Errorf("schema changed and the table's schema policy is freeze (%s); its previous data stays published",
+			strings.Join(pl.changes, "; "))
+	}
+	if len(pl.changes) > 0 {
+		pl.cursor = nil
+	}
+	if pl.cursor != nil {
+		pl.mode = schemas.WriteAppend
+		if len(pl.pk) > 0 {
+			pl.mode = schemas.WriteMerge
+		}
+	}
+	return nil
+}
+
+func loadSchema(ctx context.Context, kv jetstream.KeyValue, source, table string) (*arrow.Schema, error) {
+	e, err := kv.Get(ctx, schemas.SchemaKey(source, table))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load schema state of %s: %w", table, err)
+	}
+	s, err := schemas.DecodeSchema(e.Value())
+	if err != nil {
+		return nil, fmt.Errorf("load schema state of %s: %w", table, err)
+	}
+	return s, nil
+}
+
+func loadCursor(ctx context.Context, kv jetstream.KeyValue, source, table string) (*schemas.Cursor, uint64, error) {
+	e, err := kv.Get(ctx, schemas.CursorKey(source, table))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("load cursor of %s: %w", table, err)
+	}
+	c, err := schemas.DecodeCursor(e.Value())
+	if err != nil {
+		return nil, 0, fmt.Errorf("load cursor of %s: %w", table, err)
+	}
+	return &c, e.Revision(), nil
+}
+
 // publishTable reads the table and publishes every batch, returning the
-// table's schema and how many messages and rows it published. A panic in the
-// connector is turned into an error.
-func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r connectors.Reader, t connectors.TableInfo, log *slog.Logger) (schema *arrow.Schema, seq, rows int64, err error) {
+// table's schema, how many messages and rows it published and the cursor to
+// commit. A panic in the connector is turned into an error.
+func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r connectors.Reader, t connectors.TableInfo, plan *tablePlan, log *slog.Logger) (schema *arrow.Schema, seq, rows int64, next *schemas.Cursor, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("connector panicked reading %s: %v\n%s", t.Name, v, debug.Stack())
@@ -380,59 +484,106 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		return nil
 	}
-	lastProgress := time.Now()
-	for rec, rerr := range r.Read(ctx, t.Name, connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize}) {
-		if rerr != nil {
-			wait(0)
-			return schema, seq, rows, fmt.Errorf("read %s: %w", t.Name, rerr)
-		}
-		if schema == nil {
-			schema = rec.Schema()
-		} else if !rec.Schema().Equal(schema) {
-			wait(0)
-			return schema, seq, rows, fmt.Errorf("read %s: batch schema does not match the declared schema:\n got: %s\nwant: %s", t.Name, rec.Schema(), schema)
-		}
-		if rec.NumRows() == 0 {
-			continue
-		}
+	fail := func(err error) (*arrow.Schema, int64, int64, *schemas.Cursor, error) {
+		wait(0)
+		return schema, seq, rows, nil, err
+	}
+	var track *tracker
+	opts := connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize, IncrementalKey: plan.incrementalKey}
+	if plan.cursor != nil {
+		opts.IncrementalValue = plan.cursor.Value
+	}
+	publish := func(rec arrow.RecordBatch) error {
 		chunks, err := schemas.EncodeBatch(rec, p.opts.MaxPayload)
 		if err != nil {
-			wait(0)
-			return schema, seq, rows, fmt.Errorf("encode %s: %w", t.Name, err)
+			return fmt.Errorf("encode %s: %w", t.Name, err)
 		}
 		for _, c := range chunks {
 			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, seq, c.Rows)}
 			f, err := p.opts.JS.PublishMsgAsync(m)
 			if err != nil {
-				wait(0)
-				return schema, seq, rows, fmt.Errorf("publish batch of %s: %w", t.Name, err)
+				return fmt.Errorf("publish batch of %s: %w", t.Name, err)
 			}
 			inflight = append(inflight, f)
 			seq++
 			if seq%backlogCheckEvery == 0 {
 				if err := p.waitBacklog(ctx, log); err != nil {
-					wait(0)
-					return schema, seq, rows, err
+					return err
 				}
 			}
 			if err := wait(p.opts.MaxInFlight); err != nil {
-				wait(0)
-				return schema, seq, rows, err
+				return err
 			}
 		}
 		rows += rec.NumRows()
+		return nil
+	}
+	lastProgress := time.Now()
+	for rec, rerr := range r.Read(ctx, t.Name, opts) {
+		if rerr != nil {
+			return fail(fmt.Errorf("read %s: %w", t.Name, rerr))
+		}
+		if schema == nil {
+			schema = rec.Schema()
+		} else if !rec.Schema().Equal(schema) {
+			return fail(fmt.Errorf("read %s: batch schema does not match the declared schema:\n got: %s\nwant: %s", t.Name, rec.Schema(), schema))
+		}
+		if !plan.checked {
+			incremental := plan.cursor != nil
+			if err := plan.check(schema); err != nil {
+				return fail(err)
+			}
+			if incremental && plan.cursor == nil {
+				return fail(fmt.Errorf("table %s: schema changed (%s) during an incremental read; run the sync with --full-refresh",
+					t.Name, strings.Join(plan.changes, "; ")))
+			}
+		}
+		if plan.incrementalKey != "" && track == nil {
+			if track, err = newTracker(schema, plan.incrementalKey, plan.pk, plan.cursor); err != nil {
+				return fail(fmt.Errorf("table %s: %w", t.Name, err))
+			}
+		}
+		if rec.NumRows() == 0 {
+			continue
+		}
+		if track == nil {
+			if err := publish(rec); err != nil {
+				return fail(err)
+			}
+		} else {
+			kept := track.keep(rec)
+			for i, k := range kept {
+				if err := publish(k); err != nil {
+					for _, r := range kept[i:] {
+						r.Release()
+					}
+					return fail(err)
+				}
+				k.Release()
+			}
+		}
 		if time.Since(lastProgress) >= progressEvery {
 			lastProgress = time.Now()
 			p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Source: req.Source, Table: t.Name, Batches: seq, Rows: rows})
 		}
 	}
 	if err := wait(0); err != nil {
-		return schema, seq, rows, err
+		return fail(err)
 	}
 	if schema == nil {
-		return nil, seq, rows, fmt.Errorf("read %s: no schema declared and no batch read", t.Name)
+		return fail(fmt.Errorf("read %s: no schema declared and no batch read", t.Name))
 	}
-	return schema, seq, rows, nil
+	if !plan.checked {
+		if err := plan.check(schema); err != nil {
+			return fail(err)
+		}
+	}
+	if track != nil {
+		next = track.next()
+	} else if plan.incrementalKey != "" {
+		next = plan.cursor
+	}
+	return schema, seq, rows, next, nil
 }
 
 // waitBacklog blocks while more than MaxBacklog batches wait for a writer.

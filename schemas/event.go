@@ -74,6 +74,17 @@ type Event struct {
 	Batches int64  `json:"batches,omitempty"`
 	Rows    int64  `json:"rows,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// SchemaChanges describe, in words, how the table's schema differs from
+	// the last published one (table_started, table_done).
+	SchemaChanges []string `json:"schema_changes,omitempty"`
+	// WriteMode is replace, merge or append (table_done); PrimaryKey the key
+	// columns a merge uses.
+	WriteMode  string   `json:"write_mode,omitempty"`
+	PrimaryKey []string `json:"primary_key,omitempty"`
+	// Cursor is the incremental position to commit once the table's rows are
+	// published; CursorRevision the state revision it was read at (0: none).
+	Cursor         *Cursor `json:"cursor,omitempty"`
+	CursorRevision uint64  `json:"cursor_revision,omitempty"`
 
 	// BatchWritten: the part file (relative to the run's staging folder) and
 	// the data message sequence numbers it holds, in file order, with their
@@ -106,13 +117,16 @@ type RemoteAttach struct {
 
 // TableResult is the outcome of one table in a run.
 type TableResult struct {
-	Table     string `json:"table"`
-	Status    string `json:"status"` // "done" or "failed"
-	Rows      int64  `json:"rows"`
-	Batches   int64  `json:"batches,omitempty"`
-	SizeBytes int64  `json:"size_bytes,omitempty"`
-	QueryMode string `json:"query_mode,omitempty"`
-	Error     string `json:"error,omitempty"`
+	Table         string   `json:"table"`
+	Status        string   `json:"status"` // "done" or "failed"
+	Rows          int64    `json:"rows"`
+	TotalRows     int64    `json:"total_rows,omitempty"` // rows in the published table (merge/append)
+	WriteMode     string   `json:"write_mode,omitempty"`
+	SchemaChanges []string `json:"schema_changes,omitempty"`
+	Batches       int64    `json:"batches,omitempty"`
+	SizeBytes     int64    `json:"size_bytes,omitempty"`
+	QueryMode     string   `json:"query_mode,omitempty"`
+	Error         string   `json:"error,omitempty"`
 }
 
 // Table result statuses.

@@ -254,3 +254,26 @@ func noise(seed, n int) string {
 	}
 	return string(buf)
 }
+
+func TestDiffSchemas(t *testing.T) {
+	prev := arrow.NewSchema([]arrow.Field{
+		{Name: "id", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "qty", Type: arrow.PrimitiveTypes.Int32},
+		{Name: "gone", Type: arrow.BinaryTypes.String},
+		{Name: "n", Type: arrow.BinaryTypes.String},
+	}, nil)
+	next := arrow.NewSchema([]arrow.Field{
+		{Name: "id", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "qty", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "n", Type: arrow.BinaryTypes.String, Nullable: true},
+		{Name: "new", Type: arrow.FixedWidthTypes.Boolean},
+	}, nil)
+	got := strings.Join(DiffSchemas(prev, next), "; ")
+	want := "column qty changed type from int32 to int64; column n changed from not null to nullable; added column new (bool); removed column gone (utf8)"
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	if DiffSchemas(prev, prev) != nil || DiffSchemas(nil, next) != nil {
+		t.Error("no change must give nil")
+	}
+}

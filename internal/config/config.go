@@ -43,6 +43,41 @@ type Source struct {
 	Config map[string]any `yaml:"config"`
 	// Tables optionally limits the sync to these tables.
 	Tables []string `yaml:"tables"`
+	// SchemaPolicy is the default policy for schema changes: evolve
+	// (publish the new schema) or freeze (fail the table, keep its data).
+	SchemaPolicy string `yaml:"schema_policy"`
+	// TableOptions tune single tables.
+	TableOptions map[string]TableOptions `yaml:"table_options"`
+}
+
+// TableOptions tune how one table is synced.
+type TableOptions struct {
+	// SchemaPolicy overrides the source's policy for this table.
+	SchemaPolicy string `yaml:"schema_policy"`
+	// IncrementalKey is the cursor column: later runs read only rows whose
+	// value is at or past the last published one.
+	IncrementalKey string `yaml:"incremental_key"`
+	// PrimaryKey overrides the connector's key; incremental runs on a keyed
+	// table merge rows into the table (latest wins) instead of appending.
+	PrimaryKey []string `yaml:"primary_key"`
+}
+
+// Schema policies.
+const (
+	PolicyEvolve = "evolve"
+	PolicyFreeze = "freeze"
+)
+
+// Table returns the effective options of one table of the source.
+func (s Source) Table(name string) TableOptions {
+	o := s.TableOptions[name]
+	if o.SchemaPolicy == "" {
+		o.SchemaPolicy = s.SchemaPolicy
+	}
+	if o.SchemaPolicy == "" {
+		o.SchemaPolicy = PolicyEvolve
+	}
+	return o
 }
 
 // DefaultDataDir is used when neither the file nor a flag sets one.
@@ -165,6 +200,24 @@ func (c *Config) Validate() error {
 		for j, t := range s.Tables {
 			if err := schemas.ValidateName("table", t); err != nil {
 				errs = append(errs, fmt.Errorf("%s: field %s.tables[%d]: %w", c.path, field, j, err))
+			}
+		}
+		policyOK := func(f, p string) {
+			if p != "" && p != PolicyEvolve && p != PolicyFreeze {
+				errs = append(errs, fmt.Errorf("%s: field %s: %q is not one of evolve, freeze", c.path, f, p))
+			}
+		}
+		policyOK(field+".schema_policy", s.SchemaPolicy)
+		for t, o := range s.TableOptions {
+			f := field + ".table_options." + t
+			if err := schemas.ValidateName("table", t); err != nil {
+				errs = append(errs, fmt.Errorf("%s: field %s: %w", c.path, f, err))
+			}
+			policyOK(f+".schema_policy", o.SchemaPolicy)
+			for _, k := range o.PrimaryKey {
+				if strings.TrimSpace(k) == "" {
+					errs = append(errs, fmt.Errorf("%s: field %s.primary_key: empty column name", c.path, f))
+				}
 			}
 		}
 	}

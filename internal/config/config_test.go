@@ -100,3 +100,31 @@ sources:
 		t.Errorf("typing after expansion: n=%#v quoted=%#v", c["n"], c["quoted"])
 	}
 }
+
+func TestTableOptions(t *testing.T) {
+	cfg, err := Parse("a.yaml", []byte(`sources:
+  - name: s
+    connector: demo
+    schema_policy: freeze
+    table_options:
+      orders: {incremental_key: updated_at, primary_key: [id], schema_policy: evolve}
+      customers: {incremental_key: id}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Sources[0]
+	if o := s.Table("orders"); o.SchemaPolicy != PolicyEvolve || o.IncrementalKey != "updated_at" || o.PrimaryKey[0] != "id" {
+		t.Errorf("orders %+v", o)
+	}
+	if o := s.Table("customers"); o.SchemaPolicy != PolicyFreeze {
+		t.Errorf("customers inherits the source policy: %+v", o)
+	}
+	if o := Default().Sources[0].Table("x"); o.SchemaPolicy != PolicyEvolve {
+		t.Errorf("default policy %q", o.SchemaPolicy)
+	}
+	_, err = Parse("a.yaml", []byte("sources:\n  - {name: s, connector: demo, schema_policy: lock}\n"))
+	if err == nil || !strings.Contains(err.Error(), `"lock" is not one of evolve, freeze`) {
+		t.Errorf("bad policy: %v", err)
+	}
+}

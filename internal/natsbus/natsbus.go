@@ -4,7 +4,6 @@ package natsbus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -116,30 +115,14 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
 	}
-	return nil
-}
-
-// WaitProvisioned blocks until the streams exist (another process provisions
-// them) or ctx ends.
-func WaitProvisioned(ctx context.Context, js jetstream.JetStream) error {
-	for {
-		var missing error
-		for _, cfg := range schemas.StreamConfigs(1) {
-			if _, err := js.Stream(ctx, cfg.Name); err != nil {
-				missing = err
-				break
-			}
-		}
-		if missing == nil {
-			return nil
-		}
-		if !errors.Is(missing, jetstream.ErrStreamNotFound) && ctx.Err() != nil {
-			return missing
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for streams: %w", ctx.Err())
-		case <-time.After(100 * time.Millisecond):
-		}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      schemas.StateBucket,
+		Description: "Agnes per-table state: published schema and incremental cursor",
+		History:     5,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	}); err != nil {
+		return fmt.Errorf("provision state bucket: %w", err)
 	}
+	return nil
 }
