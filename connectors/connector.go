@@ -20,6 +20,10 @@ type TableInfo struct {
 	PrimaryKey []string
 	// Description is stored in _meta.
 	Description string
+	// RemotePath names a remote table inside the attached catalog, for
+	// example {"in.c-main", "orders"} or {"dataset", "table"}; the extract
+	// gets a view over <alias>.<path...>.
+	RemotePath []string
 }
 
 // ReadOptions are built by the runtime from config and state and passed to Read.

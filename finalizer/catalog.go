@@ -30,6 +30,7 @@ type catalogTable struct {
 	QueryMode   string    `json:"query_mode"`
 	RunID       string    `json:"run_id"`
 	Schema      []byte    `json:"schema,omitempty"`
+	RemotePath  []string  `json:"remote_path,omitempty"`
 }
 
 func loadCatalog(dir string) (*catalog, error) {

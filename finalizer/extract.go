@@ -11,6 +11,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/google/uuid"
 
 	_ "github.com/duckdb/duckdb-go/v2" // registers the "duckdb" database/sql driver
@@ -39,6 +40,9 @@ type metaRow struct {
 	QueryMode   string
 	// Path is the absolute Parquet path (local tables).
 	Path string
+	// RemotePath and Schema describe a remote table for its view.
+	RemotePath []string
+	Schema     *arrow.Schema
 }
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
@@ -120,6 +124,9 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 			}
 		}
 	}
+	if err := remoteViews(exec, rows, remote); err != nil {
+		return err
+	}
 	if len(remote) > 0 {
 		if err := exec("CREATE TABLE _remote_attach (alias VARCHAR, extension VARCHAR, url VARCHAR, token_env VARCHAR)"); err != nil {
 			return err
@@ -150,6 +157,67 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 		return fmt.Errorf("build extract: %w", err)
 	}
 	return parquetfile.ReplaceFile(tmp, filepath.Join(dir, ExtractFile))
+}
+
+// remoteViews creates a view over <alias>.<path> for every remote table
+// with a path. DuckDB binds a view when it is created, so the catalog is
+// stood in for by an in-memory database with empty tables of the same names,
+// detached afterwards; the view's SQL resolves against the real catalog
+// once the orchestrator attaches it.
+func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schemas.RemoteAttach) error {
+	var views []metaRow
+	for _, r := range rows {
+		if r.QueryMode == schemas.ModeRemote && len(r.RemotePath) > 0 {
+			views = append(views, r)
+		}
+	}
+	if len(views) == 0 {
+		return nil
+	}
+	if len(remote) == 0 {
+		return fmt.Errorf("build extract: remote tables but no _remote_attach row")
+	}
+	alias := remote[0].Alias
+	if err := exec("ATTACH ':memory:' AS " + quoteIdent(alias)); err != nil {
+		return err
+	}
+	schemasMade := map[string]bool{}
+	for _, v := range views {
+		if len(v.RemotePath) > 2 {
+			return fmt.Errorf("build extract: remote path %q of %s has more than schema and table", v.RemotePath, v.Table)
+		}
+		schemaName, table := "main", v.RemotePath[len(v.RemotePath)-1]
+		if len(v.RemotePath) == 2 {
+			schemaName = v.RemotePath[0]
+		}
+		for _, part := range v.RemotePath {
+			if part == "" || strings.ContainsAny(part, "\x00\n") {
+				return fmt.Errorf("build extract: remote path %q of %s has an empty or unsafe part", v.RemotePath, v.Table)
+			}
+		}
+		ref := quoteIdent(alias) + "." + quoteIdent(schemaName) + "." + quoteIdent(table)
+		if !schemasMade[schemaName] {
+			schemasMade[schemaName] = true
+			if err := exec("CREATE SCHEMA IF NOT EXISTS " + quoteIdent(alias) + "." + quoteIdent(schemaName)); err != nil {
+				return err
+			}
+		}
+		cols := "_stub INTEGER"
+		if v.Schema != nil && v.Schema.NumFields() > 0 {
+			var defs []string
+			for _, f := range v.Schema.Fields() {
+				defs = append(defs, quoteIdent(f.Name)+" VARCHAR")
+			}
+			cols = strings.Join(defs, ", ")
+		}
+		if err := exec("CREATE TABLE IF NOT EXISTS " + ref + " (" + cols + ")"); err != nil {
+			return err
+		}
+		if err := exec("CREATE VIEW " + quoteIdent(v.Table) + " AS SELECT * FROM " + ref); err != nil {
+			return err
+		}
+	}
+	return exec("DETACH " + quoteIdent(alias))
 }
 
 func firstLine(q string) string {

@@ -313,7 +313,11 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			continue
 		}
 		if res.QueryMode == schemas.ModeRemote {
-			cat.Tables[res.Table] = catalogTable{Description: r.tables[res.Table].doneDescription(), ExtractedAt: now, QueryMode: schemas.ModeRemote, RunID: runID}
+			ct := catalogTable{ExtractedAt: now, QueryMode: schemas.ModeRemote, RunID: runID}
+			if t := r.tables[res.Table]; t != nil && t.done != nil {
+				ct.Description, ct.Schema, ct.RemotePath = t.done.Description, t.done.Schema, t.done.RemotePath
+			}
+			cat.Tables[res.Table] = ct
 			results = append(results, res)
 			continue
 		}
@@ -379,7 +383,11 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 	rows := make([]metaRow, 0, len(names))
 	for _, n := range names {
 		ct := cat.Tables[n]
-		mr := metaRow{Table: n, Description: ct.Description, Rows: ct.Rows, SizeBytes: ct.SizeBytes, ExtractedAt: ct.ExtractedAt, QueryMode: ct.QueryMode}
+		mr := metaRow{Table: n, Description: ct.Description, Rows: ct.Rows, SizeBytes: ct.SizeBytes, ExtractedAt: ct.ExtractedAt,
+			QueryMode: ct.QueryMode, RemotePath: ct.RemotePath}
+		if len(ct.Schema) > 0 {
+			mr.Schema, _ = schemas.DecodeSchema(ct.Schema)
+		}
 		if ct.QueryMode == schemas.ModeLocal {
 			mr.Path = filepath.Join(dataDir, n+".parquet")
 		}
@@ -400,13 +408,6 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 	}
 	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results,
 		Path: filepath.Join(dir, ExtractFile)}, nil
-}
-
-func (t *tableState) doneDescription() string {
-	if t == nil || t.done == nil {
-		return ""
-	}
-	return t.done.Description
 }
 
 // assembled says what assembleTable produced.

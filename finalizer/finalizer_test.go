@@ -170,7 +170,9 @@ func TestBuildExtract(t *testing.T) {
 	rows := []metaRow{
 		{Table: "things", Description: "it's things", Rows: 30, SizeBytes: st.Size(), ExtractedAt: at, QueryMode: schemas.ModeLocal, Path: filepath.Join(data, "things.parquet")},
 		{Table: "nothing", Rows: 0, SizeBytes: est.Size(), ExtractedAt: at, QueryMode: schemas.ModeLocal, Path: empty},
-		{Table: "far_away", Description: "remote", Rows: 99, SizeBytes: 99, ExtractedAt: at, QueryMode: schemas.ModeRemote},
+		{Table: "far_away", Description: "remote", Rows: 99, SizeBytes: 99, ExtractedAt: at, QueryMode: schemas.ModeRemote,
+			RemotePath: []string{"in.c-main", "far"}, Schema: idSchema},
+		{Table: "unviewed", Description: "remote without a path", ExtractedAt: at, QueryMode: schemas.ModeRemote},
 	}
 	remote := []schemas.RemoteAttach{{Alias: "kbc", Extension: "keboola", URL: "https://connection.keboola.com/", TokenEnv: "KEBOOLA_STORAGE_TOKEN"}}
 	if err := buildExtract(context.Background(), dir, rows, remote); err != nil {
@@ -193,8 +195,11 @@ func TestBuildExtract(t *testing.T) {
 	if x.Counts["nothing"] != 0 || got["nothing"].Rows != 0 {
 		t.Errorf("empty table: count %d", x.Counts["nothing"])
 	}
-	if _, ok := x.Views["far_away"]; ok {
-		t.Error("a remote table got a local view")
+	if v := x.Views["far_away"]; !strings.Contains(v, `kbc."in.c-main".far`) {
+		t.Errorf("remote view %q does not read the attached catalog", v)
+	}
+	if _, ok := x.Views["unviewed"]; ok {
+		t.Error("a remote table without a path got a view")
 	}
 	if len(x.Remote) != 1 || x.Remote[0] != (extractcheck.RemoteRow{Alias: "kbc", Extension: "keboola", URL: "https://connection.keboola.com", TokenEnv: "KEBOOLA_STORAGE_TOKEN"}) {
 		t.Errorf("_remote_attach = %+v", x.Remote)

@@ -324,7 +324,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 		if caps.Has(connectors.Remote) {
 			res.QueryMode = schemas.ModeRemote
 			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
-				Description: t.Description, QueryMode: schemas.ModeRemote}
+				Description: t.Description, QueryMode: schemas.ModeRemote, RemotePath: t.RemotePath}
 			if t.Schema != nil {
 				ev.Schema, _ = schemas.EncodeSchema(t.Schema)
 			}

@@ -74,6 +74,8 @@ type Event struct {
 	Batches int64  `json:"batches,omitempty"`
 	Rows    int64  `json:"rows,omitempty"`
 	Error   string `json:"error,omitempty"`
+	// RemotePath is a remote table's name inside the attached catalog.
+	RemotePath []string `json:"remote_path,omitempty"`
 	// SchemaChanges describe, in words, how the table's schema differs from
 	// the last published one (table_started, table_done).
 	SchemaChanges []string `json:"schema_changes,omitempty"`

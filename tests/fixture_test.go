@@ -46,7 +46,8 @@ func (f *fixture) Discover(context.Context) ([]connectors.TableInfo, error) {
 		{Name: "panicky", Schema: fixtureSchema, Capabilities: connectors.Read, Description: "sometimes panics"},
 	}
 	if f.caps.Has(connectors.Remote) {
-		out = append(out, connectors.TableInfo{Name: "far_away", Capabilities: connectors.Remote, Description: "lives in the remote catalog"})
+		out = append(out, connectors.TableInfo{Name: "far_away", Capabilities: connectors.Remote, Description: "lives in the remote catalog",
+			RemotePath: []string{"in.c-main", "far-away"}, Schema: fixtureSchema})
 	}
 	return out, nil
 }

@@ -104,6 +104,9 @@ func TestTableErrorsAreIsolated(t *testing.T) {
 	if r := meta["far_away"]; r.QueryMode != "remote" || r.Rows != 0 || r.SizeBytes != 0 {
 		t.Errorf("remote row %+v", r)
 	}
+	if v := x.Views["far_away"]; !strings.Contains(v, `kbc."in.c-main"."far-away"`) {
+		t.Errorf("remote view over the attached alias: %q", v)
+	}
 	if len(x.Remote) != 1 || x.Remote[0].URL != "https://connection.keboola.com" || x.Remote[0].TokenEnv != "KEBOOLA_STORAGE_TOKEN" {
 		t.Errorf("_remote_attach %+v", x.Remote)
 	}

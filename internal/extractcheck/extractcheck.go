@@ -223,6 +223,22 @@ func Verify(ctx context.Context, path string) (*Extract, error) {
 			rr.Close()
 		}
 	}
+	// A remote table's view must read from an attached catalog.
+	for _, m := range x.Meta {
+		v, ok := x.Views[m.Table]
+		if m.QueryMode != "remote" || !ok {
+			continue
+		}
+		found := false
+		for _, r := range x.Remote {
+			if strings.Contains(v, `FROM "`+r.Alias+`".`) || strings.Contains(v, "FROM "+r.Alias+".") {
+				found = true
+			}
+		}
+		if !found {
+			bad("remote view %s does not read from an attached catalog: %s", m.Table, v)
+		}
+	}
 	if err := noTempFiles(filepath.Dir(path)); err != nil {
 		errs = append(errs, err)
 	}
