@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"fmt"
 	"iter"
+	"strconv"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
@@ -125,9 +126,20 @@ func (c *Connector) Read(ctx context.Context, table string, opts connectors.Read
 		if size <= 0 {
 			size = int64(c.opts.BatchSize)
 		}
+		// Incremental reads on id start at the cursor, inclusively (ids are
+		// row index + 1).
+		first := int64(0)
+		if opts.IncrementalKey == "id" && opts.IncrementalValue != "" {
+			v, err := strconv.ParseInt(opts.IncrementalValue, 10, 64)
+			if err != nil {
+				yield(nil, fmt.Errorf("demo: incremental value %q of id is not an integer", opts.IncrementalValue))
+				return
+			}
+			first = min(max(v-1, 0), total)
+		}
 		b := array.NewRecordBuilder(c.opts.Mem, schema)
 		defer b.Release()
-		for start := int64(0); start < total; start += size {
+		for start := first; start < total; start += size {
 			if err := ctx.Err(); err != nil {
 				yield(nil, err)
 				return

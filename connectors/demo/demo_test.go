@@ -146,3 +146,23 @@ func TestStopEarlyReleases(t *testing.T) {
 		}
 	}
 }
+
+func TestIncrementalOnID(t *testing.T) {
+	c := New(Options{Rows: 100})
+	var ids []int64
+	for rec, err := range c.Read(context.Background(), "orders", connectors.ReadOptions{IncrementalKey: "id", IncrementalValue: "95"}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, rec.Column(0).(*array.Int64).Int64Values()...)
+	}
+	if len(ids) != 6 || ids[0] != 95 || ids[5] != 100 {
+		t.Errorf("ids %v, want 95..100 (inclusive)", ids)
+	}
+	for _, err := range c.Read(context.Background(), "orders", connectors.ReadOptions{IncrementalKey: "id", IncrementalValue: "x"}) {
+		if err == nil {
+			t.Error("a non-integer cursor was accepted")
+		}
+		break
+	}
+}
