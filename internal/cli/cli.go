@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strings"
 
-	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/config"
 )
 
@@ -23,6 +22,9 @@ Usage:
   da sync <source> [flags]      run a sync and wait for its extract
   da serve [flags]              run the services until SIGINT/SIGTERM
   da connector list             list the built-in connectors
+  da connector discover <src>   show a source's tables and Arrow schemas
+  da connector test <src>       run the contract checks against a source
+  da connector new <name>       scaffold a connector (--caps discover,read,...)
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
 
@@ -157,20 +159,6 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-func runConnector(_ context.Context, args []string, stdout, _ io.Writer) error {
-	if len(args) == 0 || args[0] != "list" {
-		return usageError{fmt.Errorf("usage: da connector list")}
-	}
-	reg := builtin.Registry()
-	fmt.Fprintf(stdout, "%-12s %-8s %-28s %s\n", "NAME", "VERSION", "CAPABILITIES", "DESCRIPTION")
-	for _, n := range reg.Names() {
-		r, _ := reg.Lookup(n)
-		m := r.Manifest
-		fmt.Fprintf(stdout, "%-12s %-8s %-28s %s\n", m.Name, m.Version, strings.Join(m.Capabilities.Strings(), ","), m.Description)
-	}
-	return nil
 }
 
 func runtimeProcs() int { return runtime.GOMAXPROCS(0) }
