@@ -46,6 +46,9 @@ type Suite struct {
 	// Incremental maps tables to their cursor column, to check that an
 	// incremental sync from the latest state adds no duplicates.
 	Incremental map[string]string
+	// StreamEvent is a sample pushed event (a webhook body) for connectors
+	// that declare stream; required for them.
+	StreamEvent []byte
 	// Tables lists the tables to sync when the connector cannot discover.
 	Tables []string
 	// MaxBatches bounds how many batches per table the read checks take
@@ -82,6 +85,7 @@ func Checks(s Suite) []Check {
 		{"ReadMatchesDeclaredSchema", s.readSchema},
 		{"TwoFullReadsAreIdentical", s.twoReads},
 		{"RemoteInfoHasNoSecret", s.remote},
+		{"StreamYieldsDeclaredTables", s.stream},
 		{"FullExtractIsValid", s.fullExtract},
 	}
 }
@@ -333,6 +337,57 @@ func (s Suite) remote(ctx context.Context) error {
 	for _, sec := range s.secrets() {
 		if sec != "" && strings.Contains(info.URL+info.TokenEnv+info.Alias+info.Extension, sec) {
 			return errors.New("remote info contains a secret")
+		}
+	}
+	return nil
+}
+
+func (s Suite) stream(ctx context.Context) error {
+	c, err := s.open()
+	if err != nil {
+		return err
+	}
+	st, ok := c.(connectors.Streamer)
+	if !ok || !c.Capabilities().Has(connectors.Stream) {
+		return nil
+	}
+	if s.StreamEvent == nil {
+		return errors.New("the connector declares stream: set Suite.StreamEvent to a sample event")
+	}
+	out, err := st.Stream(ctx, s.StreamEvent)
+	if err != nil {
+		return fmt.Errorf("stream: %w", err)
+	}
+	defer func() {
+		for _, recs := range out {
+			for _, r := range recs {
+				r.Release()
+			}
+		}
+	}()
+	if len(out) == 0 {
+		return errors.New("the sample event gave no rows")
+	}
+	declared := map[string]*arrow.Schema{}
+	ts, err := s.tables(ctx, c)
+	if err != nil {
+		return err
+	}
+	for _, t := range ts {
+		declared[t.Name] = t.Schema
+	}
+	for table, recs := range out {
+		if err := schemas.ValidateName("table", table); err != nil {
+			return err
+		}
+		want, known := declared[table]
+		if ts != nil && !known {
+			return fmt.Errorf("stream yielded rows for %s, which discover does not list", table)
+		}
+		for _, r := range recs {
+			if want != nil && !r.Schema().Equal(want) {
+				return fmt.Errorf("stream batch for %s has schema\n%s\nnot the declared\n%s", table, r.Schema(), want)
+			}
 		}
 	}
 	return nil

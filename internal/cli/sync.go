@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -153,8 +152,9 @@ func progress(out io.Writer) func(schemas.Event) {
 }
 
 func printSummary(w io.Writer, rep *stack.Report) {
-	fmt.Fprintf(w, "\nSynced %s in %s: %d tables, %s rows, %d failed\n", rep.Source, rep.Duration.Round(time.Millisecond),
-		len(rep.Results), thousands(rep.Rows), rep.Failed)
+	st := rep.Stats()
+	fmt.Fprintf(w, "\nSynced %s in %s: %d tables extracted, %d failed, %s rows read, %d schema changes\n", rep.Source,
+		rep.Duration.Round(time.Millisecond), st.TablesExtracted, st.TablesFailed, thousands(st.Rows), len(st.SchemaChanges))
 	for _, r := range rep.Results {
 		switch {
 		case r.Status == schemas.StatusFailed:
@@ -162,15 +162,22 @@ func printSummary(w io.Writer, rep *stack.Report) {
 		case r.QueryMode == schemas.ModeRemote:
 			fmt.Fprintf(w, "  %-24s remote\n", r.Table)
 		default:
-			fmt.Fprintf(w, "  %-24s %12s rows  %10s\n", r.Table, thousands(r.Rows), humanBytes(r.SizeBytes))
+			line := fmt.Sprintf("  %-24s %12s rows  %10s", r.Table, thousands(r.Rows), humanBytes(r.SizeBytes))
+			switch r.WriteMode {
+			case schemas.WriteMerge:
+				line += fmt.Sprintf("  merged by key, %s rows in the table", thousands(r.TotalRows))
+			case schemas.WriteAppend:
+				line += fmt.Sprintf("  appended, %s rows in the table", thousands(r.TotalRows))
+			}
+			fmt.Fprintln(w, line)
+		}
+		for _, c := range r.SchemaChanges {
+			fmt.Fprintf(w, "  %-24s schema: %s\n", "", c)
 		}
 	}
 	abs, _ := filepath.Abs(rep.Path)
 	fmt.Fprintf(w, "\nExtract: %s\n", abs)
 	fmt.Fprintf(w, "Try:     duckdb -readonly %s -c \"SELECT table_name, rows, query_mode FROM _meta\"\n", abs)
-	if _, err := os.Stat(abs); err != nil {
-		fmt.Fprintf(w, "warning: %v\n", err)
-	}
 }
 
 func thousands(n int64) string {

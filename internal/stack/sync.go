@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -19,6 +20,24 @@ type Report struct {
 	Rows     int64
 	Failed   int
 	Duration time.Duration
+}
+
+// Stats summarises the run as the Connector Kit's run statistics.
+func (r *Report) Stats() connectors.RunStats {
+	var st connectors.RunStats
+	for _, t := range r.Results {
+		if t.Status == schemas.StatusFailed {
+			st.TablesFailed++
+			st.Errors = append(st.Errors, t.Table+": "+t.Error)
+		} else {
+			st.TablesExtracted++
+			st.Rows += t.Rows
+		}
+		for _, c := range t.SchemaChanges {
+			st.SchemaChanges = append(st.SchemaChanges, t.Table+": "+c)
+		}
+	}
+	return st
 }
 
 // Sync publishes req, passes each event of the run to onEvent (may be nil)
