@@ -22,7 +22,9 @@ import (
 // a remote catalog and publishes no data.
 type remoteOnly struct{}
 
-func (remoteOnly) Capabilities() connectors.Capability { return connectors.Discover | connectors.Remote }
+func (remoteOnly) Capabilities() connectors.Capability {
+	return connectors.Discover | connectors.Remote
+}
 func (remoteOnly) Discover(context.Context) ([]connectors.TableInfo, error) {
 	return []connectors.TableInfo{
 		{Name: "sales_orders", Capabilities: connectors.Remote, Description: "BigQuery: sales.orders", RemotePath: []string{"sales", "orders"}},
