@@ -146,3 +146,27 @@ func TestThousands(t *testing.T) {
 		}
 	}
 }
+
+func TestConnectorDiscoverAndTest(t *testing.T) {
+	code, out, errs := run(t, "connector", "discover", "demo")
+	if code != 0 || !strings.Contains(out, "orders  [read]  key: id") || !strings.Contains(out, "created_at") || !strings.Contains(out, "timestamp[us, tz=UTC]") {
+		t.Errorf("discover: code %d\n%s%s", code, out, errs)
+	}
+	if code, _, errs := run(t, "connector", "discover", "nope"); code == 0 || !strings.Contains(errs, `unknown source "nope"`) {
+		t.Errorf("discover unknown source: %d %s", code, errs)
+	}
+	dir := t.TempDir()
+	cfg := writeFile(t, dir, "a.yaml", "sources:\n  - name: small\n    connector: demo\n    config: {rows: 2000, customer_rows: 100}\n    table_options:\n      orders: {incremental_key: id}\n")
+	code, out, errs = run(t, "connector", "test", "small", "--config", cfg)
+	if code != 0 || strings.Count(out, "PASS") != 8 || !strings.Contains(out, "all checks passed") {
+		t.Errorf("test: code %d\n%s%s", code, out, errs)
+	}
+	bad := writeFile(t, dir, "b.yaml", "sources:\n  - name: small\n    connector: demo\n    config: {rows: -5}\n")
+	code, out, _ = run(t, "connector", "test", "small", "--config", bad)
+	if code != 1 || !strings.Contains(out, "FAIL  ManifestMatchesConnector") || !strings.Contains(out, "checks failed") {
+		t.Errorf("test with bad config: code %d\n%s", code, out)
+	}
+	if code, _, _ := run(t, "connector", "frob"); code != 2 {
+		t.Errorf("unknown subcommand: %d", code)
+	}
+}
