@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -96,33 +97,9 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	// before its extract_published event is read, so nothing is finalized
 	// until the replay has caught up.
 	replayEnd := info.State.LastSeq
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"agnes.events.>"},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return fmt.Errorf("finalizer: create consumer: %w", err)
-	}
-	it, err := cons.Messages()
-	if err != nil {
-		return fmt.Errorf("finalizer: consume events: %w", err)
-	}
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
 	f.log.Info("finalizer started", "data_dir", f.dataDir, "replaying", replayEnd)
 	replaying := replayEnd > 0
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() == nil {
-				return fmt.Errorf("finalizer: next event: %w", err)
-			}
-			f.wg.Wait()
-			f.log.Info("finalizer stopped")
-			return nil
-		}
+	err = natsbus.Follow(ctx, f.opts.JS, schemas.EventStream, "agnes.events.>", 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
 			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
@@ -131,19 +108,26 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		}
 		if replaying {
 			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
-				continue
+				return true
 			}
 			replaying = false
 			f.cleanPublished()
 			for id := range f.runs {
 				f.maybeFinalize(ctx, id)
 			}
-			continue
+			return true
 		}
 		if ev.RunID != "" {
 			f.maybeFinalize(ctx, ev.RunID)
 		}
+		return true
+	})
+	f.wg.Wait()
+	f.log.Info("finalizer stopped")
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("finalizer: follow events: %w", err)
 	}
+	return nil
 }
 
 // cleanPublished removes staging folders of runs whose extract is published

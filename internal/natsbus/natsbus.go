@@ -4,6 +4,7 @@ package natsbus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -126,3 +127,53 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 	}
 	return nil
 }
+
+// Follow delivers the messages of stream matching filter to fn, in order,
+// from the first one (or from fromSeq when non-zero) until ctx ends or fn
+// returns false. A broken subscription (a server restart, a cluster node
+// going away) is resumed after the last delivered message, so fn sees every
+// message once and in order.
+func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, fromSeq uint64, fn func(jetstream.Msg) bool) error {
+	next := fromSeq
+	for {
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverAllPolicy}
+		if next > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
+		}
+		err := func() error {
+			cons, err := js.OrderedConsumer(ctx, stream, cfg)
+			if err != nil {
+				return err
+			}
+			it, err := cons.Messages()
+			if err != nil {
+				return err
+			}
+			defer it.Stop()
+			stop := context.AfterFunc(ctx, it.Stop)
+			defer stop()
+			for {
+				msg, err := it.Next()
+				if err != nil {
+					return err
+				}
+				if md, err := msg.Metadata(); err == nil {
+					next = md.Sequence.Stream + 1
+				}
+				if !fn(msg) {
+					return errStop
+				}
+			}
+		}()
+		if err == errStop || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+var errStop = errors.New("stop following")

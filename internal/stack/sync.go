@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -45,56 +46,49 @@ func (r *Report) Stats() connectors.RunStats {
 // whole is an error; failed tables are reported in the Report.
 func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, onEvent func(schemas.Event)) (*Report, error) {
 	start := time.Now()
-	cons, err := js.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{schemas.RunEventsFilter(req.Source, req.RunID)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("follow run events: %w", err)
-	}
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
+	// Events are read from the stream's start for this run's subjects, so
+	// nothing published before the follower starts is missed.
 	if _, err := js.Publish(ctx, schemas.SyncSubject(req.Source), b, jetstream.WithMsgID(req.RunID)); err != nil {
 		return nil, fmt.Errorf("publish sync request: %w", err)
 	}
-	it, err := cons.Messages()
-	if err != nil {
-		return nil, fmt.Errorf("follow run events: %w", err)
-	}
-	defer it.Stop()
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("wait for run %s: %w (is a producer, writer and finalizer running?)", req.RunID, ctx.Err())
-			}
-			return nil, fmt.Errorf("wait for run %s: %w", req.RunID, err)
-		}
+	var rep *Report
+	var runErr error
+	err = natsbus.Follow(ctx, js, schemas.EventStream, schemas.RunEventsFilter(req.Source, req.RunID), 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
-			continue
+			return true
 		}
 		if onEvent != nil {
 			onEvent(ev)
 		}
 		switch ev.Type {
 		case schemas.EventRunFailed:
-			return nil, fmt.Errorf("run %s failed: %s", req.RunID, ev.Error)
+			runErr = fmt.Errorf("run %s failed: %s", req.RunID, ev.Error)
+			return false
 		case schemas.EventExtractPublished:
-			rep := &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Duration: time.Since(start)}
+			rep = &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Duration: time.Since(start)}
 			for _, r := range ev.Results {
 				rep.Rows += r.Rows
 				if r.Status == schemas.StatusFailed {
 					rep.Failed++
 				}
 			}
-			return rep, nil
+			return false
 		}
+		return true
+	})
+	switch {
+	case runErr != nil:
+		return nil, runErr
+	case rep != nil:
+		return rep, nil
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("wait for run %s: %w (is a producer, writer and finalizer running?)", req.RunID, ctx.Err())
+	default:
+		return nil, fmt.Errorf("wait for run %s: %w", req.RunID, err)
 	}
 }
