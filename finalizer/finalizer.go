@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -55,7 +56,26 @@ type runState struct {
 type tableState struct {
 	done        *schemas.Event
 	parts       map[string]schemas.Event
-	batchFailed string
+	batchFailed map[int]string // by attempt
+}
+
+// failure is why the table's batches of its done attempt cannot publish.
+func (t *tableState) failure() string {
+	if t.done == nil {
+		return ""
+	}
+	return t.batchFailed[t.done.Attempt]
+}
+
+// doneParts are the parts written for the table's done attempt.
+func (t *tableState) doneParts() map[string]schemas.Event {
+	out := map[string]schemas.Event{}
+	for n, p := range t.parts {
+		if t.done != nil && p.Attempt == t.done.Attempt {
+			out[n] = p
+		}
+	}
+	return out
 }
 
 // New returns a Finalizer; Run starts it.
@@ -158,8 +178,11 @@ func (f *Finalizer) apply(ev schemas.Event) {
 	}
 	switch ev.Type {
 	case schemas.EventTableDone:
-		e := ev
-		table().done = &e
+		// A retried run reports its tables again; the last attempt wins.
+		if t := table(); t.done == nil || ev.Attempt >= t.done.Attempt {
+			e := ev
+			t.done = &e
+		}
 	case schemas.EventBatchWritten:
 		if r.published {
 			// A late duplicate after the run was published: its part is not needed.
@@ -169,12 +192,17 @@ func (f *Finalizer) apply(ev schemas.Event) {
 		table().parts[ev.Part] = ev
 	case schemas.EventBatchFailed:
 		t := table()
-		if t.batchFailed == "" {
-			t.batchFailed = fmt.Sprintf("batch %d could not be written: %s", ev.Seq, ev.Error)
+		if t.batchFailed == nil {
+			t.batchFailed = map[int]string{}
+		}
+		if t.batchFailed[ev.Attempt] == "" {
+			t.batchFailed[ev.Attempt] = fmt.Sprintf("batch %d could not be written: %s", ev.Seq, ev.Error)
 		}
 	case schemas.EventRunDone:
-		e := ev
-		r.done = &e
+		if r.done == nil || ev.Attempt >= r.done.Attempt {
+			e := ev
+			r.done = &e
+		}
 	case schemas.EventRunFailed:
 		r.failed = true
 	case schemas.EventExtractPublished:
@@ -202,7 +230,7 @@ func (f *Finalizer) maybeFinalize(ctx context.Context, runID string) {
 func (r *runState) snapshot() *runState {
 	s := &runState{source: r.source, done: r.done, tables: make(map[string]*tableState, len(r.tables))}
 	for n, t := range r.tables {
-		c := &tableState{done: t.done, batchFailed: t.batchFailed, parts: make(map[string]schemas.Event, len(t.parts))}
+		c := &tableState{done: t.done, batchFailed: maps.Clone(t.batchFailed), parts: make(map[string]schemas.Event, len(t.parts))}
 		for k, v := range t.parts {
 			c.parts[k] = v
 		}
@@ -220,10 +248,10 @@ func (f *Finalizer) complete(r *runState) bool {
 		if t == nil || t.done == nil {
 			return false
 		}
-		if t.batchFailed != "" || t.done.Batches == 0 {
+		if t.failure() != "" || t.done.Batches == 0 {
 			continue
 		}
-		if cover(partsOf("", t.parts), t.done.Batches) == nil {
+		if cover(partsOf("", t.doneParts()), t.done.Batches) == nil {
 			return false
 		}
 	}
@@ -311,8 +339,8 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			results = append(results, res)
 			continue
 		}
-		if t.batchFailed != "" {
-			res.Status, res.Error = schemas.StatusFailed, t.batchFailed
+		if msg := t.failure(); msg != "" {
+			res.Status, res.Error = schemas.StatusFailed, msg
 			results = append(results, res)
 			continue
 		}
@@ -415,7 +443,7 @@ func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table stri
 	if mode == "" || prev == "" {
 		mode = schemas.WriteReplace
 	}
-	parts := partsOf(f.staging(source, runID, table), t.parts)
+	parts := partsOf(f.staging(source, runID, table), t.doneParts())
 	owner := cover(parts, t.done.Batches)
 	if owner == nil {
 		return assembled{}, fmt.Errorf("table %s: not every batch is written", table)

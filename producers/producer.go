@@ -150,10 +150,17 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	if err := req.Validate(); err != nil {
 		p.log.Error("invalid sync request; dropping it", "err", err)
 		if req.RunID != "" && schemas.ValidateName("source", req.Source) == nil {
-			p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Source: req.Source, Error: err.Error()})
+			p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
 		}
 		_ = msg.Term()
 		return
+	}
+	req.Attempt = 1
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
+		// A redelivered request: an earlier attempt died mid-run. This
+		// attempt publishes everything again under its own number.
+		req.Attempt = int(md.NumDelivered)
+		p.log.Warn("retrying sync run", "run", req.RunID, "source", req.Source, "attempt", req.Attempt)
 	}
 	stop := keepAlive(ctx, msg, p.opts.AckWait/3)
 	err := p.run(ctx, req)
@@ -165,7 +172,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err != nil {
 		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Source: req.Source, Error: err.Error()})
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		p.log.Warn("ack sync request", "run", req.RunID, "err", err)
@@ -248,7 +255,7 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	if err != nil {
 		return fmt.Errorf("open state bucket: %w", err)
 	}
-	if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunStarted, RunID: req.RunID, Source: req.Source, Tables: names}); err != nil {
+	if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunStarted, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Tables: names}); err != nil {
 		return err
 	}
 	p.log.Info("sync run started", "run", req.RunID, "source", req.Source, "tables", len(tables))
@@ -269,7 +276,7 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	done := schemas.Event{Type: schemas.EventRunDone, RunID: req.RunID, Source: req.Source, Results: results, Remote: remote}
+	done := schemas.Event{Type: schemas.EventRunDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Results: results, Remote: remote}
 	if err := p.publishEvent(ctx, done); err != nil {
 		return err
 	}
@@ -311,7 +318,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 	fail := func(err error) schemas.TableResult {
 		res.Status, res.Error = schemas.StatusFailed, err.Error()
 		log.Warn("table failed", "err", err)
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Source: req.Source, Table: t.Name,
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
 			Error: res.Error, SchemaChanges: res.SchemaChanges})
 		return res
 	}
@@ -323,7 +330,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 	if !caps.Has(connectors.Read) || !canRead {
 		if caps.Has(connectors.Remote) {
 			res.QueryMode = schemas.ModeRemote
-			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
+			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
 				Description: t.Description, QueryMode: schemas.ModeRemote, RemotePath: t.RemotePath}
 			if t.Schema != nil {
 				ev.Schema, _ = schemas.EncodeSchema(t.Schema)
@@ -362,7 +369,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 			return fail(err)
 		}
 	}
-	start := schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Source: req.Source, Table: t.Name,
+	start := schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
 		Description: t.Description, SchemaChanges: plan.changes}
 	if t.Schema != nil {
 		b, err := schemas.EncodeSchema(t.Schema)
@@ -383,7 +390,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 	if err != nil {
 		return fail(err)
 	}
-	done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Source: req.Source, Table: t.Name,
+	done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
 		Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: batches, Rows: rows,
 		SchemaChanges: plan.changes, WriteMode: plan.mode, PrimaryKey: pk, Cursor: next, CursorRevision: cursorRev}
 	if err := p.publishEvent(ctx, done); err != nil {
@@ -499,7 +506,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 			return fmt.Errorf("encode %s: %w", t.Name, err)
 		}
 		for _, c := range chunks {
-			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, seq, c.Rows)}
+			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, req.Attempt, seq, c.Rows)}
 			f, err := p.opts.JS.PublishMsgAsync(m)
 			if err != nil {
 				return fmt.Errorf("publish batch of %s: %w", t.Name, err)
@@ -564,7 +571,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		if time.Since(lastProgress) >= progressEvery {
 			lastProgress = time.Now()
-			p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Source: req.Source, Table: t.Name, Batches: seq, Rows: rows})
+			p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name, Batches: seq, Rows: rows})
 		}
 	}
 	if err := wait(0); err != nil {

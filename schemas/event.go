@@ -16,6 +16,8 @@ type SyncRequest struct {
 	FullRefresh bool      `json:"full_refresh,omitempty"`
 	RequestedAt time.Time `json:"requested_at"`
 	RequestedBy string    `json:"requested_by,omitempty"`
+	// Attempt is set by the producer from the request's delivery count.
+	Attempt int `json:"-"`
 }
 
 // Validate checks the request's names before they reach a file path or SQL.
@@ -96,7 +98,8 @@ type Event struct {
 	SeqRows  []int64 `json:"seq_rows,omitempty"`
 	Writer   string  `json:"writer,omitempty"`
 	Seq      int64   `json:"seq,omitempty"`
-	Attempts int     `json:"attempts,omitempty"`
+	// Attempt is the producer's attempt at the run that made the event.
+	Attempt int `json:"attempt,omitempty"`
 
 	// RunStarted lists the tables the run will produce.
 	Tables []string `json:"tables,omitempty"`
@@ -155,17 +158,18 @@ func DecodeEvent(b []byte) (Event, error) {
 // MsgID is the deduplication id of an event: events that may be re-sent
 // after a crash get the same id every time.
 func (e Event) MsgID() string {
+	id := fmt.Sprintf("%s.%d.%s", e.RunID, e.Attempt, e.Type)
 	switch e.Type {
 	case EventBatchWritten:
-		return e.RunID + "." + string(e.Type) + "." + e.Table + "." + e.Part
+		return id + "." + e.Table + "." + e.Part
 	case EventBatchFailed:
-		return fmt.Sprintf("%s.%s.%s.%d", e.RunID, e.Type, e.Table, e.Seq)
+		return fmt.Sprintf("%s.%s.%d", id, e.Table, e.Seq)
 	case EventTableProgress:
-		return fmt.Sprintf("%s.%s.%s.%d", e.RunID, e.Type, e.Table, e.Batches)
+		return fmt.Sprintf("%s.%s.%d", id, e.Table, e.Batches)
 	default:
 		if e.Table != "" {
-			return e.RunID + "." + string(e.Type) + "." + e.Table
+			return id + "." + e.Table
 		}
-		return e.RunID + "." + string(e.Type)
+		return id
 	}
 }

@@ -155,16 +155,16 @@ func TestSchemaRoundTrip(t *testing.T) {
 }
 
 func TestParseDataHeader(t *testing.T) {
-	good := DataHeader("run1", "demo", "orders", 7, 100)
+	good := DataHeader("run1", "demo", "orders", 1, 7, 100)
 	ref, err := ParseDataHeader(good)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ref != (BatchRef{Run: "run1", Source: "demo", Table: "orders", Seq: 7, Rows: 100}) {
+	if ref != (BatchRef{Run: "run1", Source: "demo", Table: "orders", Seq: 7, Rows: 100, Attempt: 1}) {
 		t.Errorf("got %+v", ref)
 	}
-	if got := good.Get("Nats-Msg-Id"); got != "run1.orders.7" {
-		t.Errorf("msg id %q, want run1.orders.7", got)
+	if got := good.Get("Nats-Msg-Id"); got != "run1.1.orders.7" {
+		t.Errorf("msg id %q, want run1.1.orders.7", got)
 	}
 	for name, mutate := range map[string]func(h nats.Header){
 		"ErrNoRun":      func(h nats.Header) { h.Del(HeaderRun) },
@@ -173,9 +173,10 @@ func TestParseDataHeader(t *testing.T) {
 		"ErrBadSeq":     func(h nats.Header) { h.Set(HeaderSeq, "x") },
 		"ErrNegSeq":     func(h nats.Header) { h.Set(HeaderSeq, "-1") },
 		"ErrMissingRow": func(h nats.Header) { h.Del(HeaderRows) },
+		"ErrNoAttempt":  func(h nats.Header) { h.Del(HeaderAttempt) },
 	} {
 		t.Run(name, func(t *testing.T) {
-			h := DataHeader("run1", "demo", "orders", 7, 100)
+			h := DataHeader("run1", "demo", "orders", 1, 7, 100)
 			mutate(h)
 			if _, err := ParseDataHeader(h); !errors.Is(err, ErrBadBatch) {
 				t.Errorf("got %v, want ErrBadBatch", err)

@@ -32,6 +32,10 @@ const (
 	HeaderSource = "Agnes-Source"
 	HeaderTable  = "Agnes-Table"
 	HeaderSeq    = "Agnes-Seq"
+	// HeaderAttempt numbers the producer's attempts at a run: a run retried
+	// after a producer crash publishes its batches again under a new
+	// attempt, and only the last attempt's batches are published.
+	HeaderAttempt = "Agnes-Attempt"
 	HeaderRows   = "Agnes-Rows"
 )
 
@@ -49,9 +53,10 @@ func EventSubject(source, run string, t EventType) string {
 // RunEventsFilter matches every event of one run.
 func RunEventsFilter(source, run string) string { return "agnes.events." + source + "." + run + ".>" }
 
-// DataMsgID is the deduplication id of the seq-th data message of a table in a run.
-func DataMsgID(run, table string, seq int64) string {
-	return run + "." + table + "." + strconv.FormatInt(seq, 10)
+// DataMsgID is the deduplication id of the seq-th data message of a table in
+// one attempt of a run.
+func DataMsgID(run, table string, attempt int, seq int64) string {
+	return run + "." + strconv.Itoa(attempt) + "." + table + "." + strconv.FormatInt(seq, 10)
 }
 
 // StreamConfigs returns the JetStream streams the services need. replicas is
@@ -93,14 +98,15 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 }
 
 // DataHeader builds the headers of one data message.
-func DataHeader(run, source, table string, seq, rows int64) nats.Header {
+func DataHeader(run, source, table string, attempt int, seq, rows int64) nats.Header {
 	h := nats.Header{}
 	h.Set(HeaderRun, run)
 	h.Set(HeaderSource, source)
 	h.Set(HeaderTable, table)
 	h.Set(HeaderSeq, strconv.FormatInt(seq, 10))
+	h.Set(HeaderAttempt, strconv.Itoa(attempt))
 	h.Set(HeaderRows, strconv.FormatInt(rows, 10))
-	h.Set(jetstream.MsgIDHeader, DataMsgID(run, table, seq))
+	h.Set(jetstream.MsgIDHeader, DataMsgID(run, table, attempt, seq))
 	return h
 }
 
@@ -110,8 +116,9 @@ type BatchRef struct {
 	Run    string
 	Source string
 	Table  string
-	Seq    int64
-	Rows   int64
+	Seq     int64
+	Rows    int64
+	Attempt int
 }
 
 // ParseDataHeader reads a BatchRef from data message headers; a missing or
@@ -133,6 +140,9 @@ func ParseDataHeader(h nats.Header) (BatchRef, error) {
 	}
 	if ref.Rows, err = strconv.ParseInt(h.Get(HeaderRows), 10, 64); err != nil || ref.Rows < 0 {
 		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderRows, h.Get(HeaderRows))
+	}
+	if ref.Attempt, err = strconv.Atoi(h.Get(HeaderAttempt)); err != nil || ref.Attempt < 1 {
+		return ref, fmt.Errorf("%w: header %s=%q is not a positive integer", ErrBadBatch, HeaderAttempt, h.Get(HeaderAttempt))
 	}
 	return ref, nil
 }

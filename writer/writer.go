@@ -70,7 +70,10 @@ type Writer struct {
 	Rows    int64
 }
 
-type bufferKey struct{ run, source, table string }
+type bufferKey struct {
+	run, source, table string
+	attempt            int
+}
 
 type entry struct {
 	ref schemas.BatchRef
@@ -190,7 +193,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: header says %d rows, batch holds %d", schemas.ErrBadBatch, ref.Rows, rec.NumRows()))
 		return
 	}
-	key := bufferKey{ref.Run, ref.Source, ref.Table}
+	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt}
 	b := w.buffers[key]
 	if b != nil && !b.schema.Equal(rec.Schema()) {
 		// A part holds one schema; the finalizer checks parts against the
@@ -216,7 +219,7 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 	w.log.Error("dropping bad batch", "subject", msg.Subject(), "run", ref.Run, "table", ref.Table, "seq", ref.Seq, "err", cause)
 	if ref.Run != "" && ref.Source != "" && ref.Table != "" {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
-			Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
+			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
 		if err := schemas.PublishEvent(ctx, w.opts.JS, ev); err != nil {
 			w.log.Error("report bad batch", "err", err)
 			_ = msg.Nak()
@@ -315,7 +318,7 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 		fmt.Fprintf(&meta, "%d:%d", seqs[i], counts[i])
 	}
 	h.Write([]byte(meta.String()))
-	name := fmt.Sprintf("s%010d-%010d-%s.part", seqs[0], seqs[len(seqs)-1], hex.EncodeToString(h.Sum(nil))[:12])
+	name := fmt.Sprintf("a%d-s%010d-%010d-%s.part", b.key.attempt, seqs[0], seqs[len(seqs)-1], hex.EncodeToString(h.Sum(nil))[:12])
 	dir := StagingDir(w.opts.DataDir, b.key.source, b.key.run, b.key.table)
 	pf, err := parquetfile.Create(filepath.Join(dir, name), b.schema, max(w.opts.RowGroupRows, rows), map[string]string{SeqsMetaKey: meta.String()}, w.opts.Mem)
 	if err != nil {
@@ -331,7 +334,7 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 		return schemas.Event{}, err
 	}
 	return schemas.Event{Type: schemas.EventBatchWritten, RunID: b.key.run, Source: b.key.source, Table: b.key.table,
-		Part: name, Seqs: seqs, SeqRows: counts, Rows: rows, Writer: w.opts.Name}, nil
+		Attempt: b.key.attempt, Part: name, Seqs: seqs, SeqRows: counts, Rows: rows, Writer: w.opts.Name}, nil
 }
 
 // ParseSeqs parses the SeqsMetaKey value of a part.

@@ -41,7 +41,7 @@ func mustBatch(tb testing.TB, from, n int64) []byte {
 
 func publish(tb testing.TB, js jetstream.JetStream, run string, seq, rows int64, data []byte, msgID string) {
 	tb.Helper()
-	h := schemas.DataHeader(run, "src", "things", seq, rows)
+	h := schemas.DataHeader(run, "src", "things", 1, seq, rows)
 	if msgID != "" {
 		h.Set(jetstream.MsgIDHeader, msgID)
 	}
@@ -176,7 +176,7 @@ func TestPartNameDeterministic(t *testing.T) {
 	dir := t.TempDir()
 	w := New(Options{DataDir: dir})
 	mk := func() *buffer {
-		b := &buffer{key: bufferKey{"r", "s", "t"}, schema: testSchema}
+		b := &buffer{key: bufferKey{"r", "s", "t", 1}, schema: testSchema}
 		for seq := range int64(3) {
 			rec, err := schemas.DecodeBatch(mustBatch(t, seq*10, 10), memory.DefaultAllocator)
 			if err != nil {
