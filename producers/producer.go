@@ -484,7 +484,14 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 			select {
 			case <-f.Ok():
 			case err := <-f.Err():
-				return fmt.Errorf("publish batch of %s: %w", t.Name, err)
+				// Retry the same message: its id makes a duplicate harmless.
+				m := f.Msg()
+				if rerr := schemas.Retry(ctx, func() error {
+					_, err := p.opts.JS.PublishMsg(ctx, m)
+					return err
+				}); rerr != nil {
+					return fmt.Errorf("publish batch of %s: %w (first error: %v)", t.Name, rerr, err)
+				}
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -507,8 +514,11 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		for _, c := range chunks {
 			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, req.Attempt, seq, c.Rows)}
-			f, err := p.opts.JS.PublishMsgAsync(m)
-			if err != nil {
+			var f jetstream.PubAckFuture
+			if err := schemas.Retry(ctx, func() (err error) {
+				f, err = p.opts.JS.PublishMsgAsync(m)
+				return err
+			}); err != nil {
 				return fmt.Errorf("publish batch of %s: %w", t.Name, err)
 			}
 			inflight = append(inflight, f)

@@ -93,11 +93,11 @@ type Event struct {
 	// BatchWritten: the part file (relative to the run's staging folder) and
 	// the data message sequence numbers it holds, in file order, with their
 	// row counts.
-	Part     string  `json:"part,omitempty"`
-	Seqs     []int64 `json:"seqs,omitempty"`
-	SeqRows  []int64 `json:"seq_rows,omitempty"`
-	Writer   string  `json:"writer,omitempty"`
-	Seq      int64   `json:"seq,omitempty"`
+	Part    string  `json:"part,omitempty"`
+	Seqs    []int64 `json:"seqs,omitempty"`
+	SeqRows []int64 `json:"seq_rows,omitempty"`
+	Writer  string  `json:"writer,omitempty"`
+	Seq     int64   `json:"seq,omitempty"`
 	// Attempt is the producer's attempt at the run that made the event.
 	Attempt int `json:"attempt,omitempty"`
 

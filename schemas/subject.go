@@ -36,7 +36,7 @@ const (
 	// after a producer crash publishes its batches again under a new
 	// attempt, and only the last attempt's batches are published.
 	HeaderAttempt = "Agnes-Attempt"
-	HeaderRows   = "Agnes-Rows"
+	HeaderRows    = "Agnes-Rows"
 )
 
 // SyncSubject is the subject a sync request for source is published to.
@@ -113,9 +113,9 @@ func DataHeader(run, source, table string, attempt int, seq, rows int64) nats.He
 // BatchRef identifies one data message: which run, source and table it
 // belongs to and its position in the table's sequence.
 type BatchRef struct {
-	Run    string
-	Source string
-	Table  string
+	Run     string
+	Source  string
+	Table   string
 	Seq     int64
 	Rows    int64
 	Attempt int

@@ -57,6 +57,10 @@ type Options struct {
 	MaxDeliver     int
 	Mem            memory.Allocator
 	Logger         *slog.Logger
+
+	// beforeWrite, when set, runs before a part is written (tests slow
+	// writes down with it).
+	beforeWrite func()
 }
 
 // Writer consumes data batches and writes Parquet parts.
@@ -275,10 +279,17 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	for _, e := range uniq {
 		b.rows += e.rec.NumRows()
 	}
+	// Tell the server the batches are being worked on, so a write slower
+	// than the ack wait is not redelivered to another writer.
+	stop := keepAlive(b.entries, w.opts.AckWait/3)
+	if w.opts.beforeWrite != nil {
+		w.opts.beforeWrite()
+	}
 	ev, err := w.writePart(b)
 	if err == nil {
 		err = schemas.PublishEvent(ctx, w.opts.JS, ev)
 	}
+	stop()
 	if err != nil {
 		w.log.Error("write part failed; batches will be redelivered", "run", b.key.run, "table", b.key.table, "err", err)
 		for _, e := range b.entries {
@@ -335,6 +346,29 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 	}
 	return schemas.Event{Type: schemas.EventBatchWritten, RunID: b.key.run, Source: b.key.source, Table: b.key.table,
 		Attempt: b.key.attempt, Part: name, Seqs: seqs, SeqRows: counts, Rows: rows, Writer: w.opts.Name}, nil
+}
+
+// keepAlive sends InProgress for every entry's message every period until
+// the returned function is called.
+func keepAlive(entries []entry, period time.Duration) func() {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, e := range entries {
+					_ = e.msg.InProgress()
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }
 
 // ParseSeqs parses the SeqsMetaKey value of a part.

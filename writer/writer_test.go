@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,5 +203,49 @@ func TestPartNameDeterministic(t *testing.T) {
 	files, _ := os.ReadDir(StagingDir(dir, "s", "r", "t"))
 	if len(files) != 1 {
 		t.Errorf("rewriting the same batches left %d files, want 1", len(files))
+	}
+}
+
+// TestSlowWriteIsNotRedelivered: a write that takes longer than the ack wait
+// signals progress, so its batches are not handed to another writer.
+func TestSlowWriteIsNotRedelivered(t *testing.T) {
+	js := natstest.MustStart(t)
+	dir := t.TempDir()
+	var slowed atomic.Bool
+	slow := New(Options{JS: js, DataDir: dir, Name: "slow", AckWait: time.Second, FlushAfter: 50 * time.Millisecond, FetchBatch: 100,
+		Logger: slog.New(slog.DiscardHandler), beforeWrite: func() {
+			if slowed.CompareAndSwap(false, true) {
+				time.Sleep(3500 * time.Millisecond)
+			}
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { slow.Run(ctx); close(done) }()
+	for seq := range int64(3) {
+		publish(t, js, "slow", seq, 10, mustBatch(t, seq*10, 10), "")
+	}
+	// Wait until the slow writer holds them, then start a second writer.
+	deadline := time.Now().Add(10 * time.Second)
+	for !slowed.Load() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slowed.Load() {
+		t.Fatal("the slow writer never started writing")
+	}
+	fast := New(Options{JS: js, DataDir: dir, Name: "fast", AckWait: time.Second, FlushAfter: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	go func() { fast.Run(ctx) }()
+	evs := natstest.WaitEvents(t, js, "agnes.events.src.slow.batch_written", 20*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
+	cancel()
+	<-done
+	if len(evs) != 1 || evs[0].Writer != "slow" || len(evs[0].Seqs) != 3 {
+		t.Errorf("batch_written events %+v: the batches were redelivered to another writer", evs)
+	}
+	cons, _ := js.Consumer(context.Background(), schemas.DataStream, schemas.WriterConsumer)
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumRedelivered != 0 {
+		t.Errorf("%d batches were redelivered during a slow write", info.NumRedelivered)
 	}
 }

@@ -37,6 +37,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var roles roleList
 	fs.Var(&roles, "role", "service to run: producer, writer or finalizer (repeatable; default all)")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server (when --nats-url is not set)")
+	ackWait := fs.Duration("ack-wait", 0, "how long a writer may hold a batch without signalling progress before it is redelivered (default 60s)")
+	maxDeliver := fs.Int("max-deliver", 0, "deliveries of a batch before it is dead-lettered (default 10)")
+	producerAckWait := fs.Duration("producer-ack-wait", 0, "how long a producer may go silent before its sync request is redelivered (default 30s)")
+	name := fs.String("name", "", "name of this process's writers in events and logs (default writer)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -58,7 +62,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{fmt.Errorf("--nats-listen %q: bad port", *listen)}
 	}
 	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
-		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log})
+		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
+		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name})
 	if err != nil {
 		return err
 	}

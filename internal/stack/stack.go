@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/finalizer"
@@ -43,7 +44,14 @@ type Options struct {
 	ListenPort int
 	Roles      []string
 	Writers    int
+	// WriterName prefixes the writers' names in events and logs.
+	WriterName string
 	Logger     *slog.Logger
+	// WriterAckWait, MaxDeliver and ProducerAckWait override the services'
+	// redelivery limits (zero keeps the defaults).
+	WriterAckWait   time.Duration
+	MaxDeliver      int
+	ProducerAckWait time.Duration
 }
 
 // Stack is a set of running services and, when embedded, their NATS server.
@@ -117,11 +125,12 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		switch role {
 		case RoleProducer:
 			p := producers.New(producers.Options{JS: s.JS, Registry: o.Registry, Sources: o.Config.Source,
-				MaxPayload: int(s.NC.MaxPayload()), Logger: o.Logger})
+				MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger})
 			start(role, p.Run)
 		case RoleWriter:
 			for i := range o.Writers {
-				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: fmt.Sprintf("writer-%d", i+1), Logger: o.Logger})
+				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),
+					AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, Logger: o.Logger})
 				s.Writers = append(s.Writers, w)
 				start(role, w.Run)
 			}
@@ -138,6 +147,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		}
 	}
 	return s, nil
+}
+
+func writerName(base string, i int) string {
+	if base == "" {
+		base = "writer"
+	}
+	return fmt.Sprintf("%s-%d", base, i+1)
 }
 
 // Stop cancels the services, waits for them to flush and stop, then closes
