@@ -262,6 +262,17 @@ func (f *Finalizer) staging(source, run, table string) string {
 	return filepath.Join(f.dataDir, "extracts", source, ".staging", run, table)
 }
 
+// release frees the source's sync lock held by run.
+func (f *Finalizer) release(ctx context.Context, source, runID string) {
+	kv, err := f.opts.JS.KeyValue(ctx, schemas.LockBucket)
+	if err == nil {
+		err = schemas.ReleaseRun(ctx, kv, source, runID)
+	}
+	if err != nil {
+		f.log.Warn("release source lock", "source", source, "run", runID, "err", err)
+	}
+}
+
 func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runState) {
 	mu, _ := f.locks.LoadOrStore(r.source, &sync.Mutex{})
 	mu.(*sync.Mutex).Lock()
@@ -274,13 +285,15 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 		}
 		f.log.Error("finalize run", "run", runID, "source", r.source, "err", err)
 		_ = schemas.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventRunFailed, RunID: runID, Source: r.source,
-			Error: "finalize: " + err.Error()})
+			Attempt: r.done.Attempt, Error: "finalize: " + err.Error()})
+		f.release(ctx, r.source, runID)
 		return
 	}
 	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
 		f.log.Error("announce extract", "run", runID, "err", err)
 		return
 	}
+	f.release(ctx, r.source, runID)
 	// The parts are no longer referenced: the published file is a copy or a
 	// hard link.
 	if err := os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", runID)); err != nil {

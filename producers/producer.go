@@ -155,6 +155,21 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	locks, err := p.opts.JS.KeyValue(ctx, schemas.LockBucket)
+	if err == nil {
+		err = schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
+	}
+	if errors.Is(err, schemas.ErrAlreadyRunning) {
+		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()})
+		_ = msg.Term()
+		return
+	}
+	if err != nil {
+		p.log.Error("lock source; will retry", "run", req.RunID, "source", req.Source, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
 	req.Attempt = 1
 	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
 		// A redelivered request: an earlier attempt died mid-run. This
@@ -162,8 +177,10 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		req.Attempt = int(md.NumDelivered)
 		p.log.Warn("retrying sync run", "run", req.RunID, "source", req.Source, "attempt", req.Attempt)
 	}
-	stop := keepAlive(ctx, msg, p.opts.AckWait/3)
-	err := p.run(ctx, req)
+	stop := keepAlive(ctx, msg, min(p.opts.AckWait/3, schemas.LockTTL/4), func() {
+		_ = schemas.RefreshRun(ctx, locks, req.Source, req.RunID)
+	})
+	err = p.run(ctx, req)
 	stop()
 	if ctx.Err() != nil {
 		// Shutting down: leave the request for redelivery to another producer.
@@ -173,6 +190,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	if err != nil {
 		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
 		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
+		_ = schemas.ReleaseRun(ctx, locks, req.Source, req.RunID)
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		p.log.Warn("ack sync request", "run", req.RunID, "err", err)
@@ -181,7 +199,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 
 // keepAlive tells the server the request is still being worked on, so a long
 // run is not redelivered to another producer.
-func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration) func() {
+func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration, refresh func()) func() {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -194,6 +212,7 @@ func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration) func
 				return
 			case <-t.C:
 				_ = msg.InProgress()
+				refresh()
 			}
 		}
 	}()
@@ -475,6 +494,10 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 	}()
 	schema = t.Schema
+	var fingerprint string
+	if schema != nil {
+		fingerprint = schemas.Fingerprint(schema)
+	}
 	subject := schemas.DataSubject(req.Source, t.Name)
 	var inflight []jetstream.PubAckFuture
 	wait := func(keep int) error {
@@ -514,6 +537,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		for _, c := range chunks {
 			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, req.Attempt, seq, c.Rows)}
+			m.Header.Set(schemas.HeaderSchema, fingerprint)
 			var f jetstream.PubAckFuture
 			if err := schemas.Retry(ctx, func() (err error) {
 				f, err = p.opts.JS.PublishMsgAsync(m)
@@ -542,6 +566,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		if schema == nil {
 			schema = rec.Schema()
+			fingerprint = schemas.Fingerprint(schema)
 		} else if !rec.Schema().Equal(schema) {
 			return fail(fmt.Errorf("read %s: batch schema does not match the declared schema:\n got: %s\nwant: %s", t.Name, rec.Schema(), schema))
 		}

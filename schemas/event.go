@@ -40,15 +40,17 @@ func (r SyncRequest) Validate() error {
 type EventType string
 
 const (
-	EventRunStarted       EventType = "run_started"
-	EventTableStarted     EventType = "table_started"
-	EventTableProgress    EventType = "table_progress"
-	EventTableDone        EventType = "table_done"
-	EventTableFailed      EventType = "table_failed"
-	EventBatchWritten     EventType = "batch_written"
-	EventBatchFailed      EventType = "batch_failed"
-	EventRunDone          EventType = "run_done"
-	EventRunFailed        EventType = "run_failed"
+	EventRunStarted    EventType = "run_started"
+	EventTableStarted  EventType = "table_started"
+	EventTableProgress EventType = "table_progress"
+	EventTableDone     EventType = "table_done"
+	EventTableFailed   EventType = "table_failed"
+	EventBatchWritten  EventType = "batch_written"
+	EventBatchFailed   EventType = "batch_failed"
+	EventRunDone       EventType = "run_done"
+	EventRunFailed     EventType = "run_failed"
+	// EventRunRejected answers a request for a source whose sync is running.
+	EventRunRejected      EventType = "run_rejected"
 	EventExtractPublished EventType = "extract_published"
 )
 

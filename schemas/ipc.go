@@ -2,6 +2,8 @@ package schemas
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -120,4 +122,15 @@ func DecodeSchema(b []byte) (*arrow.Schema, error) {
 	}
 	defer r.Release()
 	return r.Schema(), nil
+}
+
+// Fingerprint identifies a schema's columns (names, types, nullability) in
+// a short string for the HeaderSchema header.
+func Fingerprint(s *arrow.Schema) string {
+	var b bytes.Buffer
+	for _, f := range s.Fields() {
+		fmt.Fprintf(&b, "%s\x1f%s\x1f%t\x1e", f.Name, f.Type.Fingerprint(), f.Nullable)
+	}
+	sum := sha256.Sum256(b.Bytes())
+	return hex.EncodeToString(sum[:8])
 }

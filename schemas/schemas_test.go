@@ -233,7 +233,7 @@ func TestSubjects(t *testing.T) {
 		t.Errorf("EventSubject = %q", got)
 	}
 	cfgs := StreamConfigs(3)
-	if len(cfgs) != 3 {
+	if len(cfgs) != 4 {
 		t.Fatalf("%d streams", len(cfgs))
 	}
 	for _, c := range cfgs {

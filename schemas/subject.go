@@ -18,6 +18,9 @@ const (
 	DataStream = "AGNES_DATA"
 	// EventStream holds run events; the finalizer and CLIs read it.
 	EventStream = "AGNES_EVENTS"
+	// DeadLetterStream keeps batches that can never be written, with the
+	// reason, for inspection ("da dead-letters").
+	DeadLetterStream = "AGNES_DLQ"
 )
 
 // Durable consumer names.
@@ -37,6 +40,14 @@ const (
 	// attempt, and only the last attempt's batches are published.
 	HeaderAttempt = "Agnes-Attempt"
 	HeaderRows    = "Agnes-Rows"
+	// HeaderSchema is the fingerprint of the table's declared schema; a
+	// batch whose schema has another fingerprint is poison.
+	HeaderSchema = "Agnes-Schema"
+	// Dead-letter headers: why, from where, after how many deliveries.
+	HeaderDLQReason     = "Agnes-Dlq-Reason"
+	HeaderDLQSubject    = "Agnes-Dlq-Subject"
+	HeaderDLQDeliveries = "Agnes-Dlq-Deliveries"
+	HeaderDLQWriter     = "Agnes-Dlq-Writer"
 )
 
 // SyncSubject is the subject a sync request for source is published to.
@@ -49,6 +60,9 @@ func DataSubject(source, table string) string { return "agnes.data." + source + 
 func EventSubject(source, run string, t EventType) string {
 	return "agnes.events." + source + "." + run + "." + string(t)
 }
+
+// DeadLetterSubject is where a bad batch of a table is kept.
+func DeadLetterSubject(source, table string) string { return "agnes.dlq." + source + "." + table }
 
 // RunEventsFilter matches every event of one run.
 func RunEventsFilter(source, run string) string { return "agnes.events." + source + "." + run + ".>" }
@@ -93,6 +107,15 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 			Replicas:    replicas,
 			MaxAge:      7 * 24 * time.Hour,
 			Duplicates:  10 * time.Minute,
+		},
+		{
+			Name:        DeadLetterStream,
+			Description: "Agnes batches that could not be written, with the reason",
+			Subjects:    []string{"agnes.dlq.>"},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+			MaxAge:      30 * 24 * time.Hour,
 		},
 	}
 }

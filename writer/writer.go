@@ -24,6 +24,7 @@ import (
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -36,6 +37,8 @@ const (
 	DefaultFetchBatch     = 32
 	DefaultAckWait        = 60 * time.Second
 	DefaultMaxDeliver     = 10
+	// DefaultMaxBatchBytes is the largest decoded batch a writer accepts.
+	DefaultMaxBatchBytes = 256 << 20
 )
 
 // SeqsMetaKey is the Parquet key-value metadata entry listing the data
@@ -55,6 +58,7 @@ type Options struct {
 	FetchBatch     int
 	AckWait        time.Duration
 	MaxDeliver     int
+	MaxBatchBytes  int64
 	Mem            memory.Allocator
 	Logger         *slog.Logger
 
@@ -113,6 +117,9 @@ func New(opts Options) *Writer {
 	}
 	if opts.MaxDeliver <= 0 {
 		opts.MaxDeliver = DefaultMaxDeliver
+	}
+	if opts.MaxBatchBytes <= 0 {
+		opts.MaxBatchBytes = DefaultMaxBatchBytes
 	}
 	if opts.Mem == nil {
 		opts.Mem = memory.DefaultAllocator
@@ -187,6 +194,10 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		w.poison(ctx, msg, ref, err)
 		return
 	}
+	if n := int64(len(msg.Data())); n > w.opts.MaxBatchBytes {
+		w.poison(ctx, msg, ref, fmt.Errorf("%w: %d bytes, the writer's limit is %d", schemas.ErrOversized, n, w.opts.MaxBatchBytes))
+		return
+	}
 	rec, err := schemas.DecodeBatch(msg.Data(), w.opts.Mem)
 	if err != nil {
 		w.poison(ctx, msg, ref, err)
@@ -195,6 +206,17 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	if rec.NumRows() != ref.Rows {
 		rec.Release()
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: header says %d rows, batch holds %d", schemas.ErrBadBatch, ref.Rows, rec.NumRows()))
+		return
+	}
+	if n := recordBytes(rec); n > w.opts.MaxBatchBytes {
+		rec.Release()
+		w.poison(ctx, msg, ref, fmt.Errorf("%w: decodes to %d bytes, the writer's limit is %d", schemas.ErrOversized, n, w.opts.MaxBatchBytes))
+		return
+	}
+	if fp := msg.Headers().Get(schemas.HeaderSchema); fp != "" && fp != schemas.Fingerprint(rec.Schema()) {
+		got := rec.Schema().String()
+		rec.Release()
+		w.poison(ctx, msg, ref, fmt.Errorf("%w: batch schema does not match the table's declared schema: %s", schemas.ErrBadBatch, got))
 		return
 	}
 	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt}
@@ -217,10 +239,33 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// poison terminates a message that can never be written and reports it so
-// the finalizer fails the table instead of waiting for the batch.
+// poison moves a message that can never be written to the dead-letter
+// stream with the reason, reports it so the finalizer fails the table instead
+// of waiting for the batch, and terminates it. If the dead letter cannot be
+// stored, the message is left for redelivery.
 func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.BatchRef, cause error) {
-	w.log.Error("dropping bad batch", "subject", msg.Subject(), "run", ref.Run, "table", ref.Table, "seq", ref.Seq, "err", cause)
+	w.log.Error("dead-lettering bad batch", "subject", msg.Subject(), "run", ref.Run, "table", ref.Table, "seq", ref.Seq, "err", cause)
+	source, table := ref.Source, ref.Table
+	if schemas.ValidateName("source", source) != nil || schemas.ValidateName("table", table) != nil {
+		source, table = "_unknown", "_unknown"
+	}
+	dl := &nats.Msg{Subject: schemas.DeadLetterSubject(source, table), Data: msg.Data(), Header: nats.Header{}}
+	for k, v := range msg.Headers() {
+		if k != jetstream.MsgIDHeader {
+			dl.Header[k] = v
+		}
+	}
+	dl.Header.Set(schemas.HeaderDLQReason, cause.Error())
+	dl.Header.Set(schemas.HeaderDLQSubject, msg.Subject())
+	dl.Header.Set(schemas.HeaderDLQWriter, w.opts.Name)
+	if md, err := msg.Metadata(); err == nil {
+		dl.Header.Set(schemas.HeaderDLQDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	}
+	if _, err := w.opts.JS.PublishMsg(ctx, dl); err != nil {
+		w.log.Error("store dead letter; leaving the batch for redelivery", "err", err)
+		_ = msg.NakWithDelay(redeliveryDelay(msg))
+		return
+	}
 	if ref.Run != "" && ref.Source != "" && ref.Table != "" {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
 			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
@@ -293,6 +338,10 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	if err != nil {
 		w.log.Error("write part failed; batches will be redelivered", "run", b.key.run, "table", b.key.table, "err", err)
 		for _, e := range b.entries {
+			if md, merr := e.msg.Metadata(); merr == nil && md.NumDelivered >= uint64(w.opts.MaxDeliver) {
+				w.poison(ctx, e.msg, e.ref, fmt.Errorf("failed %d deliveries, last error: %w", md.NumDelivered, err))
+				continue
+			}
 			_ = e.msg.NakWithDelay(redeliveryDelay(e.msg))
 		}
 		for _, m := range dups {

@@ -25,6 +25,8 @@ Usage:
   da connector discover <src>   show a source's tables and Arrow schemas
   da connector test <src>       run the contract checks against a source
   da connector new <name>       scaffold a connector (--caps discover,read,...)
+  da verify <source>            check a published extract against the contract
+  da dead-letters [--source s]  list batches that could not be written, with the reason
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
 
@@ -45,6 +47,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runServe(ctx, args[1:], stdout, stderr)
 	case "bench":
 		err = runBench(ctx, args[1:], stdout, stderr)
+	case "dead-letters":
+		err = runDeadLetters(ctx, args[1:], stdout, stderr)
+	case "verify":
+		err = runVerify(ctx, args[1:], stdout, stderr)
 	case "connector", "connectors":
 		err = runConnector(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":

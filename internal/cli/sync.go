@@ -86,6 +86,31 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
+// connectOrServe connects to the configured NATS server, or to a running
+// da serve, or opens the embedded server's store in the data dir without
+// starting any service.
+func connectOrServe(ctx context.Context, cfg *config.Config, log *slog.Logger) (jetstream.JetStream, func(), string, error) {
+	url := cfg.NATS.URL
+	if url == "" {
+		url = defaultNATSURL
+	}
+	if nc, err := nats.Connect(url, nats.Timeout(500*time.Millisecond)); err == nil {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			nc.Close()
+			return nil, nil, "", err
+		}
+		return js, func() { nc.Close() }, url, nil
+	} else if cfg.NATS.URL != "" {
+		return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	st, err := stack.Start(ctx, stack.Options{Config: cfg, DataDir: cfg.DataDir, Roles: []string{stack.RoleNone}, Logger: log})
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return st.JS, func() { st.Stop() }, "embedded store in " + cfg.DataDir, nil
+}
+
 // connectOrEmbed connects to the configured NATS server. With none
 // configured it tries the default local address and, when nothing answers,
 // starts the whole pipeline in-process on an embedded server.

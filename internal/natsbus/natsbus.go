@@ -125,6 +125,15 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 	}); err != nil {
 		return fmt.Errorf("provision state bucket: %w", err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      schemas.LockBucket,
+		Description: "Agnes running syncs, one key per source",
+		TTL:         schemas.LockTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	}); err != nil {
+		return fmt.Errorf("provision lock bucket: %w", err)
+	}
 	return nil
 }
 

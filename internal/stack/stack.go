@@ -27,6 +27,8 @@ const (
 	RoleProducer  = "producer"
 	RoleWriter    = "writer"
 	RoleFinalizer = "finalizer"
+	// RoleNone runs no service: only the bus (embedded server or client).
+	RoleNone = "none"
 )
 
 // AllRoles are the roles run when none is named.
@@ -52,6 +54,8 @@ type Options struct {
 	WriterAckWait   time.Duration
 	MaxDeliver      int
 	ProducerAckWait time.Duration
+	// MaxBatchBytes bounds the batches a writer accepts (zero: default).
+	MaxBatchBytes int64
 }
 
 // Stack is a set of running services and, when embedded, their NATS server.
@@ -130,10 +134,11 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		case RoleWriter:
 			for i := range o.Writers {
 				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),
-					AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, Logger: o.Logger})
+					AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, MaxBatchBytes: o.MaxBatchBytes, Logger: o.Logger})
 				s.Writers = append(s.Writers, w)
 				start(role, w.Run)
 			}
+		case RoleNone:
 		case RoleFinalizer:
 			f, err := finalizer.New(finalizer.Options{JS: s.JS, DataDir: o.DataDir, Logger: o.Logger})
 			if err != nil {

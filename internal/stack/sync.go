@@ -69,6 +69,9 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 		case schemas.EventRunFailed:
 			runErr = fmt.Errorf("run %s failed: %s", req.RunID, ev.Error)
 			return false
+		case schemas.EventRunRejected:
+			runErr = fmt.Errorf("%w; not started (%s)", schemas.ErrAlreadyRunning, ev.Error)
+			return false
 		case schemas.EventExtractPublished:
 			rep = &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Duration: time.Since(start)}
 			for _, r := range ev.Results {

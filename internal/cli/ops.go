@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// runDeadLetters lists the batches the writers could not write.
+func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dead-letters", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	source := fs.String("source", "", "only this source")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	cfg, err := c.load()
+	if err != nil {
+		return err
+	}
+	js, closeBus, _, err := connectOrServe(ctx, cfg, newLogger(stderr, slog.LevelWarn))
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	filter := "agnes.dlq.>"
+	if *source != "" {
+		if err := schemas.ValidateName("source", *source); err != nil {
+			return err
+		}
+		filter = "agnes.dlq." + *source + ".>"
+	}
+	stream, err := js.Stream(ctx, schemas.DeadLetterStream)
+	if err != nil {
+		return fmt.Errorf("dead-letter stream: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", "TIME", "SOURCE.TABLE", "RUN", "SEQ", "TRY", "REASON")
+	n := 0
+	if info.State.Msgs > 0 {
+		last := info.State.LastSeq
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		natsbus.Follow(fctx, js, schemas.DeadLetterStream, filter, 0, func(m jetstream.Msg) bool {
+			md, _ := m.Metadata()
+			h := m.Headers()
+			if md != nil && md.Sequence.Stream > last {
+				return false
+			}
+			n++
+			at := ""
+			if md != nil {
+				at = md.Timestamp.UTC().Format(time.DateTime)
+			}
+			fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", at, h.Get(schemas.HeaderSource)+"."+h.Get(schemas.HeaderTable),
+				h.Get(schemas.HeaderRun), h.Get(schemas.HeaderSeq), h.Get(schemas.HeaderDLQDeliveries), h.Get(schemas.HeaderDLQReason))
+			return md == nil || md.Sequence.Stream < last
+		})
+	}
+	fmt.Fprintf(stdout, "%d dead letters\n", n)
+	return nil
+}
+
+// runVerify checks a source's published extract against the on-disk
+// contract. With --loop it keeps opening and checking it until interrupted,
+// as a reader would, and reports every failure.
+func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", "./data", "data directory")
+	loop := fs.Bool("loop", false, "check again and again until SIGINT/SIGTERM, then print the tally")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError{errors.New("usage: da verify <source> [--data-dir DIR] [--loop]")}
+	}
+	if err := schemas.ValidateName("source", pos[0]); err != nil {
+		return err
+	}
+	path, err := filepath.Abs(filepath.Join(*dataDir, "extracts", pos[0], "extract.duckdb"))
+	if err != nil {
+		return err
+	}
+	if !*loop {
+		x, err := extractcheck.Verify(ctx, path)
+		if err != nil {
+			return err
+		}
+		for _, m := range x.Meta {
+			fmt.Fprintf(stdout, "%-28s %-7s %12s rows\n", m.Table, m.QueryMode, thousands(m.Rows))
+		}
+		fmt.Fprintf(stdout, "%s honours the extract contract\n", path)
+		return nil
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var reads, failures int
+	for ctx.Err() == nil {
+		if _, err := extractcheck.Verify(context.Background(), path); err != nil {
+			failures++
+			fmt.Fprintf(stdout, "FAIL %s\n", err)
+		}
+		reads++
+	}
+	fmt.Fprintf(stdout, "reads=%d failures=%d\n", reads, failures)
+	if failures > 0 {
+		return exitCode(1)
+	}
+	return nil
+}
