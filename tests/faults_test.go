@@ -1,0 +1,224 @@
+package tests
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/schemas"
+)
+
+// TestWritersScaleOut: 1, 2 and 4 writer processes publish the same rows,
+// and with several writers each does part of the work.
+func TestWritersScaleOut(t *testing.T) {
+	rows := int64(200_000)
+	if *soak {
+		rows = 1_000_000
+	}
+	for _, n := range []int{1, 2, 4} {
+		t.Run(fmt.Sprintf("Writers%d", n), func(t *testing.T) {
+			e := newProcEnv(t, 1, rows, rows/10)
+			e.serve("producer", "producer")
+			e.serve("finalizer", "finalizer")
+			for i := range n {
+				e.serve(fmt.Sprintf("w%d", i+1), "writer")
+			}
+			start := time.Now()
+			run := e.startSync()
+			ev := e.finish(run, 3*time.Minute)
+			took := time.Since(start)
+			if ev.Type != schemas.EventExtractPublished {
+				t.Fatalf("run failed: %s", ev.Error)
+			}
+			e.verifyPublished()
+			shares := e.writerShares(run)
+			t.Logf("%d writer process(es): %d rows in %s (%.0f rows/s); shares %v", n, rows+rows/10, took.Round(time.Millisecond),
+				float64(rows+rows/10)/took.Seconds(), shares)
+			if len(shares) != n {
+				t.Errorf("%d writers did work, want %d: %v", len(shares), n, shares)
+			}
+		})
+	}
+}
+
+func seeded(t *testing.T) int64 {
+	if *trialSeed != 0 {
+		return *trialSeed
+	}
+	return time.Now().UnixNano()
+}
+
+// TestKillWriterTrials: kill -9 a writer at a random moment of a run, start
+// a replacement, and check that nothing is lost or duplicated.
+func TestKillWriterTrials(t *testing.T) {
+	trials, rows := 10, int64(120_000)
+	if *soak {
+		trials, rows = 50, 400_000
+	}
+	e := newProcEnv(t, 1, rows, rows/10)
+	e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	writers := []*proc{e.serve("w1", "writer"), e.serve("w2", "writer")}
+	for trial := range trials {
+		seed := seeded(t) + int64(trial)
+		rng := rand.New(rand.NewPCG(uint64(seed), 0))
+		delay := time.Duration(rng.IntN(1500)) * time.Millisecond
+		victim := rng.IntN(len(writers))
+		t.Logf("trial %d: seed %d (replay with -trial-seed %d): kill w%d after %s", trial, seed, seed, victim+1, delay)
+		run := e.startSync()
+		time.Sleep(delay)
+		writers[victim].kill()
+		writers[victim] = e.serve(fmt.Sprintf("w%d-%d", victim+1, trial), "writer")
+		ev := e.finish(run, 2*time.Minute)
+		if ev.Type != schemas.EventExtractPublished {
+			t.Fatalf("trial %d (seed %d): run failed: %s", trial, seed, ev.Error)
+		}
+		for _, r := range ev.Results {
+			if r.Status != schemas.StatusDone {
+				t.Fatalf("trial %d (seed %d): table %s failed: %s", trial, seed, r.Table, r.Error)
+			}
+		}
+		e.verifyPublished()
+		if t.Failed() {
+			t.Fatalf("trial %d failed; replay with -trial-seed %d", trial, seed)
+		}
+	}
+}
+
+// TestKillProducer: the producer dies mid-table; the request is redelivered
+// to a new producer, which publishes everything again as a new attempt; the
+// published tables hold exactly the source's rows.
+func TestKillProducer(t *testing.T) {
+	e := newProcEnv(t, 1, 300_000, 20_000)
+	p := e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	e.serve("w2", "writer")
+	run := e.startSync()
+	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventBatchWritten)); !ok {
+		t.Fatal("no batch was written")
+	}
+	p.kill()
+	if ev, ok := e.waitEvent(run, 2*time.Second, isType(schemas.EventRunDone)); ok {
+		t.Logf("the producer had already finished (attempt %d) before it was killed", ev.Attempt)
+	}
+	e.serve("producer2", "producer")
+	ev := e.finish(run, 2*time.Minute)
+	if ev.Type != schemas.EventExtractPublished {
+		t.Fatalf("run failed: %s", ev.Error)
+	}
+	e.verifyPublished()
+	if !strings.Contains(e.procs[len(e.procs)-1].output(), "retrying sync run") {
+		t.Logf("note: the new producer did not log a retry (the first one finished first)")
+	}
+}
+
+// TestKillFinalizer: the finalizer dies while publishing; the live extract
+// stays valid and complete, and a new finalizer publishes the run.
+func TestKillFinalizer(t *testing.T) {
+	e := newProcEnv(t, 1, 300_000, 20_000)
+	e.serve("producer", "producer")
+	f := e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	e.serve("w2", "writer")
+	first := e.startSync()
+	if ev := e.finish(first, 2*time.Minute); ev.Type != schemas.EventExtractPublished {
+		t.Fatalf("first run: %s", ev.Error)
+	}
+	run := e.startSync()
+	if _, ok := e.waitEvent(run, 2*time.Minute, isType(schemas.EventRunDone)); !ok {
+		t.Fatal("the run did not produce")
+	}
+	f.kill()
+	e.verifyPublished() // the live extract is the first run's, whole
+	e.serve("finalizer2", "finalizer")
+	if ev := e.finish(run, 2*time.Minute); ev.Type != schemas.EventExtractPublished {
+		t.Fatalf("run after finalizer restart: %s", ev.Error)
+	}
+	e.verifyPublished()
+}
+
+// TestNATSRestart: the NATS server is killed mid-run and restarted on the
+// same storage; the run completes, or fails cleanly and a re-run completes.
+func TestNATSRestart(t *testing.T) {
+	e := newProcEnv(t, 1, 300_000, 20_000)
+	e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	e.serve("w2", "writer")
+	run := e.startSync()
+	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventBatchWritten)); !ok {
+		t.Fatal("no batch was written")
+	}
+	e.servers[0].kill()
+	time.Sleep(500 * time.Millisecond)
+	e.restartServer(0)
+	ev := e.finish(run, 3*time.Minute)
+	if ev.Type != schemas.EventExtractPublished || anyFailed(ev) {
+		t.Logf("the run did not complete after the restart (%s %s); running again", ev.Type, ev.Error)
+		if ev2 := e.finish(e.startSync(), 3*time.Minute); ev2.Type != schemas.EventExtractPublished || anyFailed(ev2) {
+			t.Fatalf("re-run after restart: %+v", ev2)
+		}
+	}
+	e.verifyPublished()
+}
+
+func anyFailed(ev schemas.Event) bool {
+	for _, r := range ev.Results {
+		if r.Status != schemas.StatusDone {
+			return true
+		}
+	}
+	return false
+}
+
+// TestClusterNodeLoss: three NATS nodes with replicated streams; one node is
+// killed mid-run; the run completes with nothing lost.
+func TestClusterNodeLoss(t *testing.T) {
+	e := newProcEnv(t, 3, 300_000, 20_000)
+	e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	e.serve("w2", "writer")
+	run := e.startSync()
+	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventBatchWritten)); !ok {
+		t.Fatal("no batch was written")
+	}
+	e.servers[1].kill()
+	ev := e.finish(run, 3*time.Minute)
+	if ev.Type != schemas.EventExtractPublished || anyFailed(ev) {
+		t.Fatalf("run with a node down: %+v", ev)
+	}
+	e.verifyPublished()
+}
+
+// TestReaderProcess: a separate process opens the extract read-only in a
+// loop while syncs repeat; it never fails to open it or sees a partial table.
+func TestReaderProcess(t *testing.T) {
+	e := newProcEnv(t, 1, 100_000, 10_000)
+	e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	if ev := e.finish(e.startSync(), 2*time.Minute); ev.Type != schemas.EventExtractPublished {
+		t.Fatal(ev.Error)
+	}
+	da, _ := binaries(t)
+	reader := startProc(t, e.dir, "reader", da, "verify", "demo", "--data-dir", e.dataDir, "--loop")
+	for range 4 {
+		if ev := e.finish(e.startSync(), 2*time.Minute); ev.Type != schemas.EventExtractPublished {
+			t.Fatal(ev.Error)
+		}
+	}
+	reader.stop()
+	out := reader.output()
+	var reads, failures int
+	for _, l := range strings.Split(out, "\n") {
+		fmt.Sscanf(l, "reads=%d failures=%d", &reads, &failures)
+	}
+	if reads < 5 || failures != 0 || strings.Contains(out, "FAIL") {
+		t.Fatalf("reader: reads=%d failures=%d\n%s", reads, failures, tail(out, 20))
+	}
+	t.Logf("reader process: %d reads during 4 syncs, no failure", reads)
+}

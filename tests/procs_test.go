@@ -1,0 +1,418 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/connectors/demo"
+	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var (
+	soak      = flag.Bool("soak", false, "run the long fault trials (more trials, more rows)")
+	trialSeed = flag.Int64("trial-seed", 0, "replay fault trials from this seed")
+)
+
+// --- binaries ---
+
+var (
+	buildOnce             sync.Once
+	daBin, natsBin, binErr = "", "", error(nil)
+)
+
+// binaries builds the da binary and a nats-server binary (from the module
+// already in go.mod) once per test run.
+func binaries(t *testing.T) (string, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("process tests build binaries")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "agnes-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		daBin, natsBin = filepath.Join(dir, "da"), filepath.Join(dir, "nats-server")
+		for _, b := range [][]string{{daBin, "../cmd/da"}, {natsBin, "github.com/nats-io/nats-server/v2"}} {
+			out, err := exec.Command("go", "build", "-o", b[0], b[1]).CombinedOutput()
+			if err != nil {
+				binErr = fmt.Errorf("go build %s: %v\n%s", b[1], err, out)
+				return
+			}
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return daBin, natsBin
+}
+
+// --- processes ---
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func startProc(t *testing.T, dir, name, bin string, args ...string) *proc {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), "LOG_LEVEL=info")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+// kill sends SIGKILL and waits for the process to be gone.
+func (p *proc) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// stop sends SIGTERM and waits, killing after 20 s.
+func (p *proc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.kill()
+	}
+}
+
+func (p *proc) output() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitPort(t *testing.T, port int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on port %d", port)
+}
+
+// --- an environment of processes ---
+
+type procEnv struct {
+	t        *testing.T
+	dir      string
+	dataDir  string
+	cfgPath  string
+	url      string
+	natsArgs [][]string // per server, to restart it
+	servers  []*proc
+	procs    []*proc
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	rows     int64
+	custRows int64
+}
+
+// newProcEnv starts nServers NATS servers (a cluster when more than one)
+// and writes a config with a demo source of rows orders.
+func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
+	t.Helper()
+	_, natsBin := binaries(t)
+	e := &procEnv{t: t, dir: t.TempDir(), rows: rows, custRows: custRows}
+	e.dataDir = filepath.Join(e.dir, "data")
+	ports := make([]int, nServers)
+	cports := make([]int, nServers)
+	var urls, routes []string
+	for i := range nServers {
+		ports[i], cports[i] = freePort(t), freePort(t)
+		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
+		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", cports[i]))
+	}
+	for i := range nServers {
+		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]), "-js", "-sd", filepath.Join(e.dir, fmt.Sprintf("nats%d", i)), "-n", fmt.Sprintf("n%d", i)}
+		if nServers > 1 {
+			args = append(args, "-cluster_name", "agnes", "-cluster", routes[i], "-routes", strings.Join(routes, ","))
+		}
+		e.natsArgs = append(e.natsArgs, args)
+		e.servers = append(e.servers, startProc(t, e.dir, fmt.Sprintf("nats%d", i), natsBin, args...))
+	}
+	for _, p := range ports {
+		waitPort(t, p)
+	}
+	e.url = strings.Join(urls, ",")
+	replicas := 1
+	if nServers >= 3 {
+		replicas = 3
+	}
+	cfg := fmt.Sprintf("data_dir: %s\nnats:\n  url: %s\n  replicas: %d\nsources:\n  - name: demo\n    connector: demo\n    config: {rows: %d, customer_rows: %d, batch_size: 5000}\n",
+		e.dataDir, e.url, replicas, rows, custRows)
+	e.cfgPath = filepath.Join(e.dir, "agnes.yaml")
+	os.WriteFile(e.cfgPath, []byte(cfg), 0o644)
+	var err error
+	e.nc, err = nats.Connect(e.url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.nc.Close)
+	e.js, _ = jetstream.New(e.nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := schemas.Retry(ctx, func() error { return natsbus.Provision(ctx, e.js, replicas) }); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// serve starts "da serve" with one role.
+func (e *procEnv) serve(name, role string, extra ...string) *proc {
+	e.t.Helper()
+	da, _ := binaries(e.t)
+	args := append([]string{"serve", "--role", role, "--config", e.cfgPath, "--writers", "1", "--name", name,
+		"--ack-wait", "2s", "--producer-ack-wait", "3s"}, extra...)
+	p := startProc(e.t, e.dir, name, da, args...)
+	e.procs = append(e.procs, p)
+	return p
+}
+
+func (e *procEnv) restartServer(i int) {
+	e.t.Helper()
+	_, natsBin := binaries(e.t)
+	e.servers[i] = startProc(e.t, e.dir, fmt.Sprintf("nats%d", i), natsBin, e.natsArgs[i]...)
+}
+
+// startSync publishes a sync request and returns its run id.
+func (e *procEnv) startSync() string {
+	e.t.Helper()
+	id := uuid.NewString()
+	b := fmt.Sprintf(`{"run_id":%q,"source":"demo","requested_at":%q}`, id, time.Now().UTC().Format(time.RFC3339Nano))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := schemas.Retry(ctx, func() error {
+		_, err := e.js.Publish(ctx, schemas.SyncSubject("demo"), []byte(b), jetstream.WithMsgID(id))
+		return err
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+	return id
+}
+
+// waitEvent waits for an event of the run matching pred and returns it.
+func (e *procEnv) waitEvent(run string, timeout time.Duration, pred func(schemas.Event) bool) (schemas.Event, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var found schemas.Event
+	ok := false
+	natsbus.Follow(ctx, e.js, schemas.EventStream, schemas.RunEventsFilter("demo", run), 0, func(m jetstream.Msg) bool {
+		ev, err := schemas.DecodeEvent(m.Data())
+		if err == nil && pred(ev) {
+			found, ok = ev, true
+			return false
+		}
+		return true
+	})
+	return found, ok
+}
+
+func isType(types ...schemas.EventType) func(schemas.Event) bool {
+	return func(e schemas.Event) bool {
+		for _, t := range types {
+			if e.Type == t {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// finish waits for the run's outcome: the extract_published event, or
+// run_failed.
+func (e *procEnv) finish(run string, timeout time.Duration) schemas.Event {
+	e.t.Helper()
+	ev, ok := e.waitEvent(run, timeout, isType(schemas.EventExtractPublished, schemas.EventRunFailed))
+	if !ok {
+		var logs strings.Builder
+		for _, p := range append(e.servers, e.procs...) {
+			fmt.Fprintf(&logs, "--- %s\n%s\n", p.name, tail(p.output(), 15))
+		}
+		e.t.Fatalf("run %s did not finish in %s\n%s", run, timeout, logs.String())
+	}
+	return ev
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// writerShares counts the rows each writer wrote in the run's published attempt.
+func (e *procEnv) writerShares(run string) map[string]int64 {
+	shares := map[string]int64{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, _ := e.js.Stream(ctx, schemas.EventStream)
+	info, _ := stream.Info(ctx)
+	last := info.State.LastSeq
+	natsbus.Follow(ctx, e.js, schemas.EventStream, schemas.EventSubject("demo", run, schemas.EventBatchWritten), 0, func(m jetstream.Msg) bool {
+		ev, _ := schemas.DecodeEvent(m.Data())
+		shares[ev.Writer] += ev.Rows
+		md, _ := m.Metadata()
+		return md != nil && md.Sequence.Stream < last
+	})
+	return shares
+}
+
+// --- checking published data against the source ---
+
+var (
+	refMu   sync.Mutex
+	refSums = map[string]map[string]string{}
+)
+
+// tableSums fingerprints each demo table as "rows/distinct ids/sum of row
+// hashes": equal sums mean equal row multisets.
+func tableSums(t *testing.T, db *sql.DB, from func(table string) string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for table, schema := range map[string][]string{"orders": names(demo.OrdersSchema.Fields()), "customers": names(demo.CustomersSchema.Fields())} {
+		var n, d int64
+		var h string
+		q := fmt.Sprintf(`SELECT count(*), count(DISTINCT id), sum(hash(%s))::VARCHAR FROM %s`, strings.Join(schema, ", "), from(table))
+		if err := db.QueryRow(q).Scan(&n, &d, &h); err != nil {
+			t.Fatalf("fingerprint %s: %v", table, err)
+		}
+		out[table] = fmt.Sprintf("%d/%d/%s", n, d, h)
+	}
+	return out
+}
+
+func names(fields []arrow.Field) []string {
+	out := make([]string, len(fields))
+	for i, f := range fields {
+		out[i] = `"` + f.Name + `"`
+	}
+	return out
+}
+
+// reference computes the fingerprints of the demo source's own data.
+func reference(t *testing.T, rows, cust int64) map[string]string {
+	t.Helper()
+	key := fmt.Sprintf("%d/%d", rows, cust)
+	refMu.Lock()
+	defer refMu.Unlock()
+	if s, ok := refSums[key]; ok {
+		return s
+	}
+	dir := t.TempDir()
+	c := demo.New(demo.Options{Rows: rows, CustomerRows: cust, Seed: 42})
+	tables, _ := c.Discover(context.Background())
+	for _, ti := range tables {
+		f, err := parquetfile.Create(filepath.Join(dir, ti.Name+".parquet"), ti.Schema, 0, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rec, err := range c.Read(context.Background(), ti.Name, connectors.ReadOptions{}) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Write(rec)
+		}
+		if _, err := f.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := tableSums(t, db, func(table string) string { return fmt.Sprintf("read_parquet('%s')", filepath.Join(dir, table+".parquet")) })
+	refSums[key] = s
+	return s
+}
+
+// verifyPublished checks the extract's contract and that every published
+// table holds exactly the source's rows: none lost, none duplicated.
+func (e *procEnv) verifyPublished() {
+	e.t.Helper()
+	path := filepath.Join(e.dataDir, "extracts", "demo", "extract.duckdb")
+	if _, err := extractcheck.Verify(context.Background(), path); err != nil {
+		e.t.Fatalf("extract contract: %v", err)
+	}
+	db := openRO(e.t, path)
+	got := tableSums(e.t, db, func(table string) string { return `"` + table + `"` })
+	db.Close()
+	want := reference(e.t, e.rows, e.custRows)
+	for table, w := range want {
+		if got[table] != w {
+			e.t.Errorf("%s: published rows/distinct/hash %s, source %s", table, got[table], w)
+		}
+	}
+}
+
+func readLines(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		out = append(out, s.Text())
+	}
+	return out
+}
