@@ -24,6 +24,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// FinalizeRetryBudget is how long a run whose finalization keeps failing is
+// retried before it is reported failed.
+const FinalizeRetryBudget = 2 * time.Minute
+
 // Options configure a Finalizer.
 type Options struct {
 	JS           jetstream.JetStream
@@ -42,6 +46,8 @@ type Finalizer struct {
 	// bySource serialises publishing per source.
 	locks sync.Map
 	wg    sync.WaitGroup
+	// Buckets, opened at start.
+	state, lockKV jetstream.KeyValue
 }
 
 type runState struct {
@@ -117,6 +123,12 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	// before its extract_published event is read, so nothing is finalized
 	// until the replay has caught up.
 	replayEnd := info.State.LastSeq
+	if f.state, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.StateBucket); err != nil {
+		return fmt.Errorf("finalizer: %w", err)
+	}
+	if f.lockKV, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.LockBucket); err != nil {
+		return fmt.Errorf("finalizer: %w", err)
+	}
 	f.log.Info("finalizer started", "data_dir", f.dataDir, "replaying", replayEnd)
 	replaying := replayEnd > 0
 	err = natsbus.Follow(ctx, f.opts.JS, schemas.EventStream, "agnes.events.>", 0, func(msg jetstream.Msg) bool {
@@ -264,10 +276,7 @@ func (f *Finalizer) staging(source, run, table string) string {
 
 // release frees the source's sync lock held by run.
 func (f *Finalizer) release(ctx context.Context, source, runID string) {
-	kv, err := f.opts.JS.KeyValue(ctx, schemas.LockBucket)
-	if err == nil {
-		err = schemas.ReleaseRun(ctx, kv, source, runID)
-	}
+	err := schemas.Retry(ctx, func() error { return schemas.ReleaseRun(ctx, f.lockKV, source, runID) })
 	if err != nil {
 		f.log.Warn("release source lock", "source", source, "run", runID, "err", err)
 	}
@@ -278,22 +287,40 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 	mu.(*sync.Mutex).Lock()
 	defer mu.(*sync.Mutex).Unlock()
 	start := time.Now()
-	ev, err := f.finalize(ctx, runID, r)
+	// finalize is idempotent, so a failure of the bus or the disk is retried
+	// for a while before the run is declared failed.
+	var ev schemas.Event
+	var err error
+	delay := time.Second
+	for deadline := time.Now().Add(FinalizeRetryBudget); ; {
+		ev, err = f.finalize(ctx, runID, r)
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			break
+		}
+		f.log.Warn("finalize run failed; retrying", "run", runID, "source", r.source, "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 15*time.Second)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return
 		}
 		f.log.Error("finalize run", "run", runID, "source", r.source, "err", err)
+		f.release(ctx, r.source, runID)
 		_ = schemas.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventRunFailed, RunID: runID, Source: r.source,
 			Attempt: r.done.Attempt, Error: "finalize: " + err.Error()})
-		f.release(ctx, r.source, runID)
 		return
 	}
+	// Free the source before announcing, so whoever waits for the
+	// announcement can start the next sync at once.
+	f.release(ctx, r.source, runID)
 	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
 		f.log.Error("announce extract", "run", runID, "err", err)
 		return
 	}
-	f.release(ctx, r.source, runID)
 	// The parts are no longer referenced: the published file is a copy or a
 	// hard link.
 	if err := os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", runID)); err != nil {
@@ -323,10 +350,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			os.Remove(m.tmp)
 		}
 	}()
-	state, err := f.opts.JS.KeyValue(ctx, schemas.StateBucket)
-	if err != nil {
-		return schemas.Event{}, fmt.Errorf("open state bucket: %w", err)
-	}
+	state := f.state
 	var commits []*schemas.Event
 	results := make([]schemas.TableResult, 0, len(r.done.Results))
 	for _, res := range r.done.Results {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/nats-io/nats.go"
@@ -60,8 +61,10 @@ type Options struct {
 
 // Producer consumes sync requests and publishes their data.
 type Producer struct {
-	opts Options
-	log  *slog.Logger
+	opts  Options
+	log   *slog.Logger
+	state jetstream.KeyValue
+	locks jetstream.KeyValue
 }
 
 // New returns a Producer; Run starts it.
@@ -102,6 +105,12 @@ func (p *Producer) Run(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("producer: create consumer: %w", err)
+	}
+	if p.state, err = natsbus.KeyValue(ctx, p.opts.JS, schemas.StateBucket); err != nil {
+		return fmt.Errorf("producer: %w", err)
+	}
+	if p.locks, err = natsbus.KeyValue(ctx, p.opts.JS, schemas.LockBucket); err != nil {
+		return fmt.Errorf("producer: %w", err)
 	}
 	p.log.Info("producer started", "concurrency", p.opts.Concurrency)
 	sem := make(chan struct{}, p.opts.Concurrency)
@@ -155,10 +164,8 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	locks, err := p.opts.JS.KeyValue(ctx, schemas.LockBucket)
-	if err == nil {
-		err = schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
-	}
+	locks := p.locks
+	err := schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
 		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()})
@@ -189,8 +196,8 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err != nil {
 		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
 		_ = schemas.ReleaseRun(ctx, locks, req.Source, req.RunID)
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		p.log.Warn("ack sync request", "run", req.RunID, "err", err)
@@ -270,10 +277,7 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 			return fmt.Errorf("remote info of %s: %w", req.Source, err)
 		}
 	}
-	state, err := p.opts.JS.KeyValue(ctx, schemas.StateBucket)
-	if err != nil {
-		return fmt.Errorf("open state bucket: %w", err)
-	}
+	state := p.state
 	if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunStarted, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Tables: names}); err != nil {
 		return err
 	}

@@ -209,9 +209,10 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 	}
 	t.Cleanup(e.nc.Close)
 	e.js, _ = jetstream.New(e.nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := schemas.Retry(ctx, func() error { return natsbus.Provision(ctx, e.js, replicas) }); err != nil {
+	if err := natsbus.ProvisionWithRetry(context.Background(), e.js, replicas); err != nil {
+		for _, p := range e.servers {
+			t.Logf("--- %s\n%s", p.name, tail(p.output(), 10))
+		}
 		t.Fatal(err)
 	}
 	return e
@@ -282,11 +283,20 @@ func isType(types ...schemas.EventType) func(schemas.Event) bool {
 // run_failed.
 func (e *procEnv) finish(run string, timeout time.Duration) schemas.Event {
 	e.t.Helper()
-	ev, ok := e.waitEvent(run, timeout, isType(schemas.EventExtractPublished, schemas.EventRunFailed))
+	ev, ok := e.waitEvent(run, timeout, isType(schemas.EventExtractPublished, schemas.EventRunFailed, schemas.EventRunRejected))
 	if !ok {
 		var logs strings.Builder
 		for _, p := range append(e.servers, e.procs...) {
 			fmt.Fprintf(&logs, "--- %s\n%s\n", p.name, tail(p.output(), 15))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if st, err := e.js.Stream(ctx, schemas.EventStream); err != nil {
+			fmt.Fprintf(&logs, "event stream: %v\n", err)
+		} else if m, err := st.GetLastMsgForSubject(ctx, schemas.EventSubject("demo", run, schemas.EventExtractPublished)); err != nil {
+			fmt.Fprintf(&logs, "last extract_published: %v\n", err)
+		} else {
+			fmt.Fprintf(&logs, "extract_published IS in the stream at seq %d\n", m.Sequence)
 		}
 		e.t.Fatalf("run %s did not finish in %s\n%s", run, timeout, logs.String())
 	}

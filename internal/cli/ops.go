@@ -116,7 +116,7 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer stop()
 	var reads, failures int
 	for ctx.Err() == nil {
-		if _, err := extractcheck.Verify(context.Background(), path); err != nil {
+		if _, err := extractcheck.Verify(context.Background(), path, extractcheck.WhileWriting()); err != nil {
 			failures++
 			fmt.Fprintf(stdout, "FAIL %s\n", err)
 		}

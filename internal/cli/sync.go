@@ -134,7 +134,7 @@ func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, embedd
 			nc.Close()
 			return nil, nil, "", err
 		}
-		if err := natsbus.Provision(ctx, js, max(cfg.NATS.Replicas, 1)); err != nil {
+		if err := natsbus.ProvisionWithRetry(ctx, js, max(cfg.NATS.Replicas, 1)); err != nil {
 			nc.Close()
 			return nil, nil, "", err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -109,6 +110,29 @@ func Dial(url, name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// ProvisionWithRetry is Provision retried for up to a minute, each attempt
+// bounded to 10 seconds: a cluster that is still electing its leader answers
+// after a while, or not at all.
+func ProvisionWithRetry(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	delay := 100 * time.Millisecond
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		err := Provision(actx, js, replicas)
+		acancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
 // Provision creates or updates the streams of schemas.StreamConfigs.
 func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	for _, cfg := range schemas.StreamConfigs(replicas) {
@@ -150,7 +174,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, 
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
 		}
 		err := func() error {
-			cons, err := js.OrderedConsumer(ctx, stream, cfg)
+			cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+			cons, err := js.OrderedConsumer(cctx, stream, cfg)
+			ccancel()
 			if err != nil {
 				return err
 			}
@@ -161,6 +187,43 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, 
 			defer it.Stop()
 			stop := context.AfterFunc(ctx, it.Stop)
 			defer stop()
+			// Watchdog: a consumer whose server went away can stall without
+			// an error. If the stream holds a matching message past the last
+			// one delivered while nothing arrives, start over from there.
+			var delivered atomic.Uint64
+			wctx, wcancel := context.WithCancel(ctx)
+			defer wcancel()
+			go func() {
+				t := time.NewTicker(3 * time.Second)
+				defer t.Stop()
+				seen, idle := delivered.Load(), 0
+				for {
+					select {
+					case <-wctx.Done():
+						return
+					case <-t.C:
+					}
+					if now := delivered.Load(); now != seen {
+						seen, idle = now, 0
+						continue
+					}
+					idle++
+					ictx, icancel := context.WithTimeout(wctx, 2*time.Second)
+					st, err := js.Stream(ictx, stream)
+					var info *jetstream.StreamInfo
+					if err == nil {
+						info, err = st.Info(ictx)
+					}
+					icancel()
+					// Twice idle while the stream has grown past what was
+					// delivered (the growth may be other subjects: then the
+					// restart is merely wasted).
+					if err == nil && info.State.LastSeq >= next && idle >= 2 {
+						it.Stop()
+						return
+					}
+				}
+			}()
 			for {
 				msg, err := it.Next()
 				if err != nil {
@@ -169,6 +232,7 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, 
 				if md, err := msg.Metadata(); err == nil {
 					next = md.Sequence.Stream + 1
 				}
+				delivered.Add(1)
 				if !fn(msg) {
 					return errStop
 				}
@@ -186,3 +250,23 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, 
 }
 
 var errStop = errors.New("stop following")
+
+// KeyValue opens a bucket, retrying while the bus is unavailable (up to a
+// minute); the handle stays valid across reconnects.
+func KeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+		kv, err := js.KeyValue(actx, bucket)
+		acancel()
+		if err == nil {
+			return kv, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}

@@ -106,7 +106,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.stopServer()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	if err := natsbus.Provision(ctx, s.JS, max(o.Config.NATS.Replicas, 1)); err != nil {
+	if err := natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1)); err != nil {
 		s.NC.Close()
 		s.stopServer()
 		return nil, err
