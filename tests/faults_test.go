@@ -153,14 +153,9 @@ func TestKillFinalizer(t *testing.T) {
 // same storage; the run completes, or fails cleanly and a re-run completes.
 func TestNATSRestart(t *testing.T) {
 	e := newProcEnv(t, 1, 300_000, 20_000)
-	e.serve("producer", "producer")
-	e.serve("finalizer", "finalizer")
-	e.serve("w1", "writer")
-	e.serve("w2", "writer")
+	e.serveAll(2)
 	run := e.startSync()
-	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventBatchWritten)); !ok {
-		t.Fatal("no batch was written")
-	}
+	e.waitBatchWritten(run)
 	e.servers[0].kill()
 	time.Sleep(500 * time.Millisecond)
 	e.restartServer(0)
@@ -190,14 +185,9 @@ func anyFailed(ev schemas.Event) bool {
 // killed mid-run; the run completes with nothing lost.
 func TestClusterNodeLoss(t *testing.T) {
 	e := newProcEnv(t, 3, 300_000, 20_000)
-	e.serve("producer", "producer")
-	e.serve("finalizer", "finalizer")
-	e.serve("w1", "writer")
-	e.serve("w2", "writer")
+	e.serveAll(2)
 	run := e.startSync()
-	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventBatchWritten)); !ok {
-		t.Fatal("no batch was written")
-	}
+	e.waitBatchWritten(run)
 	e.servers[1].kill()
 	ev := e.finish(run, 3*time.Minute)
 	if ev.Type != schemas.EventExtractPublished || anyFailed(ev) {
@@ -233,4 +223,21 @@ func TestReaderProcess(t *testing.T) {
 		t.Fatalf("reader: reads=%d failures=%d\n%s", reads, failures, tail(out, 20))
 	}
 	t.Logf("reader process: %d reads during 4 syncs, no failure", reads)
+}
+
+// serveAll starts a producer, a finalizer and n writers.
+func (e *procEnv) serveAll(writers int) {
+	e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	for i := range writers {
+		e.serve(fmt.Sprintf("w%d", i+1), "writer")
+	}
+}
+
+// waitBatchWritten waits until the run has written its first part.
+func (e *procEnv) waitBatchWritten(run string) {
+	e.t.Helper()
+	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventBatchWritten)); !ok {
+		e.t.Fatal("no batch was written")
+	}
 }
