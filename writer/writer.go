@@ -464,6 +464,11 @@ func redeliveryDelay(m jetstream.Msg) time.Duration {
 	if md, err := m.Metadata(); err == nil {
 		n = md.NumDelivered
 	}
-	d := 250 * time.Millisecond << min(n-1, 7)
+	return backoff(n)
+}
+
+// backoff is the delay before the next delivery after the n-th one failed.
+func backoff(n uint64) time.Duration {
+	d := 250 * time.Millisecond << min(max(n, 1)-1, 7)
 	return min(d, 30*time.Second)
 }

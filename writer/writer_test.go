@@ -249,3 +249,12 @@ func TestSlowWriteIsNotRedelivered(t *testing.T) {
 		t.Errorf("%d batches were redelivered during a slow write", info.NumRedelivered)
 	}
 }
+
+func TestRedeliveryBackoff(t *testing.T) {
+	for delivered, want := range map[uint64]time.Duration{1: 250 * time.Millisecond, 2: 500 * time.Millisecond, 3: time.Second,
+		5: 4 * time.Second, 8: 30 * time.Second, 40: 30 * time.Second} {
+		if got := backoff(delivered); got != want {
+			t.Errorf("delivery %d: delay %s, want %s", delivered, got, want)
+		}
+	}
+}
