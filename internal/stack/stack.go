@@ -117,7 +117,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := run(runCtx); err != nil {
+			// An error after Stop began (a consumer creation cut short)
+			// is part of stopping, not a failure.
+			if err := run(runCtx); err != nil && runCtx.Err() == nil {
 				o.Logger.Error("service stopped with error", "service", name, "err", err)
 				s.mu.Lock()
 				s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
