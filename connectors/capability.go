@@ -14,8 +14,6 @@ const (
 	Stream                          // receives continuous changes (webhooks, CDC)
 	Remote                          // provides a DuckDB extension pass-through
 	Write                           // pushes data back to the source
-
-	capabilityEnd
 )
 
 var capabilityNames = []string{"discover", "read", "stream", "remote", "write"}

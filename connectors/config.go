@@ -126,7 +126,7 @@ func compileConfigSchema(m *Manifest) (*configSchema, error) {
 			return nil, err
 		}
 		for k, v := range nd.(map[string]any) {
-			if err := sch.Validate(map[string]any{k: v}); err != nil && m.Config[k].Required == false {
+			if err := sch.Validate(map[string]any{k: v}); err != nil && !m.Config[k].Required {
 				var ve *jsonschema.ValidationError
 				if errors.As(err, &ve) && hasFieldError(ve, k) {
 					return nil, fmt.Errorf("default of %s: %s", k, describe(ve))

@@ -66,8 +66,7 @@ func (f *fixture) Read(ctx context.Context, table string, opts connectors.ReadOp
 					yield(nil, errors.New("source said 503"))
 					return
 				case "panic":
-					var m map[string]int
-					m["boom"]++
+					panic("fixture: boom")
 				}
 			}
 			b := array.NewRecordBuilder(memory.DefaultAllocator, fixtureSchema)

@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"flag"
@@ -36,7 +35,7 @@ var (
 // --- binaries ---
 
 var (
-	buildOnce             sync.Once
+	buildOnce              sync.Once
 	daBin, natsBin, binErr = "", "", error(nil)
 )
 
@@ -389,7 +388,9 @@ func reference(t *testing.T, rows, cust int64) map[string]string {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	s := tableSums(t, db, func(table string) string { return fmt.Sprintf("read_parquet('%s')", filepath.Join(dir, table+".parquet")) })
+	s := tableSums(t, db, func(table string) string {
+		return fmt.Sprintf("read_parquet('%s')", filepath.Join(dir, table+".parquet"))
+	})
 	refSums[key] = s
 	return s
 }
@@ -411,18 +412,4 @@ func (e *procEnv) verifyPublished() {
 			e.t.Errorf("%s: published rows/distinct/hash %s, source %s", table, got[table], w)
 		}
 	}
-}
-
-func readLines(path string) []string {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		out = append(out, s.Text())
-	}
-	return out
 }
