@@ -215,8 +215,10 @@ func (f *Finalizer) apply(ev schemas.Event) {
 			e := ev
 			r.done = &e
 		}
-	case schemas.EventRunFailed:
+	case schemas.EventRunFailed, schemas.EventRunRejected:
+		// Nothing of this run will be published: drop what it staged.
 		r.failed = true
+		os.RemoveAll(filepath.Join(f.dataDir, "extracts", ev.Source, ".staging", ev.RunID))
 	case schemas.EventExtractPublished:
 		r.published = true
 		r.tables = map[string]*tableState{}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
@@ -75,7 +76,23 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer closeBus()
 	fmt.Fprintf(stdout, "Syncing source %s (run %s) on %s\n", req.Source, req.RunID, where)
-	rep, err := stack.Sync(ctx, js, req, progress(stdout))
+	// Say so when nothing picks the request up, instead of waiting silently.
+	heard := make(chan struct{})
+	var once sync.Once
+	onEvent := progress(stdout)
+	go func() {
+		select {
+		case <-heard:
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			fmt.Fprintf(stdout, "  waiting: no producer has taken the request yet (is \"da serve\" running against %s?)\n", where)
+		}
+	}()
+	rep, err := stack.Sync(ctx, js, req, func(ev schemas.Event) {
+		once.Do(func() { close(heard) })
+		onEvent(ev)
+	})
+	once.Do(func() { close(heard) })
 	if err != nil {
 		return err
 	}
