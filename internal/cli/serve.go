@@ -1,6 +1,10 @@
 package cli
 
 import (
+	"net/http"
+	"os"
+	"time"
+
 	"context"
 	"flag"
 	"fmt"
@@ -9,6 +13,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"github.com/agnes-ai/connector-kit/internal/httpapi"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/stack"
@@ -41,6 +47,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxDeliver := fs.Int("max-deliver", 0, "deliveries of a batch before it is dead-lettered (default 10)")
 	producerAckWait := fs.Duration("producer-ack-wait", 0, "how long a producer may go silent before its sync request is redelivered (default 30s)")
 	name := fs.String("name", "", "name of this process's writers in events and logs (default writer)")
+	httpListen := fs.String("http-listen", "", "address of the sync API (POST /api/sync/trigger, GET /api/sync/runs/{id}); empty: off. Needs $"+httpapi.TokenEnv)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -72,8 +79,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		where = st.Server.ClientURL() + " (embedded)"
 	}
 	log.Info("da serving", "nats", where, "roles", strings.Join(orAll(roles), ","), "data_dir", cfg.DataDir)
+	var srv *http.Server
+	if *httpListen != "" {
+		token := os.Getenv(httpapi.TokenEnv)
+		if token == "" {
+			log.Warn("sync API answers 503 until an admin token is set", "env", httpapi.TokenEnv)
+		}
+		ln, err := net.Listen("tcp", *httpListen)
+		if err != nil {
+			st.Stop()
+			return fmt.Errorf("--http-listen %s: %w", *httpListen, err)
+		}
+		srv = &http.Server{Handler: httpapi.New(st.JS, cfg, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		log.Info("sync API listening", "addr", ln.Addr().String())
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		srv.Shutdown(sctx)
+		cancel()
+	}
 	return st.Stop()
 }
 

@@ -1,0 +1,125 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/connectors/demo"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/httpapi"
+	"github.com/agnes-ai/connector-kit/internal/stack"
+)
+
+func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// TestSyncAPI: trigger a sync over HTTP, follow its status to published,
+// get 409 for a source already syncing, and the auth and input errors.
+func TestSyncAPI(t *testing.T) {
+	dir := t.TempDir()
+	gates := map[string]chan struct{}{"a": make(chan struct{})}
+	reg := connectors.NewRegistry()
+	demo.Register(reg)
+	reg.MustRegisterManifest("tests/gate_a.yaml", []byte("name: gate_a\nversion: \"1.0.0\"\ndescription: gated\ncapabilities: [discover, read]\n"),
+		func(connectors.Config) (connectors.Connector, error) { return &gated{gates: gates, name: "a"}, nil })
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Sources = []config.Source{{Name: "demo", Connector: "demo", Config: map[string]any{"rows": 5000, "customer_rows": 100}}, {Name: "slow", Connector: "gate_a"}}
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: reg, DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	srv := httptest.NewServer(httpapi.New(st.JS, cfg, "s3cret", slog.New(slog.DiscardHandler)).Handler())
+	defer srv.Close()
+	off := httptest.NewServer(httpapi.New(st.JS, cfg, "", slog.New(slog.DiscardHandler)).Handler())
+	defer off.Close()
+
+	if code, _ := call(t, "GET", srv.URL+"/healthz", "", ""); code != 200 {
+		t.Errorf("healthz %d", code)
+	}
+	for _, tc := range []struct {
+		name, url, token, body string
+		want                   int
+	}{
+		{"NoTokenConfigured", off.URL + "/api/sync/trigger", "s3cret", `{"source":"demo"}`, 503},
+		{"NoToken", srv.URL + "/api/sync/trigger", "", `{"source":"demo"}`, 401},
+		{"WrongToken", srv.URL + "/api/sync/trigger", "guess", `{"source":"demo"}`, 401},
+		{"BadJSON", srv.URL + "/api/sync/trigger", "s3cret", `{"source":`, 400},
+		{"UnknownField", srv.URL + "/api/sync/trigger", "s3cret", `{"sauce":"demo"}`, 400},
+		{"BadName", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"../x"}`, 400},
+		{"UnknownSource", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"nope"}`, 404},
+		{"BadRunID", srv.URL + "/api/sync/runs/xyz", "s3cret", ``, 400},
+		{"UnknownRun", srv.URL + "/api/sync/runs/7d0f1b8e-0000-4000-8000-000000000000", "s3cret", ``, 404},
+	} {
+		method := "POST"
+		if strings.Contains(tc.url, "/runs/") {
+			method = "GET"
+		}
+		if code, body := call(t, method, tc.url, tc.token, tc.body); code != tc.want || body["error"] == nil {
+			t.Errorf("%s: %d %v, want %d with an error", tc.name, code, body, tc.want)
+		}
+	}
+
+	code, body := call(t, "POST", srv.URL+"/api/sync/trigger", "s3cret", `{"source":"demo"}`)
+	if code != http.StatusAccepted || body["run_id"] == nil {
+		t.Fatalf("trigger: %d %v", code, body)
+	}
+	run := body["run_id"].(string)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		code, body = call(t, "GET", srv.URL+"/api/sync/runs/"+run, "s3cret", "")
+		if code == 200 && body["status"] == "published" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run status %d %v", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if res, _ := body["results"].([]any); len(res) != 2 {
+		t.Errorf("results %v", body["results"])
+	}
+
+	// A source whose sync is running answers 409.
+	code, body = call(t, "POST", srv.URL+"/api/sync/trigger", "s3cret", `{"source":"slow"}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("trigger slow: %d %v", code, body)
+	}
+	slowRun := body["run_id"].(string)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		code, body = call(t, "POST", srv.URL+"/api/sync/trigger", "s3cret", `{"source":"slow"}`)
+		if code == http.StatusConflict {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second trigger of a running source: %d %v", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if body["run_id"] != slowRun {
+		t.Errorf("409 names run %v, want %s", body["run_id"], slowRun)
+	}
+	close(gates["a"])
+}
