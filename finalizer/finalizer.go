@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -299,6 +300,7 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
 			break
 		}
+		metrics.FinalizeFailures.Inc()
 		f.log.Warn("finalize run failed; retrying", "run", runID, "source", r.source, "err", err, "in", delay)
 		select {
 		case <-ctx.Done():
@@ -328,6 +330,8 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 	if err := os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", runID)); err != nil {
 		f.log.Warn("remove staging", "run", runID, "err", err)
 	}
+	metrics.ExtractsPublished.Inc()
+	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	f.log.Info("extract published", "run", runID, "source", r.source, "path", ev.Path, "tables", len(ev.Results),
 		"duration", time.Since(start).Round(time.Millisecond))
 }

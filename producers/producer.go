@@ -16,6 +16,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -168,6 +169,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	err := schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
+		metrics.RunsRejected.Inc()
 		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()})
 		_ = msg.Term()
 		return
@@ -187,6 +189,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	stop := keepAlive(ctx, msg, min(p.opts.AckWait/3, schemas.LockTTL/4), func() {
 		_ = schemas.RefreshRun(ctx, locks, req.Source, req.RunID)
 	})
+	metrics.RunsStarted.Inc()
 	err = p.run(ctx, req)
 	stop()
 	if ctx.Err() != nil {
@@ -196,6 +199,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err != nil {
 		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
+		metrics.RunsFailed.Inc()
 		_ = schemas.ReleaseRun(ctx, locks, req.Source, req.RunID)
 		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
 	}
@@ -293,6 +297,7 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 			defer wg.Done()
 			defer func() { <-sem }()
 			results[i] = p.table(ctx, req, src, state, conn, t)
+			metrics.TablesRead.WithLabelValues(results[i].Status).Inc()
 		}()
 	}
 	wg.Wait()
@@ -551,6 +556,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 			}
 			inflight = append(inflight, f)
 			seq++
+			metrics.BatchesSent.Inc()
 			if seq%backlogCheckEvery == 0 {
 				if err := p.waitBacklog(ctx, log); err != nil {
 					return err
@@ -561,6 +567,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 			}
 		}
 		rows += rec.NumRows()
+		metrics.RowsRead.Add(float64(rec.NumRows()))
 		return nil
 	}
 	lastProgress := time.Now()

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -266,6 +267,7 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 		_ = msg.NakWithDelay(redeliveryDelay(msg))
 		return
 	}
+	metrics.DeadLetters.Inc()
 	if ref.Run != "" && ref.Source != "" && ref.Table != "" {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
 			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
@@ -326,6 +328,7 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	}
 	// Tell the server the batches are being worked on, so a write slower
 	// than the ack wait is not redelivered to another writer.
+	start := time.Now()
 	stop := keepAlive(b.entries, w.opts.AckWait/3)
 	if w.opts.beforeWrite != nil {
 		w.opts.beforeWrite()
@@ -336,6 +339,7 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	}
 	stop()
 	if err != nil {
+		metrics.WriteFailures.Inc()
 		w.log.Error("write part failed; batches will be redelivered", "run", b.key.run, "table", b.key.table, "err", err)
 		for _, e := range b.entries {
 			if md, merr := e.msg.Metadata(); merr == nil && md.NumDelivered >= uint64(w.opts.MaxDeliver) {
@@ -360,6 +364,10 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	w.Parts++
 	w.Batches += int64(len(b.entries))
 	w.Rows += b.rows
+	metrics.PartSeconds.Observe(time.Since(start).Seconds())
+	metrics.PartsWritten.Inc()
+	metrics.BatchesWritten.Add(float64(len(b.entries)))
+	metrics.RowsWritten.Add(float64(b.rows))
 	w.log.Debug("part written", "run", b.key.run, "table", b.key.table, "part", ev.Part, "batches", len(b.entries), "rows", ev.Rows)
 }
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/agnes-ai/connector-kit/internal/httpapi"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/stack"
@@ -47,6 +48,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxDeliver := fs.Int("max-deliver", 0, "deliveries of a batch before it is dead-lettered (default 10)")
 	producerAckWait := fs.Duration("producer-ack-wait", 0, "how long a producer may go silent before its sync request is redelivered (default 30s)")
 	name := fs.String("name", "", "name of this process's writers in events and logs (default writer)")
+	metricsListen := fs.String("metrics-listen", "", "address serving Prometheus metrics at /metrics; empty: off")
 	httpListen := fs.String("http-listen", "", "address of the sync API (POST /api/sync/trigger, GET /api/sync/runs/{id}); empty: off. Needs $"+httpapi.TokenEnv)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -94,8 +96,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		go srv.Serve(ln)
 		log.Info("sync API listening", "addr", ln.Addr().String())
 	}
+	var msrv *http.Server
+	if *metricsListen != "" {
+		ln, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			st.Stop()
+			return fmt.Errorf("--metrics-listen %s: %w", *metricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler())
+		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go msrv.Serve(ln)
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
 	<-ctx.Done()
 	log.Info("shutting down")
+	if msrv != nil {
+		msrv.Close()
+	}
 	if srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		srv.Shutdown(sctx)
