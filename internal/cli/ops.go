@@ -15,6 +15,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -33,7 +34,7 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	js, closeBus, _, err := connectOrServe(ctx, cfg, newLogger(stderr, slog.LevelWarn))
+	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: newLogger(stderr, slog.LevelWarn)}, false)
 	if err != nil {
 		return err
 	}

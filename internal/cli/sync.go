@@ -70,7 +70,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 
 	log := newLogger(stderr, slog.LevelWarn)
-	js, closeBus, where, err := connectOrEmbed(ctx, cfg, c.writers, *embedded, log)
+	js, closeBus, where, err := connect(ctx, cfg, stack.Options{Registry: builtin.Registry(), Writers: c.writers, Logger: log}, *embedded)
 	if err != nil {
 		return err
 	}
@@ -103,35 +103,12 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// connectOrServe connects to the configured NATS server, or to a running
-// da serve, or opens the embedded server's store in the data dir without
-// starting any service.
-func connectOrServe(ctx context.Context, cfg *config.Config, log *slog.Logger) (jetstream.JetStream, func(), string, error) {
-	url := cfg.NATS.URL
-	if url == "" {
-		url = defaultNATSURL
-	}
-	if nc, err := nats.Connect(url, nats.Timeout(500*time.Millisecond)); err == nil {
-		js, err := jetstream.New(nc)
-		if err != nil {
-			nc.Close()
-			return nil, nil, "", err
-		}
-		return js, func() { nc.Close() }, url, nil
-	} else if cfg.NATS.URL != "" {
-		return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w", url, err)
-	}
-	st, err := stack.Start(ctx, stack.Options{Config: cfg, DataDir: cfg.DataDir, Roles: []string{stack.RoleNone}, Logger: log})
-	if err != nil {
-		return nil, nil, "", err
-	}
-	return st.JS, func() { st.Stop() }, "embedded store in " + cfg.DataDir, nil
-}
-
-// connectOrEmbed connects to the configured NATS server. With none
-// configured it tries the default local address and, when nothing answers,
-// starts the whole pipeline in-process on an embedded server.
-func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, embedded bool, log *slog.Logger) (jetstream.JetStream, func(), string, error) {
+// connect reaches the bus: the configured NATS server; with none
+// configured, a "da serve" on the default local address; when nothing
+// answers there (or embedded is set), an embedded server started here that
+// runs the fallback's roles (stack.RoleNone: only the store in the data dir)
+// until the returned closer is called.
+func connect(ctx context.Context, cfg *config.Config, fallback stack.Options, embedded bool) (jetstream.JetStream, func(), string, error) {
 	url := cfg.NATS.URL
 	explicit := url != ""
 	if explicit && embedded {
@@ -140,27 +117,25 @@ func connectOrEmbed(ctx context.Context, cfg *config.Config, writers int, embedd
 	if !explicit {
 		url = defaultNATSURL
 	}
-	var nc *nats.Conn
-	err := errors.New("embedded requested")
 	if !embedded {
-		nc, err = nats.Connect(url, nats.Timeout(500*time.Millisecond), nats.RetryOnFailedConnect(false))
-	}
-	if err == nil {
-		js, err := jetstream.New(nc)
-		if err != nil {
-			nc.Close()
-			return nil, nil, "", err
+		nc, err := nats.Connect(url, nats.Timeout(500*time.Millisecond), nats.RetryOnFailedConnect(false))
+		if err == nil {
+			js, err := jetstream.New(nc)
+			if err == nil {
+				err = natsbus.ProvisionWithRetry(ctx, js, max(cfg.NATS.Replicas, 1))
+			}
+			if err != nil {
+				nc.Close()
+				return nil, nil, "", err
+			}
+			return js, func() { nc.Close() }, url, nil
 		}
-		if err := natsbus.ProvisionWithRetry(ctx, js, max(cfg.NATS.Replicas, 1)); err != nil {
-			nc.Close()
-			return nil, nil, "", err
+		if explicit {
+			return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", url, err)
 		}
-		return js, func() { nc.Close() }, url, nil
 	}
-	if explicit {
-		return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", url, err)
-	}
-	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir, Writers: writers, Logger: log})
+	fallback.Config, fallback.DataDir = cfg, cfg.DataDir
+	st, err := stack.Start(ctx, fallback)
 	if err != nil {
 		return nil, nil, "", err
 	}
