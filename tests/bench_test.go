@@ -51,19 +51,8 @@ func BenchmarkDirectParquet(b *testing.B) {
 	conn := demo.New(demo.Options{Rows: benchRows, CustomerRows: 10000, Seed: 42})
 	b.ResetTimer()
 	for range b.N {
-		f, err := parquetfile.Create(filepath.Join(dir, "orders.parquet"), demo.OrdersSchema, 0, nil, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for rec, err := range conn.Read(context.Background(), "orders", connectors.ReadOptions{}) {
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := f.Write(rec); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if _, err := f.Commit(); err != nil {
+		if _, err := parquetfile.WriteAll(filepath.Join(dir, "orders.parquet"), demo.OrdersSchema,
+			conn.Read(context.Background(), "orders", connectors.ReadOptions{})); err != nil {
 			b.Fatal(err)
 		}
 	}

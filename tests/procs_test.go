@@ -369,17 +369,8 @@ func reference(t *testing.T, rows, cust int64) map[string]string {
 	c := demo.New(demo.Options{Rows: rows, CustomerRows: cust, Seed: 42})
 	tables, _ := c.Discover(context.Background())
 	for _, ti := range tables {
-		f, err := parquetfile.Create(filepath.Join(dir, ti.Name+".parquet"), ti.Schema, 0, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rec, err := range c.Read(context.Background(), ti.Name, connectors.ReadOptions{}) {
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.Write(rec)
-		}
-		if _, err := f.Commit(); err != nil {
+		if _, err := parquetfile.WriteAll(filepath.Join(dir, ti.Name+".parquet"), ti.Schema,
+			c.Read(context.Background(), ti.Name, connectors.ReadOptions{})); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -99,22 +99,10 @@ func benchPhase(ctx context.Context, phase string, rows int64, writers int, dir 
 	case "direct":
 		conn := demo.New(demo.Options{Rows: rows, BatchSize: connectors.DefaultBatchSize, Seed: 42, CustomerRows: 10000})
 		start := time.Now()
-		path := filepath.Join(dir, "orders.parquet")
-		f, err := parquetfile.Create(path, demo.OrdersSchema, 0, nil, nil)
+		var err error
+		res.Bytes, err = parquetfile.WriteAll(filepath.Join(dir, "orders.parquet"), demo.OrdersSchema,
+			conn.Read(ctx, "orders", connectors.ReadOptions{}))
 		if err != nil {
-			return res, err
-		}
-		for rec, err := range conn.Read(ctx, "orders", connectors.ReadOptions{}) {
-			if err != nil {
-				f.Abort()
-				return res, err
-			}
-			if err := f.Write(rec); err != nil {
-				f.Abort()
-				return res, err
-			}
-		}
-		if res.Bytes, err = f.Commit(); err != nil {
 			return res, err
 		}
 		res.Seconds = time.Since(start).Seconds()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,3 +255,23 @@ func (r *Reader) Records(ctx context.Context) (pqarrow.RecordReader, error) {
 
 // Close closes the file.
 func (r *Reader) Close() error { return r.pf.Close() }
+
+// WriteAll writes every batch of recs to a new file at final (atomically, as
+// Create and Commit do) and returns its size. The first error from recs or
+// the writer aborts the file.
+func WriteAll(final string, schema *arrow.Schema, recs iter.Seq2[arrow.RecordBatch, error]) (int64, error) {
+	f, err := Create(final, schema, 0, nil, nil)
+	if err != nil {
+		return 0, err
+	}
+	for rec, err := range recs {
+		if err == nil {
+			err = f.Write(rec)
+		}
+		if err != nil {
+			f.Abort()
+			return 0, err
+		}
+	}
+	return f.Commit()
+}
