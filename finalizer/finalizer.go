@@ -349,8 +349,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		return schemas.Event{}, err
 	}
 	now := time.Now().UTC()
-	type staged struct{ tmp, final string }
-	var moves []staged
+	var moves []move
 	defer func() {
 		for _, m := range moves {
 			os.Remove(m.tmp)
@@ -409,7 +408,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			continue
 		}
 		if !out.applied {
-			moves = append(moves, staged{tmp, final})
+			moves = append(moves, move{tmp, final})
 		}
 		res.SizeBytes, res.TotalRows = out.size, out.rows
 		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
@@ -421,12 +420,11 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		cat.Remote = []schemas.RemoteAttach{*r.done.Remote}
 	}
 	// Swap the Parquet files in, then the extract that describes them.
-	for _, m := range moves {
-		if err := os.Rename(m.tmp, m.final); err != nil {
-			return schemas.Event{}, fmt.Errorf("publish %s: %w", m.final, err)
-		}
-	}
+	err = publishMoves(moves)
 	moves = nil
+	if err != nil {
+		return schemas.Event{}, err
+	}
 	if err := parquetfile.SyncDir(dataDir); err != nil {
 		return schemas.Event{}, err
 	}
@@ -571,6 +569,22 @@ func commitState(ctx context.Context, kv jetstream.KeyValue, source string, d *s
 	}
 	if _, err := kv.Put(ctx, schemas.CursorKey(source, d.Table), b); err != nil {
 		return fmt.Errorf("save cursor of %s: %w", d.Table, err)
+	}
+	return nil
+}
+
+// move is a table file assembled under a temporary name.
+type move struct{ tmp, final string }
+
+// publishMoves renames each assembled file over its published name.
+func publishMoves(moves []move) error {
+	for _, m := range moves {
+		if err := os.Rename(m.tmp, m.final); err != nil {
+			return fmt.Errorf("publish %s: %w", m.final, err)
+		}
+		// A retried finalization can hard-link the same part again: a rename
+		// between two links of one file succeeds without removing the source.
+		os.Remove(m.tmp)
 	}
 	return nil
 }

@@ -223,3 +223,23 @@ func TestBuildExtractRejectsBadNames(t *testing.T) {
 		t.Errorf("rejected builds left files: %v", m)
 	}
 }
+
+// TestRepublishLinkedPart: publishing the same single-part table twice (a
+// retried finalization) leaves no temporary link behind.
+func TestRepublishLinkedPart(t *testing.T) {
+	dir := t.TempDir()
+	p := mustPart(t, dir, "only.part", 0, 1)
+	final := filepath.Join(dir, "t.parquet")
+	for range 2 {
+		tmp := final + parquetfile.TempMarker + "run"
+		if _, err := assemble(context.Background(), tmp, idSchema, []part{p}, cover([]part{p}, 2), 0, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := publishMoves([]move{{tmp: tmp, final: final}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*"+parquetfile.TempMarker+"*")); len(m) != 0 {
+		t.Errorf("left %v", m)
+	}
+}

@@ -392,7 +392,13 @@ func (e *procEnv) verifyPublished() {
 	e.t.Helper()
 	path := filepath.Join(e.dataDir, "extracts", "demo", "extract.duckdb")
 	if _, err := extractcheck.Verify(context.Background(), path); err != nil {
-		e.t.Fatalf("extract contract: %v", err)
+		var logs strings.Builder
+		for _, p := range e.procs {
+			if strings.HasPrefix(p.name, "finalizer") {
+				fmt.Fprintf(&logs, "--- %s\n%s\n", p.name, tail(p.output(), 30))
+			}
+		}
+		e.t.Fatalf("extract contract: %v\n%s", err, logs.String())
 	}
 	db := openRO(e.t, path)
 	got := tableSums(e.t, db, func(table string) string { return `"` + table + `"` })
