@@ -20,6 +20,9 @@ type TableInfo struct {
 	PrimaryKey []string
 	// Description is stored in _meta.
 	Description string
+	// Partition, when set, makes the table a monthly-partitioned, keyed
+	// table fed by changes (see Change).
+	Partition *Partitioning
 	// RemotePath names a remote table inside the attached catalog, for
 	// example {"in.c-main", "orders"} or {"dataset", "table"}; the extract
 	// gets a view over <alias>.<path...>.
@@ -75,13 +78,6 @@ type Discoverer interface {
 // connector releases it afterwards, so a consumer that keeps it must Retain it.
 type Reader interface {
 	Read(ctx context.Context, table string, opts ReadOptions) iter.Seq2[arrow.RecordBatch, error]
-}
-
-// Streamer is implemented by connectors that declare Stream. Stream turns
-// one pushed event (a webhook body, a CDC message) into record batches per
-// table.
-type Streamer interface {
-	Stream(ctx context.Context, event []byte) (map[string][]arrow.RecordBatch, error)
 }
 
 // Remoter is implemented by connectors that declare Remote.

@@ -14,6 +14,10 @@ type Factory func(cfg Config) (Connector, error)
 type Registration struct {
 	Manifest *Manifest
 	New      Factory
+	// ValidateEvent, for streaming connectors, checks a pushed event
+	// without opening the connector (no credentials needed): the gateway
+	// answers 400 with its error before the event reaches the bus.
+	ValidateEvent func(event []byte) error
 }
 
 // Registry maps connector names to registrations.
@@ -47,6 +51,16 @@ func (r *Registry) MustRegisterManifest(path string, manifest []byte, f Factory)
 	if err := r.Register(Registration{Manifest: m, New: f}); err != nil {
 		panic(err)
 	}
+}
+
+// SetEventValidator sets the event check of a registered connector.
+func (r *Registry) SetEventValidator(name string, fn func([]byte) error) {
+	reg, ok := r.byName[name]
+	if !ok {
+		panic("SetEventValidator: unknown connector " + name)
+	}
+	reg.ValidateEvent = fn
+	r.byName[name] = reg
 }
 
 // Names lists the registered connectors, sorted.

@@ -20,6 +20,24 @@ const catalogFile = ".agnes/catalog.json"
 type catalog struct {
 	Tables map[string]catalogTable `json:"tables"`
 	Remote []schemas.RemoteAttach  `json:"remote,omitempty"`
+	// Retired are files no published extract references any more, kept
+	// for a grace period for readers of an older extract, then deleted.
+	Retired []retiredFile `json:"retired,omitempty"`
+}
+
+// partFile is one Parquet file of a partitioned table.
+type partFile struct {
+	// Path is relative to the source's data folder:
+	// <table>/month=YYYY-MM/<name>.parquet.
+	Path  string `json:"path"`
+	Month string `json:"month"`
+	Rows  int64  `json:"rows"`
+	Size  int64  `json:"size"`
+}
+
+type retiredFile struct {
+	Path string    `json:"path"` // relative to the data folder
+	At   time.Time `json:"at"`
 }
 
 type catalogTable struct {
@@ -31,6 +49,13 @@ type catalogTable struct {
 	RunID       string    `json:"run_id"`
 	Schema      []byte    `json:"schema,omitempty"`
 	RemotePath  []string  `json:"remote_path,omitempty"`
+
+	// Partitioned tables: the files the view reads, the key-group column,
+	// and the visible rows per month (newest version per key, no deletes).
+	Partitioned bool             `json:"partitioned,omitempty"`
+	KeyColumn   string           `json:"key_column,omitempty"`
+	Files       []partFile       `json:"files,omitempty"`
+	MonthRows   map[string]int64 `json:"month_rows,omitempty"`
 }
 
 func loadCatalog(dir string) (*catalog, error) {

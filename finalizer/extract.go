@@ -40,6 +40,10 @@ type metaRow struct {
 	QueryMode   string
 	// Path is the absolute Parquet path (local tables).
 	Path string
+	// Files and KeyColumn describe a partitioned table: every file its view
+	// reads (absolute) and the key whose newest change the view shows.
+	Files     []string
+	KeyColumn string
 	// RemotePath and Schema describe a remote table for its view.
 	RemotePath []string
 	Schema     *arrow.Schema
@@ -56,8 +60,18 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 		if err := schemas.ValidateName("table", r.Table); err != nil {
 			return err
 		}
-		if r.QueryMode == schemas.ModeLocal && !filepath.IsAbs(r.Path) {
+		if r.QueryMode == schemas.ModeLocal && r.Files == nil && !filepath.IsAbs(r.Path) {
 			return fmt.Errorf("build extract: view path %q of %s is not absolute", r.Path, r.Table)
+		}
+		for _, p := range r.Files {
+			if !filepath.IsAbs(p) || !strings.HasSuffix(p, ".parquet") {
+				return fmt.Errorf("build extract: partition file %q of %s is not an absolute .parquet path", p, r.Table)
+			}
+		}
+		if r.Files != nil {
+			if err := schemas.ValidateName("key column", r.KeyColumn); err != nil {
+				return fmt.Errorf("build extract: table %s: %w", r.Table, err)
+			}
 		}
 	}
 	for _, ra := range remote {
@@ -118,7 +132,12 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 			r.Table, r.Description, rowsN, size, r.ExtractedAt.UTC().Format("2006-01-02 15:04:05.999999"), r.QueryMode); err != nil {
 			return err
 		}
-		if r.QueryMode == schemas.ModeLocal {
+		switch {
+		case r.QueryMode == schemas.ModeLocal && r.Files != nil:
+			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS " + partitionedViewSQL(r.Files, r.KeyColumn)); err != nil {
+				return err
+			}
+		case r.QueryMode == schemas.ModeLocal:
 			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS SELECT * FROM read_parquet(" + quoteLit(r.Path) + ")"); err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ package finalizer
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,6 +37,11 @@ type Options struct {
 	RowGroupRows int64
 	Mem          memory.Allocator
 	Logger       *slog.Logger
+	// Partitioned tables: compaction thresholds and how long replaced files
+	// stay for readers of an older extract.
+	CompactMinFiles   int
+	CompactSmallBytes int64
+	RetireGrace       time.Duration
 }
 
 // Finalizer follows run events and publishes extracts.
@@ -49,6 +55,14 @@ type Finalizer struct {
 	wg    sync.WaitGroup
 	// Buckets, opened at start.
 	state, lockKV jetstream.KeyValue
+
+	// mu guards streams, shared by the event follower and the publishers.
+	mu      sync.Mutex
+	streams map[string]*streamState
+
+	duckOnce sync.Once
+	duckDB   *sql.DB
+	duckErr  error
 }
 
 type runState struct {
@@ -96,11 +110,20 @@ func New(opts Options) (*Finalizer, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.CompactMinFiles <= 1 {
+		opts.CompactMinFiles = DefaultCompactMinFiles
+	}
+	if opts.CompactSmallBytes <= 0 {
+		opts.CompactSmallBytes = DefaultCompactSmallBytes
+	}
+	if opts.RetireGrace <= 0 {
+		opts.RetireGrace = DefaultRetireGrace
+	}
 	abs, err := filepath.Abs(opts.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("finalizer: data dir: %w", err)
 	}
-	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), dataDir: abs, runs: map[string]*runState{}}, nil
+	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), dataDir: abs, runs: map[string]*runState{}, streams: map[string]*streamState{}}, nil
 }
 
 // Run replays the event stream from its start, then follows it until ctx
@@ -136,6 +159,11 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
 			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
+		} else if ev.RunID == schemas.StreamRun {
+			f.applyStream(ev)
+			if !replaying && ev.Type == schemas.EventBatchWritten {
+				f.kickStream(ctx, ev.Source)
+			}
 		} else {
 			f.apply(ev)
 		}
@@ -148,14 +176,18 @@ func (f *Finalizer) Run(ctx context.Context) error {
 			for id := range f.runs {
 				f.maybeFinalize(ctx, id)
 			}
+			f.kickStreams(ctx)
 			return true
 		}
-		if ev.RunID != "" {
+		if ev.RunID != "" && ev.RunID != schemas.StreamRun {
 			f.maybeFinalize(ctx, ev.RunID)
 		}
 		return true
 	})
 	f.wg.Wait()
+	if f.duckDB != nil {
+		f.duckDB.Close()
+	}
 	f.log.Info("finalizer stopped")
 	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("finalizer: follow events: %w", err)
@@ -285,10 +317,16 @@ func (f *Finalizer) release(ctx context.Context, source, runID string) {
 	}
 }
 
+// sourceLock serialises publishing per source: runs and streamed parts.
+func (f *Finalizer) sourceLock(source string) *sync.Mutex {
+	mu, _ := f.locks.LoadOrStore(source, &sync.Mutex{})
+	return mu.(*sync.Mutex)
+}
+
 func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runState) {
-	mu, _ := f.locks.LoadOrStore(r.source, &sync.Mutex{})
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+	mu := f.sourceLock(r.source)
+	mu.Lock()
+	defer mu.Unlock()
 	start := time.Now()
 	// finalize is idempotent, so a failure of the bus or the disk is retried
 	// for a while before the run is declared failed.
@@ -357,6 +395,11 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 	}()
 	state := f.state
 	var commits []*schemas.Event
+	// Parts of partitioned tables move from staging into their partitions;
+	// unlike assembled files they are not removed when finalizing fails.
+	var partMoves []move
+	var parted []partitionedTable
+	partedIdx := map[string]int{}
 	results := make([]schemas.TableResult, 0, len(r.done.Results))
 	for _, res := range r.done.Results {
 		if err := schemas.ValidateName("table", res.Table); err != nil {
@@ -392,10 +435,33 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			results = append(results, res)
 			continue
 		}
+		if t.done.WriteMode == schemas.WritePartitioned {
+			adds, mv, err := f.placeRun(ctx, runID, r.source, res.Table, t, dataDir)
+			if err != nil {
+				if ctx.Err() != nil {
+					return schemas.Event{}, ctx.Err()
+				}
+				res.Status, res.Error = schemas.StatusFailed, err.Error()
+				results = append(results, res)
+				continue
+			}
+			if len(t.done.PrimaryKey) != 1 {
+				res.Status, res.Error = schemas.StatusFailed, "a partitioned table names no key column"
+				results = append(results, res)
+				continue
+			}
+			partMoves = append(partMoves, mv...)
+			parted = append(parted, partitionedTable{name: res.Table, keyCol: t.done.PrimaryKey[0], description: t.done.Description,
+				runID: runID, schema: t.done.Schema, adds: adds})
+			partedIdx[res.Table] = len(results)
+			commits = append(commits, t.done)
+			results = append(results, res)
+			continue
+		}
 		final := filepath.Join(dataDir, res.Table+".parquet")
 		tmp := final + parquetfile.TempMarker + runID[:min(8, len(runID))]
 		var prev string
-		if ct, ok := cat.Tables[res.Table]; ok && ct.QueryMode == schemas.ModeLocal {
+		if ct, ok := cat.Tables[res.Table]; ok && ct.QueryMode == schemas.ModeLocal && !ct.Partitioned {
 			prev = final
 		}
 		out, err := f.assembleTable(ctx, runID, r.source, res.Table, t, tmp, prev)
@@ -411,6 +477,12 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			moves = append(moves, move{tmp, final})
 		}
 		res.SizeBytes, res.TotalRows = out.size, out.rows
+		if old := cat.Tables[res.Table]; old.Partitioned {
+			// The table switches layout: its partitions are retired.
+			for _, p := range old.Files {
+				cat.retire([]string{p.Path}, now)
+			}
+		}
 		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
 			ExtractedAt: now, QueryMode: schemas.ModeLocal, RunID: runID, Schema: t.done.Schema}
 		commits = append(commits, t.done)
@@ -422,12 +494,40 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 	// Swap the Parquet files in, then the extract that describes them.
 	err = publishMoves(moves)
 	moves = nil
+	if err == nil {
+		err = publishMoves(partMoves)
+	}
 	if err != nil {
 		return schemas.Event{}, err
 	}
 	if err := parquetfile.SyncDir(dataDir); err != nil {
 		return schemas.Event{}, err
 	}
+	for _, pt := range parted {
+		if err := f.applyPartitioned(ctx, cat, dataDir, pt, now); err != nil {
+			return schemas.Event{}, err
+		}
+		ct := cat.Tables[pt.name]
+		results[partedIdx[pt.name]].SizeBytes, results[partedIdx[pt.name]].TotalRows = ct.SizeBytes, ct.Rows
+	}
+	if err := f.publishCatalog(ctx, dir, cat, now); err != nil {
+		return schemas.Event{}, err
+	}
+	// Only now that the extract holding the rows is published do the
+	// schema and the cursor advance.
+	for _, d := range commits {
+		if err := commitState(ctx, state, r.source, d); err != nil {
+			return schemas.Event{}, err
+		}
+	}
+	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results,
+		Path: filepath.Join(dir, ExtractFile)}, nil
+}
+
+// publishCatalog builds and swaps the extract the catalog describes, then
+// deletes files retired long enough ago and saves the catalog.
+func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog, now time.Time) error {
+	dataDir := filepath.Join(dir, "data")
 	names := make([]string, 0, len(cat.Tables))
 	for n := range cat.Tables {
 		names = append(names, n)
@@ -441,26 +541,22 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		if len(ct.Schema) > 0 {
 			mr.Schema, _ = schemas.DecodeSchema(ct.Schema)
 		}
-		if ct.QueryMode == schemas.ModeLocal {
+		switch {
+		case ct.Partitioned:
+			if len(ct.Files) == 0 {
+				continue
+			}
+			mr.Files, mr.KeyColumn = absFiles(dataDir, ct.Files), ct.KeyColumn
+		case ct.QueryMode == schemas.ModeLocal:
 			mr.Path = filepath.Join(dataDir, n+".parquet")
 		}
 		rows = append(rows, mr)
 	}
 	if err := buildExtract(ctx, dir, rows, cat.Remote); err != nil {
-		return schemas.Event{}, err
+		return err
 	}
-	if err := cat.save(dir); err != nil {
-		return schemas.Event{}, err
-	}
-	// Only now that the extract holding the rows is published do the
-	// schema and the cursor advance.
-	for _, d := range commits {
-		if err := commitState(ctx, state, r.source, d); err != nil {
-			return schemas.Event{}, err
-		}
-	}
-	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results,
-		Path: filepath.Join(dir, ExtractFile)}, nil
+	f.deleteRetired(dataDir, cat, now)
+	return cat.save(dir)
 }
 
 // assembled says what assembleTable produced.

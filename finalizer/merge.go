@@ -19,6 +19,7 @@ import (
 // part is one staged Parquet part announced by a batch_written event.
 type part struct {
 	path    string
+	month   string
 	seqs    []int64
 	seqRows []int64
 }
@@ -249,7 +250,7 @@ func partsOf(dir string, evs map[string]schemas.Event) []part {
 	out := make([]part, 0, len(names))
 	for _, n := range names {
 		e := evs[n]
-		out = append(out, part{path: filepath.Join(dir, n), seqs: e.Seqs, seqRows: e.SeqRows})
+		out = append(out, part{path: filepath.Join(dir, n), month: e.Month, seqs: e.Seqs, seqRows: e.SeqRows})
 	}
 	return out
 }

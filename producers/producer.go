@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,7 +21,6 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -117,6 +117,13 @@ func (p *Producer) Run(ctx context.Context) error {
 	sem := make(chan struct{}, p.opts.Concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := p.runHooks(ctx); err != nil {
+			p.log.Error("webhook processing stopped", "err", err)
+		}
+	}()
 	for {
 		select {
 		case sem <- struct{}{}:
@@ -261,6 +268,14 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	if tables, err = connectors.SelectTables(tables, want); err != nil {
 		return fmt.Errorf("source %s: %w", req.Source, err)
 	}
+	// Partitioned tables fed only by pushed events have nothing to sync.
+	tables = slices.DeleteFunc(tables, func(t connectors.TableInfo) bool {
+		tcaps := t.Capabilities
+		if tcaps == 0 {
+			tcaps = caps
+		}
+		return t.Partition != nil && !tcaps.Has(connectors.Read)
+	})
 	if len(tables) == 0 {
 		return fmt.Errorf("source %s: the connector offers no tables", req.Source)
 	}
@@ -287,10 +302,32 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	}
 	p.log.Info("sync run started", "run", req.RunID, "source", req.Source, "tables", len(tables))
 
-	results := make([]schemas.TableResult, len(tables))
+	// Partitioned tables are backfilled together, one pass over the source.
+	var plain, parted []connectors.TableInfo
+	for _, t := range tables {
+		if t.Partition != nil {
+			parted = append(parted, t)
+		} else {
+			plain = append(plain, t)
+		}
+	}
+	results := make([]schemas.TableResult, len(plain))
+	var partedResults []schemas.TableResult
 	sem := make(chan struct{}, p.opts.TableConcurrency)
 	var wg sync.WaitGroup
-	for i, t := range tables {
+	if len(parted) > 0 {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			partedResults = p.changeTables(ctx, req, src, state, conn, parted)
+			for _, r := range partedResults {
+				metrics.TablesRead.WithLabelValues(r.Status).Inc()
+			}
+		}()
+	}
+	for i, t := range plain {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -301,6 +338,7 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 		}()
 	}
 	wg.Wait()
+	results = append(results, partedResults...)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -503,73 +541,18 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 	}()
 	schema = t.Schema
-	var fingerprint string
-	if schema != nil {
-		fingerprint = schemas.Fingerprint(schema)
-	}
-	subject := schemas.DataSubject(req.Source, t.Name)
-	var inflight []jetstream.PubAckFuture
-	wait := func(keep int) error {
-		for len(inflight) > keep {
-			f := inflight[0]
-			inflight = inflight[1:]
-			select {
-			case <-f.Ok():
-			case err := <-f.Err():
-				// Retry the same message: its id makes a duplicate harmless.
-				m := f.Msg()
-				if rerr := schemas.Retry(ctx, func() error {
-					_, err := p.opts.JS.PublishMsg(ctx, m)
-					return err
-				}); rerr != nil {
-					return fmt.Errorf("publish batch of %s: %w (first error: %v)", t.Name, rerr, err)
-				}
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		return nil
-	}
+	out := p.newSink(req.RunID, req.Source, t.Name, req.Attempt, schema, log)
+	defer func() { seq, rows = out.seq, out.rows }()
 	fail := func(err error) (*arrow.Schema, int64, int64, *schemas.Cursor, error) {
-		wait(0)
-		return schema, seq, rows, nil, err
+		out.wait(ctx, 0)
+		return schema, 0, 0, nil, err
 	}
 	var track *tracker
 	opts := connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize, IncrementalKey: plan.incrementalKey}
 	if plan.cursor != nil {
 		opts.IncrementalValue = plan.cursor.Value
 	}
-	publish := func(rec arrow.RecordBatch) error {
-		chunks, err := schemas.EncodeBatch(rec, p.opts.MaxPayload)
-		if err != nil {
-			return fmt.Errorf("encode %s: %w", t.Name, err)
-		}
-		for _, c := range chunks {
-			m := &nats.Msg{Subject: subject, Data: c.Data, Header: schemas.DataHeader(req.RunID, req.Source, t.Name, req.Attempt, seq, c.Rows)}
-			m.Header.Set(schemas.HeaderSchema, fingerprint)
-			var f jetstream.PubAckFuture
-			if err := schemas.Retry(ctx, func() (err error) {
-				f, err = p.opts.JS.PublishMsgAsync(m)
-				return err
-			}); err != nil {
-				return fmt.Errorf("publish batch of %s: %w", t.Name, err)
-			}
-			inflight = append(inflight, f)
-			seq++
-			metrics.BatchesSent.Inc()
-			if seq%backlogCheckEvery == 0 {
-				if err := p.waitBacklog(ctx, log); err != nil {
-					return err
-				}
-			}
-			if err := wait(p.opts.MaxInFlight); err != nil {
-				return err
-			}
-		}
-		rows += rec.NumRows()
-		metrics.RowsRead.Add(float64(rec.NumRows()))
-		return nil
-	}
+	publish := func(rec arrow.RecordBatch) error { return out.publish(ctx, rec) }
 	lastProgress := time.Now()
 	for rec, rerr := range r.Read(ctx, t.Name, opts) {
 		if rerr != nil {
@@ -577,7 +560,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		if schema == nil {
 			schema = rec.Schema()
-			fingerprint = schemas.Fingerprint(schema)
+			out.fingerprint = schemas.Fingerprint(schema)
 		} else if !rec.Schema().Equal(schema) {
 			return fail(fmt.Errorf("read %s: batch schema does not match the declared schema:\n got: %s\nwant: %s", t.Name, rec.Schema(), schema))
 		}
@@ -617,10 +600,10 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		}
 		if time.Since(lastProgress) >= progressEvery {
 			lastProgress = time.Now()
-			p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name, Batches: seq, Rows: rows})
+			p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name, Batches: out.seq, Rows: out.rows})
 		}
 	}
-	if err := wait(0); err != nil {
+	if err := out.wait(ctx, 0); err != nil {
 		return fail(err)
 	}
 	if schema == nil {
@@ -636,7 +619,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 	} else if plan.incrementalKey != "" {
 		next = plan.cursor
 	}
-	return schema, seq, rows, next, nil
+	return schema, 0, 0, next, nil
 }
 
 // waitBacklog blocks while more than MaxBacklog batches wait for a writer.

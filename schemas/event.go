@@ -52,6 +52,9 @@ const (
 	// EventRunRejected answers a request for a source whose sync is running.
 	EventRunRejected      EventType = "run_rejected"
 	EventExtractPublished EventType = "extract_published"
+	// EventStreamPublished: the finalizer published an extract holding
+	// streamed parts (run StreamRun); Parts lists them as table/part.
+	EventStreamPublished EventType = "stream_published"
 )
 
 // Query modes of a _meta row.
@@ -96,6 +99,8 @@ type Event struct {
 	// the data message sequence numbers it holds, in file order, with their
 	// row counts.
 	Part    string  `json:"part,omitempty"`
+	// Month is the partition of a part of a partitioned table (YYYY-MM).
+	Month   string  `json:"month,omitempty"`
 	Seqs    []int64 `json:"seqs,omitempty"`
 	SeqRows []int64 `json:"seq_rows,omitempty"`
 	Writer  string  `json:"writer,omitempty"`
@@ -111,6 +116,8 @@ type Event struct {
 	Results []TableResult `json:"results,omitempty"`
 	// ExtractPublished: absolute path of the published extract.
 	Path string `json:"path,omitempty"`
+	// StreamPublished: the streamed parts the extract now holds.
+	Parts []string `json:"parts,omitempty"`
 }
 
 // RemoteAttach is one row of _remote_attach. TokenEnv names an environment
@@ -168,6 +175,8 @@ func (e Event) MsgID() string {
 		return fmt.Sprintf("%s.%s.%d", id, e.Table, e.Seq)
 	case EventTableProgress:
 		return fmt.Sprintf("%s.%s.%d", id, e.Table, e.Batches)
+	case EventStreamPublished:
+		return fmt.Sprintf("%s.%d", id, e.Time.UnixNano())
 	default:
 		if e.Table != "" {
 			return id + "." + e.Table

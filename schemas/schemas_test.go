@@ -232,8 +232,11 @@ func TestSubjects(t *testing.T) {
 	if got := EventSubject("demo", "r1", EventRunDone); got != "agnes.events.demo.r1.run_done" {
 		t.Errorf("EventSubject = %q", got)
 	}
+	if got := HookSubject("jira"); got != "agnes.hooks.jira" {
+		t.Errorf("HookSubject = %q", got)
+	}
 	cfgs := StreamConfigs(3)
-	if len(cfgs) != 4 {
+	if len(cfgs) != 5 {
 		t.Fatalf("%d streams", len(cfgs))
 	}
 	for _, c := range cfgs {

@@ -53,4 +53,7 @@ const (
 	WriteMerge = "merge"
 	// WriteAppend: the run's rows are added to the previous rows.
 	WriteAppend = "append"
+	// WritePartitioned: the run's rows are changes of key groups, added to
+	// the table's monthly partitions; per key the newest change wins.
+	WritePartitioned = "partitioned"
 )

@@ -21,12 +21,16 @@ const (
 	// DeadLetterStream keeps batches that can never be written, with the
 	// reason, for inspection ("da dead-letters").
 	DeadLetterStream = "AGNES_DLQ"
+	// HookStream holds accepted webhook bodies until a producer has turned
+	// them into data batches; a work queue.
+	HookStream = "AGNES_HOOKS"
 )
 
 // Durable consumer names.
 const (
 	ProducerConsumer = "producers"
 	WriterConsumer   = "writers"
+	HookConsumer     = "streamers"
 )
 
 // Header names carried by data messages.
@@ -52,6 +56,9 @@ const (
 
 // SyncSubject is the subject a sync request for source is published to.
 func SyncSubject(source string) string { return "agnes.sync." + source }
+
+// HookSubject is where the gateway puts a webhook body for source.
+func HookSubject(source string) string { return "agnes.hooks." + source }
 
 // DataSubject is the subject of the data batches of one table.
 func DataSubject(source, table string) string { return "agnes.data." + source + "." + table }
@@ -109,6 +116,15 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 			Duplicates:  10 * time.Minute,
 		},
 		{
+			Name:        HookStream,
+			Description: "Agnes webhook bodies accepted by the gateway, one subject per source",
+			Subjects:    []string{"agnes.hooks.*"},
+			Retention:   jetstream.WorkQueuePolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+			Duplicates:  10 * time.Minute,
+		},
+		{
 			Name:        DeadLetterStream,
 			Description: "Agnes batches that could not be written, with the reason",
 			Subjects:    []string{"agnes.dlq.>"},
@@ -119,6 +135,10 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 		},
 	}
 }
+
+// MaxHookBytes is the largest webhook body the gateway accepts: the bus's
+// default 1 MiB message limit less room for headers.
+const MaxHookBytes = 1<<20 - 16<<10
 
 // DataHeader builds the headers of one data message.
 func DataHeader(run, source, table string, attempt int, seq, rows int64) nats.Header {

@@ -35,9 +35,12 @@ const (
 	DefaultRowGroupRows   = parquetfile.DefaultRowGroupRows
 	DefaultMaxBufferBytes = 64 << 20
 	DefaultFlushAfter     = 500 * time.Millisecond
-	DefaultFetchBatch     = 32
-	DefaultAckWait        = 60 * time.Second
-	DefaultMaxDeliver     = 10
+	// DefaultStreamFlushAfter is how long streamed (webhook) batches wait to
+	// be joined into one part: the floor of an event's time to visibility.
+	DefaultStreamFlushAfter = 100 * time.Millisecond
+	DefaultFetchBatch       = 32
+	DefaultAckWait          = 60 * time.Second
+	DefaultMaxDeliver       = 10
 	// DefaultMaxBatchBytes is the largest decoded batch a writer accepts.
 	DefaultMaxBatchBytes = 256 << 20
 )
@@ -56,12 +59,14 @@ type Options struct {
 	RowGroupRows   int64
 	MaxBufferBytes int64
 	FlushAfter     time.Duration
-	FetchBatch     int
-	AckWait        time.Duration
-	MaxDeliver     int
-	MaxBatchBytes  int64
-	Mem            memory.Allocator
-	Logger         *slog.Logger
+	// StreamFlushAfter replaces FlushAfter for batches of the stream run.
+	StreamFlushAfter time.Duration
+	FetchBatch       int
+	AckWait          time.Duration
+	MaxDeliver       int
+	MaxBatchBytes    int64
+	Mem              memory.Allocator
+	Logger           *slog.Logger
 
 	// beforeWrite, when set, runs before a part is written (tests slow
 	// writes down with it).
@@ -82,6 +87,8 @@ type Writer struct {
 type bufferKey struct {
 	run, source, table string
 	attempt            int
+	// month is the partition of a partitioned table's rows.
+	month string
 }
 
 type entry struct {
@@ -92,6 +99,7 @@ type entry struct {
 
 type buffer struct {
 	key     bufferKey
+	keyCol  string
 	schema  *arrow.Schema
 	entries []entry
 	rows    int64
@@ -109,6 +117,9 @@ func New(opts Options) *Writer {
 	}
 	if opts.FlushAfter <= 0 {
 		opts.FlushAfter = DefaultFlushAfter
+	}
+	if opts.StreamFlushAfter <= 0 {
+		opts.StreamFlushAfter = DefaultStreamFlushAfter
 	}
 	if opts.FetchBatch <= 0 {
 		opts.FetchBatch = DefaultFetchBatch
@@ -164,8 +175,7 @@ func (w *Writer) Run(ctx context.Context) error {
 			w.log.Info("writer stopped", "parts", w.Parts, "batches", w.Batches, "rows", w.Rows)
 			return nil
 		}
-		wait := w.opts.FlushAfter / 2
-		batch, err := cons.Fetch(w.opts.FetchBatch, jetstream.FetchMaxWait(wait))
+		batch, err := cons.Fetch(w.opts.FetchBatch, jetstream.FetchMaxWait(w.fetchWait()))
 		if err != nil {
 			if ctx.Err() == nil {
 				w.log.Warn("fetch batches", "err", err)
@@ -220,7 +230,25 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: batch schema does not match the table's declared schema: %s", schemas.ErrBadBatch, got))
 		return
 	}
-	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt}
+	month, keyCol := msg.Headers().Get(schemas.HeaderMonth), msg.Headers().Get(schemas.HeaderKeyColumn)
+	if month != "" || keyCol != "" {
+		if err := schemas.ValidateMonth(month); err != nil {
+			rec.Release()
+			w.poison(ctx, msg, ref, fmt.Errorf("%w: header %s: %v", schemas.ErrBadBatch, schemas.HeaderMonth, err))
+			return
+		}
+		if err := schemas.ValidateName("key column", keyCol); err != nil {
+			rec.Release()
+			w.poison(ctx, msg, ref, fmt.Errorf("%w: header %s: %v", schemas.ErrBadBatch, schemas.HeaderKeyColumn, err))
+			return
+		}
+		if err := schemas.CheckStored(rec.Schema(), keyCol); err != nil {
+			rec.Release()
+			w.poison(ctx, msg, ref, fmt.Errorf("%w: %v", schemas.ErrBadBatch, err))
+			return
+		}
+	}
+	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt, month}
 	b := w.buffers[key]
 	if b != nil && !b.schema.Equal(rec.Schema()) {
 		// A part holds one schema; the finalizer checks parts against the
@@ -229,7 +257,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		b = nil
 	}
 	if b == nil {
-		b = &buffer{key: key, schema: rec.Schema(), since: time.Now()}
+		b = &buffer{key: key, keyCol: keyCol, schema: rec.Schema(), since: time.Now()}
 		w.buffers[key] = b
 	}
 	b.entries = append(b.entries, entry{ref: ref, rec: rec, msg: msg})
@@ -284,11 +312,29 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 
 func (w *Writer) flushDue(ctx context.Context) {
 	for _, b := range w.buffers {
-		if time.Since(b.since) >= w.opts.FlushAfter {
+		if time.Since(b.since) >= w.flushAfter(b) {
 			w.flush(ctx, b)
 		}
 	}
 }
+
+func (w *Writer) flushAfter(b *buffer) time.Duration {
+	if b.key.run == schemas.StreamRun {
+		return w.opts.StreamFlushAfter
+	}
+	return w.opts.FlushAfter
+}
+
+// fetchWait is how long the next fetch may wait: half the flush interval,
+// or less when a buffer is due sooner.
+func (w *Writer) fetchWait() time.Duration {
+	wait := w.opts.FlushAfter / 2
+	for _, b := range w.buffers {
+		wait = min(wait, w.flushAfter(b)-time.Since(b.since))
+	}
+	return max(wait, 5*time.Millisecond)
+}
+
 
 func (w *Writer) flushAll(ctx context.Context) {
 	for _, b := range w.buffers {
@@ -387,6 +433,9 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 	}
 	h.Write([]byte(meta.String()))
 	name := fmt.Sprintf("a%d-s%010d-%010d-%s.part", b.key.attempt, seqs[0], seqs[len(seqs)-1], hex.EncodeToString(h.Sum(nil))[:12])
+	if b.key.month != "" {
+		name = "m" + b.key.month + "-" + name
+	}
 	dir := StagingDir(w.opts.DataDir, b.key.source, b.key.run, b.key.table)
 	pf, err := parquetfile.Create(filepath.Join(dir, name), b.schema, max(w.opts.RowGroupRows, rows), map[string]string{SeqsMetaKey: meta.String()}, w.opts.Mem)
 	if err != nil {
@@ -401,8 +450,12 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 	if _, err := pf.Commit(); err != nil {
 		return schemas.Event{}, err
 	}
-	return schemas.Event{Type: schemas.EventBatchWritten, RunID: b.key.run, Source: b.key.source, Table: b.key.table,
-		Attempt: b.key.attempt, Part: name, Seqs: seqs, SeqRows: counts, Rows: rows, Writer: w.opts.Name}, nil
+	ev := schemas.Event{Type: schemas.EventBatchWritten, RunID: b.key.run, Source: b.key.source, Table: b.key.table,
+		Attempt: b.key.attempt, Part: name, Seqs: seqs, SeqRows: counts, Rows: rows, Writer: w.opts.Name, Month: b.key.month}
+	if b.keyCol != "" {
+		ev.PrimaryKey = []string{b.keyCol}
+	}
+	return ev, nil
 }
 
 // keepAlive sends InProgress for every entry's message every period until

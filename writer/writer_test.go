@@ -177,7 +177,7 @@ func TestPartNameDeterministic(t *testing.T) {
 	dir := t.TempDir()
 	w := New(Options{DataDir: dir})
 	mk := func() *buffer {
-		b := &buffer{key: bufferKey{"r", "s", "t", 1}, schema: testSchema}
+		b := &buffer{key: bufferKey{run: "r", source: "s", table: "t", attempt: 1}, schema: testSchema}
 		for seq := range int64(3) {
 			rec, err := schemas.DecodeBatch(mustBatch(t, seq*10, 10), memory.DefaultAllocator)
 			if err != nil {

@@ -4,11 +4,13 @@ package builtin
 import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/demo"
+	"github.com/agnes-ai/connector-kit/connectors/jira"
 )
 
 // Registry returns a registry holding every built-in connector.
 func Registry() *connectors.Registry {
 	r := connectors.NewRegistry()
 	demo.Register(r)
+	jira.Register(r)
 	return r
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/google/uuid"
 )
@@ -359,35 +360,49 @@ func (s Suite) stream(ctx context.Context) error {
 		return fmt.Errorf("stream: %w", err)
 	}
 	defer func() {
-		for _, recs := range out {
-			for _, r := range recs {
-				r.Release()
-			}
+		for _, ch := range out {
+			ch.Release()
 		}
 	}()
 	if len(out) == 0 {
-		return errors.New("the sample event gave no rows")
+		return errors.New("the sample event gave no changes")
 	}
-	declared := map[string]*arrow.Schema{}
 	ts, err := s.tables(ctx, c)
 	if err != nil {
 		return err
 	}
+	declared := map[string]connectors.TableInfo{}
+	streamed := 0
 	for _, t := range ts {
-		declared[t.Name] = t.Schema
+		declared[t.Name] = t
+		if t.Partition != nil {
+			streamed++
+			if err := schemas.CheckPartitioned(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn); err != nil {
+				return fmt.Errorf("table %s: %w", t.Name, err)
+			}
+		}
 	}
-	for table, recs := range out {
-		if err := schemas.ValidateName("table", table); err != nil {
+	if streamed == 0 {
+		return errors.New("the connector streams but declares no partitioned table (TableInfo.Partition) to stream into")
+	}
+	for _, ch := range out {
+		if err := ch.Validate(); err != nil {
 			return err
 		}
-		want, known := declared[table]
-		if ts != nil && !known {
-			return fmt.Errorf("stream yielded rows for %s, which discover does not list", table)
-		}
-		for _, r := range recs {
-			if want != nil && !r.Schema().Equal(want) {
-				return fmt.Errorf("stream batch for %s has schema\n%s\nnot the declared\n%s", table, r.Schema(), want)
+		for table, r := range ch.Tables {
+			t, known := declared[table]
+			if !known || t.Partition == nil {
+				return fmt.Errorf("stream yielded rows for %s, which discover does not list as partitioned", table)
 			}
+			if !r.Schema().Equal(t.Schema) {
+				return fmt.Errorf("stream batch for %s has schema\n%s\nnot the declared\n%s", table, r.Schema(), t.Schema)
+			}
+			// The runtime's own conversion checks every row carries the key.
+			stored, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, false, 1, r, memory.DefaultAllocator)
+			if err != nil {
+				return fmt.Errorf("stream rows for %s: %w", table, err)
+			}
+			stored.Release()
 		}
 	}
 	return nil

@@ -192,6 +192,9 @@ func connectorNew(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if flags.Has(connectors.Stream) && !flags.Has(connectors.Discover) {
+		return usageError{fmt.Errorf("--caps: stream needs discover: the runtime learns a connector's partitioned tables from Discover")}
+	}
 	d := scaffoldData{Name: name, Title: strings.ToUpper(name[:1]) + name[1:], ImportPath: importPath,
 		TokenEnv: strings.ToUpper(name) + "_TOKEN",
 		Discover: flags.Has(connectors.Discover), Read: flags.Has(connectors.Read), Stream: flags.Has(connectors.Stream),

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -27,10 +28,10 @@ func (r *roleList) String() string { return strings.Join(*r, ",") }
 func (r *roleList) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer:
+		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway:
 			*r = append(*r, p)
 		default:
-			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer)", p)
+			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway)", p)
 		}
 	}
 	return nil
@@ -42,7 +43,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var c commonFlags
 	c.register(fs)
 	var roles roleList
-	fs.Var(&roles, "role", "service to run: producer, writer or finalizer (repeatable; default all)")
+	fs.Var(&roles, "role", "service to run: producer, writer, finalizer or gateway (repeatable; default all)")
+	webhookListen := fs.String("webhook-listen", stack.DefaultGatewayListen, "address of the webhook gateway (POST /webhooks/{source}, GET /healthz) when the gateway role runs")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server (when --nats-url is not set)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a writer may hold a batch without signalling progress before it is redelivered (default 60s)")
 	maxDeliver := fs.Int("max-deliver", 0, "deliveries of a batch before it is dead-lettered (default 10)")
@@ -70,8 +72,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return usageError{fmt.Errorf("--nats-listen %q: bad port", *listen)}
 	}
+	if len(roles) == 0 {
+		roles = orAll(nil)
+	}
 	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
 		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
+		GatewayListen: *webhookListen,
 		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name})
 	if err != nil {
 		return err
@@ -124,7 +130,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 func orAll(r []string) []string {
 	if len(r) == 0 {
-		return stack.AllRoles
+		return append(slices.Clone(stack.AllRoles), stack.RoleGateway)
 	}
 	return r
 }

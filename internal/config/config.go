@@ -48,6 +48,10 @@ type Source struct {
 	SchemaPolicy string `yaml:"schema_policy"`
 	// TableOptions tune single tables.
 	TableOptions map[string]TableOptions `yaml:"table_options"`
+	// WebhookSecret is the shared secret webhooks for this source are
+	// signed with (HMAC-SHA256 of the body); usually ${VAR}. Without it the
+	// gateway refuses the source's webhooks (503).
+	WebhookSecret string `yaml:"webhook_secret"`
 }
 
 // TableOptions tune how one table is synced.

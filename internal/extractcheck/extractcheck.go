@@ -45,7 +45,9 @@ type Extract struct {
 var (
 	identRE  = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
 	envRE    = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
-	pathRE   = regexp.MustCompile(`read_parquet\((\[?'[^)]*)`)
+	pathRE   = regexp.MustCompile(`read_parquet\((?:main\.list_value\(|\[)?('[^)\]]*)`)
+	// partFileRE is a partitioned table's file below data/<table>/.
+	partFileRE = regexp.MustCompile(`^month=[0-9]{4}-(0[1-9]|1[0-2])/[^/]+\.parquet$`)
 	quotedRE = regexp.MustCompile(`'((?:[^']|'')*)'`)
 
 	// AllowedExtensions are the extensions the consumer attaches.
@@ -292,12 +294,15 @@ func verifyLocal(ctx context.Context, conn *sql.Conn, x *Extract, m MetaRow, dat
 			}
 			size += st.Size()
 		case strings.HasPrefix(p, partDir+string(filepath.Separator)):
-			matches, _ := filepath.Glob(p)
-			for _, f := range matches {
-				if st, err := os.Stat(f); err == nil {
-					size += st.Size()
-				}
+			if rel, _ := filepath.Rel(partDir, p); !partFileRE.MatchString(filepath.ToSlash(rel)) {
+				bad("view %s reads %s, not a month=YYYY-MM/*.parquet file of %s/", m.Table, p, partDir)
 			}
+			st, err := os.Stat(p)
+			if err != nil {
+				bad("view %s reads %s: %v", m.Table, p, err)
+				continue
+			}
+			size += st.Size()
 		default:
 			bad("view %s reads %s, outside %s and %s/", m.Table, p, batch, partDir)
 		}

@@ -22,6 +22,12 @@ var (
 	RowsRead     = counter("agnes_producer_rows_total", "Rows published on the bus.")
 	BatchesSent  = counter("agnes_producer_batches_total", "Data messages published on the bus.")
 
+	HooksProcessed = counter("agnes_producer_webhooks_processed_total", "Webhook bodies turned into data batches.")
+
+	// Gateway.
+	WebhooksReceived = counterVec("agnes_gateway_webhooks_total", "Webhook requests, by HTTP status answered.", "code")
+	WebhookSeconds   = histogram("agnes_gateway_webhook_seconds", "Time from a webhook request to its durable publish.")
+
 	// Writer.
 	BatchesWritten = counter("agnes_writer_batches_total", "Data messages written into parts and acked.")
 	RowsWritten    = counter("agnes_writer_rows_total", "Rows written into parts.")
@@ -34,6 +40,8 @@ var (
 	ExtractsPublished = counter("agnes_finalizer_extracts_published_total", "Extracts published.")
 	FinalizeFailures  = counter("agnes_finalizer_failures_total", "Finalizations that failed (retried or reported).")
 	PublishSeconds    = histogram("agnes_finalizer_publish_seconds", "Time to assemble tables and swap an extract.")
+	StreamPublishes   = counter("agnes_finalizer_stream_publishes_total", "Extracts published for streamed parts.")
+	Compactions       = counter("agnes_finalizer_compactions_total", "Partition compactions published.")
 )
 
 func init() {

@@ -8,12 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/finalizer"
+	"github.com/agnes-ai/connector-kit/internal/gateway"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/producers"
@@ -27,9 +30,14 @@ const (
 	RoleProducer  = "producer"
 	RoleWriter    = "writer"
 	RoleFinalizer = "finalizer"
+	// RoleGateway serves webhooks over HTTP (GatewayListen).
+	RoleGateway = "gateway"
 	// RoleNone runs no service: only the bus (embedded server or client).
 	RoleNone = "none"
 )
+
+// DefaultGatewayListen is the gateway's address when none is given.
+const DefaultGatewayListen = "127.0.0.1:8080"
 
 // AllRoles are the roles run when none is named.
 var AllRoles = []string{RoleProducer, RoleWriter, RoleFinalizer}
@@ -56,6 +64,16 @@ type Options struct {
 	ProducerAckWait time.Duration
 	// MaxBatchBytes bounds the batches a writer accepts (zero: default).
 	MaxBatchBytes int64
+	// GatewayListen is the webhook gateway's address (RoleGateway); empty
+	// means DefaultGatewayListen, port 0 any free port (see GatewayAddr).
+	GatewayListen string
+	// Partitioned tables: compaction threshold (files per partition) and
+	// how long replaced files are kept (zero: finalizer defaults).
+	CompactMinFiles int
+	RetireGrace     time.Duration
+	// StreamFlushAfter is how long writers gather streamed batches into one
+	// part (zero: writer default).
+	StreamFlushAfter time.Duration
 }
 
 // Stack is a set of running services and, when embedded, their NATS server.
@@ -65,6 +83,9 @@ type Stack struct {
 	JS     jetstream.JetStream
 	// WriterStats are the writers, for their counters after Stop.
 	Writers []*writer.Writer
+	// GatewayAddr is where the webhook gateway listens (RoleGateway).
+	GatewayAddr string
+	gateway     *http.Server
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -136,13 +157,20 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		case RoleWriter:
 			for i := range o.Writers {
 				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),
-					AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, MaxBatchBytes: o.MaxBatchBytes, Logger: o.Logger})
+					AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, MaxBatchBytes: o.MaxBatchBytes, Logger: o.Logger,
+					StreamFlushAfter: o.StreamFlushAfter})
 				s.Writers = append(s.Writers, w)
 				start(role, w.Run)
 			}
 		case RoleNone:
+		case RoleGateway:
+			if err := s.startGateway(o); err != nil {
+				s.Stop()
+				return nil, err
+			}
 		case RoleFinalizer:
-			f, err := finalizer.New(finalizer.Options{JS: s.JS, DataDir: o.DataDir, Logger: o.Logger})
+			f, err := finalizer.New(finalizer.Options{JS: s.JS, DataDir: o.DataDir, Logger: o.Logger,
+				CompactMinFiles: o.CompactMinFiles, RetireGrace: o.RetireGrace})
 			if err != nil {
 				s.Stop()
 				return nil, err
@@ -150,10 +178,31 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 			start(role, f.Run)
 		default:
 			s.Stop()
-			return nil, fmt.Errorf("unknown role %q (valid: producer, writer, finalizer)", role)
+			return nil, fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway)", role)
 		}
 	}
 	return s, nil
+}
+
+// startGateway serves the webhook routes and the health check.
+func (s *Stack) startGateway(o Options) error {
+	addr := o.GatewayListen
+	if addr == "" {
+		addr = DefaultGatewayListen
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("gateway: listen on %s: %w", addr, err)
+	}
+	g := gateway.New(s.JS, o.Config, o.Registry, 0, o.Logger)
+	mux := http.NewServeMux()
+	g.Register(mux)
+	mux.HandleFunc("GET /healthz", g.Health)
+	s.gateway = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+	s.GatewayAddr = ln.Addr().String()
+	go s.gateway.Serve(ln)
+	o.Logger.Info("webhook gateway listening", "addr", s.GatewayAddr)
+	return nil
 }
 
 func writerName(base string, i int) string {
@@ -166,6 +215,13 @@ func writerName(base string, i int) string {
 // Stop cancels the services, waits for them to flush and stop, then closes
 // the connection and the embedded server. It returns the services' errors.
 func (s *Stack) Stop() error {
+	if s.gateway != nil {
+		// Requests in flight finish (their publish is acknowledged or fails)
+		// before the bus goes away.
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		s.gateway.Shutdown(sctx)
+		cancel()
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}

@@ -1,0 +1,230 @@
+package jira
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrNotFound is a 404 from Jira: the issue does not exist or the user may
+// not see it.
+var ErrNotFound = errors.New("not found")
+
+// APIError is a non-2xx answer from Jira, with its error messages. It never
+// holds credentials.
+type APIError struct {
+	Method, Path string
+	Status       int
+	Messages     []string
+}
+
+func (e *APIError) Error() string {
+	msg := fmt.Sprintf("jira %s %s: HTTP %d", e.Method, e.Path, e.Status)
+	if len(e.Messages) > 0 {
+		msg += ": " + strings.Join(e.Messages, "; ")
+	}
+	switch e.Status {
+	case http.StatusUnauthorized:
+		msg += " (check config.email and the API token in the token_env variable)"
+	case http.StatusForbidden:
+		msg += " (the user lacks permission)"
+	}
+	return msg
+}
+
+func (e *APIError) Unwrap() error {
+	if e.Status == http.StatusNotFound {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// client calls Jira Cloud REST v3 with basic auth and retries 429 and 5xx
+// answers with backoff, honouring Retry-After.
+type client struct {
+	base       *url.URL
+	email      string
+	token      string
+	http       *http.Client
+	maxRetries int
+	// maxWait caps one backoff sleep (a Retry-After of an hour is not waited).
+	maxWait time.Duration
+}
+
+func (c *client) do(ctx context.Context, method, path string, query url.Values, body, out any) error {
+	u := *c.base
+	u.Path = strings.TrimRight(u.Path, "/") + path
+	u.RawQuery = query.Encode()
+	var payload []byte
+	if body != nil {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	delay := 500 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		var rd io.Reader
+		if payload != nil {
+			rd = bytes.NewReader(payload)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+		if err != nil {
+			return err
+		}
+		req.SetBasicAuth(c.email, c.token)
+		req.Header.Set("Accept", "application/json")
+		if payload != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := c.http.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Network errors are retried like 5xx. The URL has no secret in it.
+			if attempt >= c.maxRetries {
+				return fmt.Errorf("jira %s %s: %w", method, path, err)
+			}
+			if err := sleep(ctx, delay); err != nil {
+				return err
+			}
+			delay = min(delay*2, c.maxWait)
+			continue
+		}
+		data, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		resp.Body.Close()
+		if resp.StatusCode/100 == 2 {
+			if rerr != nil {
+				return fmt.Errorf("jira %s %s: read body: %w", method, path, rerr)
+			}
+			if out == nil {
+				return nil
+			}
+			if err := json.Unmarshal(data, out); err != nil {
+				return fmt.Errorf("jira %s %s: decode answer: %w", method, path, err)
+			}
+			return nil
+		}
+		apiErr := &APIError{Method: method, Path: path, Status: resp.StatusCode, Messages: errorMessages(data)}
+		retry := resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
+		if !retry || attempt >= c.maxRetries {
+			return apiErr
+		}
+		wait := delay
+		if ra := retryAfter(resp.Header.Get("Retry-After")); ra > 0 {
+			wait = ra
+		}
+		if err := sleep(ctx, min(wait, c.maxWait)); err != nil {
+			return err
+		}
+		delay = min(delay*2, c.maxWait)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// retryAfter parses a Retry-After header: seconds or an HTTP date.
+func retryAfter(h string) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && n >= 0 {
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil {
+		return max(time.Until(t), 0)
+	}
+	return 0
+}
+
+// errorMessages extracts Jira's {"errorMessages": [...], "errors": {...}}.
+func errorMessages(data []byte) []string {
+	var e struct {
+		ErrorMessages []string          `json:"errorMessages"`
+		Errors        map[string]string `json:"errors"`
+	}
+	if json.Unmarshal(data, &e) != nil {
+		return nil
+	}
+	out := e.ErrorMessages
+	for k, v := range e.Errors {
+		out = append(out, k+": "+v)
+	}
+	return out
+}
+
+// getIssue fetches one issue with its changelog, every comment, every
+// changelog entry and its remote links.
+func (c *client) getIssue(ctx context.Context, key string) (*Issue, []RemoteLink, error) {
+	var is Issue
+	esc := "/rest/api/3/issue/" + url.PathEscape(key)
+	if err := c.do(ctx, http.MethodGet, esc, url.Values{"expand": {"renderedFields,changelog"}}, nil, &is); err != nil {
+		return nil, nil, err
+	}
+	if cp := is.Fields.Comment; cp != nil && len(cp.Comments) < cp.Total {
+		all := cp.Comments
+		for len(all) < cp.Total {
+			var page CommentPage
+			q := url.Values{"startAt": {strconv.Itoa(len(all))}, "maxResults": {"100"}}
+			if err := c.do(ctx, http.MethodGet, esc+"/comment", q, nil, &page); err != nil {
+				return nil, nil, err
+			}
+			if len(page.Comments) == 0 {
+				break
+			}
+			all = append(all, page.Comments...)
+			cp.Total = page.Total
+		}
+		cp.Comments = all
+	}
+	if cl := is.Changelog; cl != nil && len(cl.Histories) < cl.Total {
+		all := cl.Histories
+		for len(all) < cl.Total {
+			var page ChangelogPage
+			q := url.Values{"startAt": {strconv.Itoa(len(all))}, "maxResults": {"100"}}
+			if err := c.do(ctx, http.MethodGet, esc+"/changelog", q, nil, &page); err != nil {
+				return nil, nil, err
+			}
+			if len(page.Values) == 0 {
+				break
+			}
+			all = append(all, page.Values...)
+			cl.Total = page.Total
+			if page.IsLast {
+				break
+			}
+		}
+		cl.Histories = all
+	}
+	var links []RemoteLink
+	if err := c.do(ctx, http.MethodGet, esc+"/remotelink", nil, nil, &links); err != nil {
+		return nil, nil, err
+	}
+	return &is, links, nil
+}
+
+// search returns one page of issue keys matching jql.
+func (c *client) search(ctx context.Context, jql, token string, pageSize int) (SearchResponse, error) {
+	var out SearchResponse
+	req := SearchRequest{JQL: jql, NextPageToken: token, MaxResults: pageSize, Fields: []string{"updated"}}
+	err := c.do(ctx, http.MethodPost, "/rest/api/3/search/jql", nil, req, &out)
+	return out, err
+}

@@ -1,0 +1,331 @@
+// Package jira is the Jira Cloud connector: six tables kept in monthly
+// partitions by the issue's creation month, backfilled over REST v3 and kept
+// live by webhooks. Every event re-fetches its issue and replaces all of that
+// issue's rows; jira:issue_deleted removes them.
+package jira
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"iter"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+)
+
+//go:embed connector.yaml
+var manifest []byte
+
+// Register adds the jira connector to r.
+func Register(r *connectors.Registry) {
+	r.MustRegisterManifest("connectors/jira/connector.yaml", manifest, func(cfg connectors.Config) (connectors.Connector, error) {
+		tokenEnv := cfg.String("token_env")
+		token := os.Getenv(tokenEnv)
+		if token == "" {
+			return nil, fmt.Errorf("jira: the API token variable %s is not set", tokenEnv)
+		}
+		return New(Options{
+			URL: cfg.String("url"), Email: cfg.String("email"), Token: token, JQL: cfg.String("jql"),
+			PageSize: int(cfg.Int("page_size")), FetchConcurrency: int(cfg.Int("fetch_concurrency")),
+			MaxRetries: int(cfg.Int("max_retries")),
+		})
+	})
+	r.SetEventValidator("jira", func(body []byte) error {
+		_, err := ParseEvent(body)
+		return err
+	})
+}
+
+// Options configure a Connector.
+type Options struct {
+	URL, Email, Token string
+	// JQL restricts the backfill.
+	JQL              string
+	PageSize         int
+	FetchConcurrency int
+	MaxRetries       int
+	// MaxRetryWait caps one wait between retries; default 30s.
+	MaxRetryWait time.Duration
+	HTTPClient   *http.Client
+	Mem          memory.Allocator
+}
+
+// Connector reads Jira.
+type Connector struct {
+	opts Options
+	c    *client
+}
+
+var (
+	_ connectors.Discoverer   = (*Connector)(nil)
+	_ connectors.Reader       = (*Connector)(nil)
+	_ connectors.Streamer     = (*Connector)(nil)
+	_ connectors.ChangeReader = (*Connector)(nil)
+)
+
+// New returns a Jira connector.
+func New(opts Options) (*Connector, error) {
+	u, err := url.Parse(opts.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("jira: url %q is not an http(s) URL", opts.URL)
+	}
+	if u.User != nil {
+		return nil, errors.New("jira: url must not carry credentials; set config.email and the token variable")
+	}
+	if opts.PageSize <= 0 {
+		opts.PageSize = 50
+	}
+	if opts.FetchConcurrency <= 0 {
+		opts.FetchConcurrency = 4
+	}
+	if opts.MaxRetryWait <= 0 {
+		opts.MaxRetryWait = 30 * time.Second
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{Timeout: 60 * time.Second}
+	}
+	if opts.Mem == nil {
+		opts.Mem = memory.DefaultAllocator
+	}
+	return &Connector{opts: opts, c: &client{base: u, email: opts.Email, token: opts.Token, http: opts.HTTPClient,
+		maxRetries: opts.MaxRetries, maxWait: opts.MaxRetryWait}}, nil
+}
+
+// Capabilities implements connectors.Connector.
+func (c *Connector) Capabilities() connectors.Capability {
+	return connectors.Discover | connectors.Read | connectors.Stream
+}
+
+// Discover returns the six fixed tables.
+func (c *Connector) Discover(context.Context) ([]connectors.TableInfo, error) { return tables(), nil }
+
+// change fetches an issue and turns it into a change.
+func (c *Connector) change(ctx context.Context, key string) (connectors.Change, error) {
+	is, remote, err := c.c.getIssue(ctx, key)
+	if err != nil {
+		return connectors.Change{}, err
+	}
+	return c.issueChange(is, remote)
+}
+
+func (c *Connector) issueChange(is *Issue, remote []RemoteLink) (connectors.Change, error) {
+	recs, created, err := issueRows(is, remote, c.opts.URL, c.opts.Mem)
+	if err != nil {
+		return connectors.Change{}, err
+	}
+	updated, err := ParseTime(is.Fields.Updated)
+	if err != nil {
+		updated = created
+	}
+	return connectors.Change{Key: is.Key, Time: created, Version: updated.UnixMicro(), Tables: recs}, nil
+}
+
+// Stream turns one webhook into a change of its issue: the issue as Jira has
+// it now (so events arriving out of order all give the newest state), or,
+// when the fetch fails, the issue the event carries. jira:issue_deleted
+// deletes the issue's rows.
+func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Change, error) {
+	ev, err := ParseEvent(body)
+	if err != nil {
+		return nil, err
+	}
+	is := ev.Issue
+	if ev.WebhookEvent == EventIssueDeleted {
+		created, err := ParseTime(is.Fields.Created)
+		if err != nil {
+			return nil, fmt.Errorf("deleted issue %s: created: %w", is.Key, err)
+		}
+		// A delete outranks every state of the issue up to the event.
+		version := ev.Timestamp * 1000
+		if u, err := ParseTime(is.Fields.Updated); err == nil {
+			version = max(version, u.UnixMicro()+1)
+		}
+		return []connectors.Change{{Key: is.Key, Time: created, Version: version, Deleted: true}}, nil
+	}
+	ch, err := c.change(ctx, is.Key)
+	if err == nil {
+		return []connectors.Change{ch}, nil
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	// The embedded issue has no remote links and at most the comments Jira
+	// put into the event; it is still the best state we have.
+	fb, ferr := c.issueChange(is, nil)
+	if ferr != nil {
+		return nil, fmt.Errorf("fetch issue %s: %w; the event's own issue is unusable: %v", is.Key, err, ferr)
+	}
+	return []connectors.Change{fb}, nil
+}
+
+// backfillJQL builds the search: the configured filter, issues updated since
+// the cursor, oldest first. JQL dates are minutes in the API user's time
+// zone, so the cursor is moved back 14 hours (the largest UTC offset);
+// reading an issue again is harmless, the newest version wins.
+func (c *Connector) backfillJQL(since string) (string, error) {
+	var conds []string
+	if q := strings.TrimSpace(c.opts.JQL); q != "" {
+		conds = append(conds, "("+q+")")
+	}
+	if since != "" {
+		t, err := time.Parse(time.RFC3339Nano, since)
+		if err != nil {
+			return "", fmt.Errorf("jira: cursor %q is not an RFC 3339 time", since)
+		}
+		conds = append(conds, fmt.Sprintf(`updated >= "%s"`, t.Add(-14*time.Hour).UTC().Format("2006/01/02 15:04")))
+	}
+	return strings.Join(conds, " AND ") + " ORDER BY updated ASC", nil
+}
+
+// Changes pages the search and fetches every issue (several at a time),
+// yielding one change per issue.
+func (c *Connector) Changes(ctx context.Context, opts connectors.ReadOptions) iter.Seq2[connectors.Change, error] {
+	return func(yield func(connectors.Change, error) bool) {
+		jql, err := c.backfillJQL(opts.IncrementalValue)
+		if err != nil {
+			yield(connectors.Change{}, err)
+			return
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		type result struct {
+			ch  connectors.Change
+			err error
+			ok  bool
+		}
+		type job struct {
+			key string
+			out chan result
+		}
+		// Issues are fetched several at a time but yielded in search order,
+		// so two reads of the same data give the same sequence.
+		jobs := make(chan job)
+		order := make(chan chan result, 2*c.opts.FetchConcurrency)
+		var wg sync.WaitGroup
+		for range c.opts.FetchConcurrency {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range jobs {
+					ch, err := c.change(ctx, j.key)
+					switch {
+					case errors.Is(err, ErrNotFound):
+						// Deleted since the search; its delete event removes it.
+						j.out <- result{}
+					case err != nil:
+						j.out <- result{err: fmt.Errorf("fetch issue %s: %w", j.key, err)}
+					default:
+						j.out <- result{ch: ch, ok: true}
+					}
+				}
+			}()
+		}
+		go func() {
+			defer func() {
+				close(jobs)
+				close(order)
+			}()
+			token := ""
+			for {
+				page, err := c.c.search(ctx, jql, token, c.opts.PageSize)
+				if err != nil {
+					out := make(chan result, 1)
+					out <- result{err: fmt.Errorf("search issues: %w", err)}
+					select {
+					case order <- out:
+					case <-ctx.Done():
+					}
+					return
+				}
+				for _, is := range page.Issues {
+					out := make(chan result, 1)
+					select {
+					case order <- out:
+					case <-ctx.Done():
+						return
+					}
+					select {
+					case jobs <- job{is.Key, out}:
+					case <-ctx.Done():
+						return
+					}
+				}
+				if page.IsLast || page.NextPageToken == "" {
+					return
+				}
+				token = page.NextPageToken
+			}
+		}()
+		defer func() {
+			cancel()
+			// Drain: free what workers fetched after the consumer stopped.
+			for out := range order {
+				select {
+				case r := <-out:
+					r.ch.Release()
+				default:
+				}
+			}
+			wg.Wait()
+		}()
+		for out := range order {
+			var r result
+			select {
+			case r = <-out:
+			case <-ctx.Done():
+				yield(connectors.Change{}, ctx.Err())
+				return
+			}
+			if r.err != nil {
+				yield(connectors.Change{}, r.err)
+				return
+			}
+			if !r.ok {
+				continue
+			}
+			if !yield(r.ch, nil) {
+				return
+			}
+		}
+	}
+}
+
+// Read yields one table's rows of a backfill. The runtime backfills all six
+// tables in one pass with Changes; Read serves single-table reads
+// ("da connector test") and fetches every issue.
+func (c *Connector) Read(ctx context.Context, table string, opts connectors.ReadOptions) iter.Seq2[arrow.RecordBatch, error] {
+	return func(yield func(arrow.RecordBatch, error) bool) {
+		if Schemas[table] == nil {
+			yield(nil, fmt.Errorf("jira has no table %q", table))
+			return
+		}
+		for ch, err := range c.Changes(ctx, connectors.ReadOptions{IncrementalValue: opts.IncrementalValue}) {
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			rec := ch.Tables[table]
+			if rec != nil {
+				rec.Retain()
+			}
+			ch.Release()
+			if rec == nil {
+				continue
+			}
+			ok := yield(rec, nil)
+			rec.Release()
+			if !ok {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,360 @@
+package finalizer
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+)
+
+// Defaults of partitioned tables.
+const (
+	// DefaultCompactMinFiles: a partition with this many files is compacted.
+	DefaultCompactMinFiles = 8
+	// DefaultCompactSmallBytes: files below this size are merged by
+	// compaction; larger ones are left as they are.
+	DefaultCompactSmallBytes = 64 << 20
+	// DefaultRetireGrace is how long a file no published extract references
+	// is kept for readers still querying an older extract.
+	DefaultRetireGrace = 5 * time.Minute
+)
+
+// winnersSQL selects, from files, the rows of the newest change of every
+// key: the highest version, a delete before rows on a tie, then the highest
+// event. Every column is kept, the hidden ones and delete markers included.
+func winnersSQL(files []string, keyCol string, hive bool) string {
+	lits := make([]string, len(files))
+	for i, f := range files {
+		lits[i] = quoteLit(f)
+	}
+	opts := "union_by_name = true"
+	if hive {
+		opts = "hive_partitioning = true, " + opts
+	}
+	return "SELECT * FROM read_parquet([" + strings.Join(lits, ", ") + "], " + opts + ") QUALIFY rank() OVER (PARTITION BY " +
+		quoteIdent(keyCol) + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " +
+		schemas.EventColumn + " DESC) = 1"
+}
+
+// partitionedViewSQL is the body of a partitioned table's view: the newest
+// rows per key, no deleted keys, no hidden columns, plus the hive month.
+func partitionedViewSQL(files []string, keyCol string) string {
+	return "SELECT * EXCLUDE (" + schemas.VersionColumn + ", " + schemas.DeletedColumn + ", " + schemas.EventColumn + ") FROM (" +
+		winnersSQL(files, keyCol, true) + ") WHERE NOT " + schemas.DeletedColumn
+}
+
+// duck returns the finalizer's in-memory DuckDB, used to count and compact
+// partitions.
+func (f *Finalizer) duck() (*sql.DB, error) {
+	f.duckOnce.Do(func() {
+		f.duckDB, f.duckErr = sql.Open("duckdb", "")
+	})
+	return f.duckDB, f.duckErr
+}
+
+func absFiles(dataDir string, files []partFile) []string {
+	out := make([]string, len(files))
+	for i, p := range files {
+		out[i] = filepath.Join(dataDir, p.Path)
+	}
+	return out
+}
+
+// countVisible counts what the view shows of files.
+func countVisible(ctx context.Context, db *sql.DB, files []string, keyCol string) (int64, error) {
+	if len(files) == 0 {
+		return 0, nil
+	}
+	var n int64
+	err := db.QueryRowContext(ctx, "SELECT count(*) FROM ("+partitionedViewSQL(files, keyCol)+")").Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count partition rows: %w", err)
+	}
+	return n, nil
+}
+
+// compactFiles writes the newest change of every key of files into one
+// file at dst (delete markers kept: an older change of a deleted key may
+// still arrive). Dropping the older rows is safe because the view would
+// never show them: a key's newest change among these files outranks them.
+func compactFiles(ctx context.Context, db *sql.DB, files []string, keyCol, dst string) (rows, size int64, err error) {
+	tmp := dst + parquetfile.TempMarker + "compact"
+	defer os.Remove(tmp)
+	q := "COPY (" + winnersSQL(files, keyCol, false) + ") TO " + quoteLit(tmp) +
+		" (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE " + fmt.Sprint(parquetfile.DefaultRowGroupRows) + ")"
+	if _, err := db.ExecContext(ctx, q); err != nil {
+		return 0, 0, fmt.Errorf("compact: %w", err)
+	}
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM read_parquet("+quoteLit(tmp)+")").Scan(&rows); err != nil {
+		return 0, 0, fmt.Errorf("compact: %w", err)
+	}
+	fh, err := os.Open(tmp)
+	if err != nil {
+		return 0, 0, err
+	}
+	err = fh.Sync()
+	st, serr := fh.Stat()
+	fh.Close()
+	if err != nil || serr != nil {
+		return 0, 0, fmt.Errorf("compact: sync: %w", errors.Join(err, serr))
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return 0, 0, fmt.Errorf("compact: %w", err)
+	}
+	return rows, st.Size(), nil
+}
+
+// partitionedTable describes what a publish adds to a partitioned table.
+type partitionedTable struct {
+	name, keyCol, description, runID string
+	schema                           []byte
+	adds                             []partFile
+}
+
+// applyPartitioned adds files to a partitioned table in the catalog,
+// compacts the partitions they land in when they hold too many files,
+// recounts those partitions and retires what compaction replaced. The
+// extract is built afterwards; until then the live extract still reads the
+// old file set.
+func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir string, pt partitionedTable, now time.Time) error {
+	if err := schemas.ValidateName("key column", pt.keyCol); err != nil {
+		return fmt.Errorf("table %s: %w", pt.name, err)
+	}
+	ct, ok := cat.Tables[pt.name]
+	if ok && !ct.Partitioned && ct.QueryMode == schemas.ModeLocal {
+		// The table switches layout: the single file is retired, never both.
+		cat.retire([]string{pt.name + ".parquet"}, now)
+		ct = catalogTable{}
+	}
+	if !ok || !ct.Partitioned {
+		ct = catalogTable{Partitioned: true, MonthRows: map[string]int64{}}
+	}
+	if ct.MonthRows == nil {
+		ct.MonthRows = map[string]int64{}
+	}
+	ct.QueryMode, ct.KeyColumn, ct.ExtractedAt, ct.RunID = schemas.ModeLocal, pt.keyCol, now, pt.runID
+	if pt.description != "" {
+		ct.Description = pt.description
+	}
+	if len(pt.schema) > 0 {
+		ct.Schema = pt.schema
+	}
+	have := map[string]bool{}
+	for _, p := range ct.Files {
+		have[p.Path] = true
+	}
+	months := map[string]bool{}
+	for _, a := range pt.adds {
+		months[a.Month] = true
+		if have[a.Path] {
+			continue // a retried publish
+		}
+		have[a.Path] = true
+		ct.Files = append(ct.Files, a)
+		cat.unretire(a.Path)
+	}
+	db, err := f.duck()
+	if err != nil {
+		return err
+	}
+	for m := range months {
+		if err := f.maybeCompact(ctx, db, cat, &ct, dataDir, pt.name, m, now); err != nil {
+			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+		}
+		n, err := countVisible(ctx, db, absFiles(dataDir, filesOf(ct.Files, m)), ct.KeyColumn)
+		if err != nil {
+			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+		}
+		ct.MonthRows[m] = n
+	}
+	ct.Rows, ct.SizeBytes = 0, 0
+	for _, n := range ct.MonthRows {
+		ct.Rows += n
+	}
+	for _, p := range ct.Files {
+		ct.SizeBytes += p.Size
+	}
+	sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
+	cat.Tables[pt.name] = ct
+	return nil
+}
+
+func filesOf(files []partFile, month string) []partFile {
+	var out []partFile
+	for _, p := range files {
+		if p.Month == month {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// maybeCompact merges the small files of a partition that holds at least
+// CompactMinFiles files into one.
+func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) error {
+	files := filesOf(ct.Files, month)
+	if len(files) < f.opts.CompactMinFiles {
+		return nil
+	}
+	var small []partFile
+	for _, p := range files {
+		if p.Size < f.opts.CompactSmallBytes {
+			small = append(small, p)
+		}
+	}
+	if len(small) < 2 {
+		return nil
+	}
+	start := time.Now()
+	names := make([]string, len(small))
+	for i, p := range small {
+		names[i] = p.Path
+	}
+	rel := filepath.Join(table, "month="+month, "c-"+shortHash(strings.Join(names, "\n"))+".parquet")
+	rows, size, err := compactFiles(ctx, db, absFiles(dataDir, small), ct.KeyColumn, filepath.Join(dataDir, rel))
+	if err != nil {
+		return err
+	}
+	ct.Files = slices.DeleteFunc(ct.Files, func(p partFile) bool { return slices.Contains(names, p.Path) })
+	ct.Files = append(ct.Files, partFile{Path: rel, Month: month, Rows: rows, Size: size})
+	cat.unretire(rel)
+	cat.retire(names, now)
+	metrics.Compactions.Inc()
+	var before int64
+	for _, p := range small {
+		before += p.Rows
+	}
+	f.log.Info("partition compacted", "table", table, "month", month, "files", len(small), "rows_before", before, "rows_after", rows,
+		"duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func (c *catalog) retire(paths []string, now time.Time) {
+	for _, p := range paths {
+		c.Retired = append(c.Retired, retiredFile{Path: p, At: now})
+	}
+}
+
+func (c *catalog) unretire(path string) {
+	c.Retired = slices.DeleteFunc(c.Retired, func(r retiredFile) bool { return r.Path == path })
+}
+
+// deleteRetired removes retired files older than the grace period. It runs
+// after an extract swap, so no published extract references them.
+func (f *Finalizer) deleteRetired(dataDir string, cat *catalog, now time.Time) {
+	cat.Retired = slices.DeleteFunc(cat.Retired, func(r retiredFile) bool {
+		if now.Sub(r.At) < f.opts.RetireGrace {
+			return false
+		}
+		if err := os.Remove(filepath.Join(dataDir, r.Path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			f.log.Warn("delete retired file", "path", r.Path, "err", err)
+			return false
+		}
+		return true
+	})
+}
+
+// placeRun puts a run's parts of a partitioned table into the table's
+// partitions: a part whose every batch is the run's chosen copy is moved as
+// it is; one holding batches another part also holds is rewritten with only
+// its own. A retried finalization finds its parts already in place.
+func (f *Finalizer) placeRun(ctx context.Context, runID, source, table string, t *tableState, dataDir string) ([]partFile, []move, error) {
+	declared, err := schemas.DecodeSchema(t.done.Schema)
+	if err != nil {
+		return nil, nil, fmt.Errorf("table %s: %w", table, err)
+	}
+	stored := schemas.PartitionedSchema(declared)
+	parts := partsOf(f.staging(source, runID, table), t.doneParts())
+	owner := cover(parts, t.done.Batches)
+	if owner == nil {
+		return nil, nil, fmt.Errorf("table %s: not every batch is written", table)
+	}
+	own := map[int][]int64{}
+	for seq, i := range owner {
+		own[i] = append(own[i], int64(seq))
+	}
+	var adds []partFile
+	var moves []move
+	var total int64
+	for i, seqs := range own {
+		p := parts[i]
+		if err := schemas.ValidateMonth(p.month); err != nil {
+			return nil, nil, fmt.Errorf("table %s, part %s: %w", table, filepath.Base(p.path), err)
+		}
+		var rows int64
+		for j, s := range p.seqs {
+			if slices.Contains(seqs, s) {
+				rows += p.seqRows[j]
+			}
+		}
+		total += rows
+		name := "r" + runID[:min(8, len(runID))] + "-" + strings.TrimSuffix(filepath.Base(p.path), ".part") + ".parquet"
+		rel := filepath.Join(table, "month="+p.month, name)
+		final := filepath.Join(dataDir, rel)
+		if _, err := os.Stat(p.path); errors.Is(err, os.ErrNotExist) {
+			st, err := os.Stat(final)
+			if err != nil {
+				return nil, nil, fmt.Errorf("table %s: part %s is gone and was not placed", table, filepath.Base(p.path))
+			}
+			adds = append(adds, partFile{Path: rel, Month: p.month, Rows: rows, Size: st.Size()})
+			continue
+		}
+		if err := checkPart(p, stored); err != nil {
+			return nil, nil, fmt.Errorf("table %s: %w", table, err)
+		}
+		if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+			return nil, nil, err
+		}
+		if len(seqs) == len(p.seqs) {
+			st, err := os.Stat(p.path)
+			if err != nil {
+				return nil, nil, err
+			}
+			moves = append(moves, move{p.path, final})
+			adds = append(adds, partFile{Path: rel, Month: p.month, Rows: rows, Size: st.Size()})
+			continue
+		}
+		size, err := rewriteSeqs(ctx, p, seqs, stored, final, f.opts.RowGroupRows, f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("table %s: %w", table, err)
+		}
+		adds = append(adds, partFile{Path: rel, Month: p.month, Rows: rows, Size: size})
+	}
+	if total != t.done.Rows {
+		return nil, nil, fmt.Errorf("table %s: written batches hold %d rows, the producer sent %d", table, total, t.done.Rows)
+	}
+	return adds, moves, nil
+}
+
+// rewriteSeqs writes the rows of the given seqs of part p to final.
+func rewriteSeqs(ctx context.Context, p part, seqs []int64, schema *arrow.Schema, final string, rowGroupRows int64, f *Finalizer) (int64, error) {
+	c, err := openCursor(ctx, p, schema, f.opts.Mem)
+	if err != nil {
+		return 0, err
+	}
+	defer c.close()
+	out, err := parquetfile.Create(final, schema, rowGroupRows, nil, f.opts.Mem)
+	if err != nil {
+		return 0, err
+	}
+	sorted := slices.Sorted(slices.Values(seqs))
+	for _, s := range sorted {
+		if err := c.copySeq(s, out.Write); err != nil {
+			out.Abort()
+			return 0, err
+		}
+	}
+	return out.Commit()
+}
+

@@ -1,0 +1,337 @@
+package finalizer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+)
+
+// claimWindow is how long a streamed batch's seq is remembered: a batch
+// redelivered to a second writer (the first died between announcing its
+// part and acking) arrives well within it.
+const claimWindow = 30 * time.Minute
+
+// streamState is what the finalizer knows of one source's streamed parts.
+type streamState struct {
+	// pending parts, by table/part, not yet in a published extract.
+	pending map[string]*pendingPart
+	// claimed seqs: the first part announced with a seq owns it; a later
+	// part holding it again is a redelivery's copy.
+	claimed   map[tableSeq]time.Time
+	lastPrune time.Time
+	kick      chan struct{}
+	running   bool
+}
+
+type tableSeq struct {
+	table string
+	seq   int64
+}
+
+type pendingPart struct {
+	ev    schemas.Event
+	owned []int64 // seqs this part is the first to hold
+}
+
+func (f *Finalizer) streamOf(source string) *streamState {
+	st := f.streams[source]
+	if st == nil {
+		st = &streamState{pending: map[string]*pendingPart{}, claimed: map[tableSeq]time.Time{}, kick: make(chan struct{}, 1)}
+		f.streams[source] = st
+	}
+	return st
+}
+
+// applyStream folds an event of the stream run into the stream state.
+func (f *Finalizer) applyStream(ev schemas.Event) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.streamOf(ev.Source)
+	switch ev.Type {
+	case schemas.EventBatchWritten:
+		pp := &pendingPart{ev: ev}
+		for _, s := range ev.Seqs {
+			k := tableSeq{ev.Table, s}
+			if _, ok := st.claimed[k]; ok {
+				continue
+			}
+			st.claimed[k] = ev.Time
+			pp.owned = append(pp.owned, s)
+		}
+		st.pending[ev.Table+"/"+ev.Part] = pp
+		if ev.Time.Sub(st.lastPrune) > claimWindow/2 {
+			st.lastPrune = ev.Time
+			for k, t := range st.claimed {
+				if ev.Time.Sub(t) > claimWindow {
+					delete(st.claimed, k)
+				}
+			}
+		}
+	case schemas.EventStreamPublished:
+		for _, p := range ev.Parts {
+			delete(st.pending, p)
+		}
+	case schemas.EventBatchFailed:
+		f.log.Warn("a streamed batch was dead-lettered", "source", ev.Source, "table", ev.Table, "seq", ev.Seq, "err", ev.Error)
+	}
+}
+
+// kickStreams wakes the publisher of every source with pending parts.
+func (f *Finalizer) kickStreams(ctx context.Context) {
+	f.mu.Lock()
+	var sources []string
+	for s, st := range f.streams {
+		if len(st.pending) > 0 {
+			sources = append(sources, s)
+		}
+	}
+	f.mu.Unlock()
+	for _, s := range sources {
+		f.kickStream(ctx, s)
+	}
+}
+
+// kickStream wakes source's publisher, starting it on first use.
+func (f *Finalizer) kickStream(ctx context.Context, source string) {
+	f.mu.Lock()
+	st := f.streamOf(source)
+	if !st.running {
+		st.running = true
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.streamLoop(ctx, source, st)
+		}()
+	}
+	f.mu.Unlock()
+	select {
+	case st.kick <- struct{}{}:
+	default:
+	}
+}
+
+// streamLoop publishes a source's pending streamed parts: everything that
+// arrived while the previous publish ran goes into the next one, so the
+// extract is rebuilt at most once per publish time however fast events come.
+func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamState) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-st.kick:
+		}
+		delay := 200 * time.Millisecond
+		for ctx.Err() == nil {
+			f.mu.Lock()
+			batch := make([]*pendingPart, 0, len(st.pending))
+			for _, pp := range st.pending {
+				batch = append(batch, pp)
+			}
+			f.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			done, err := f.publishStream(ctx, source, batch)
+			f.mu.Lock()
+			for _, k := range done {
+				delete(st.pending, k)
+			}
+			f.mu.Unlock()
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				metrics.FinalizeFailures.Inc()
+				f.log.Warn("publish streamed parts failed; retrying", "source", source, "parts", len(batch), "err", err, "in", delay)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(delay):
+				}
+				delay = min(delay*2, 15*time.Second)
+				continue
+			}
+			delay = 200 * time.Millisecond
+		}
+	}
+}
+
+// publishStream moves streamed parts into their partitions and publishes
+// an extract reading them. It returns the parts it is done with (published,
+// or set aside as unusable).
+func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart) ([]string, error) {
+	mu := f.sourceLock(source)
+	mu.Lock()
+	defer mu.Unlock()
+	start := time.Now()
+	dir := filepath.Join(f.dataDir, "extracts", source)
+	dataDir := filepath.Join(dir, "data")
+	cat, err := loadCatalog(dir)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	sort.Slice(batch, func(i, j int) bool { return batch[i].ev.Part < batch[j].ev.Part })
+	byTable := map[string]*partitionedTable{}
+	var done, published []string
+	for _, pp := range batch {
+		ev := pp.ev
+		key := ev.Table + "/" + ev.Part
+		pf, ok, err := f.placeStreamed(ctx, source, pp, dataDir)
+		if err != nil {
+			f.log.Error("streamed part set aside", "source", source, "table", ev.Table, "part", ev.Part, "err", err)
+			f.setAside(source, ev)
+			done = append(done, key)
+			continue
+		}
+		done = append(done, key)
+		if !ok {
+			continue
+		}
+		published = append(published, key)
+		pt := byTable[ev.Table]
+		if pt == nil {
+			pt = &partitionedTable{name: ev.Table, keyCol: ev.PrimaryKey[0], runID: schemas.StreamRun}
+			byTable[ev.Table] = pt
+		}
+		pt.adds = append(pt.adds, pf)
+	}
+	if len(byTable) == 0 {
+		return done, nil
+	}
+	var results []schemas.TableResult
+	var rows int64
+	for _, pt := range byTable {
+		if ct, ok := cat.Tables[pt.name]; ok && ct.Partitioned && ct.KeyColumn != "" {
+			pt.keyCol = ct.KeyColumn
+		}
+		if err := f.applyPartitioned(ctx, cat, dataDir, *pt, now); err != nil {
+			return nil, err
+		}
+		ct := cat.Tables[pt.name]
+		var added int64
+		for _, a := range pt.adds {
+			added += a.Rows
+		}
+		rows += added
+		results = append(results, schemas.TableResult{Table: pt.name, Status: schemas.StatusDone, Rows: added, TotalRows: ct.Rows,
+			SizeBytes: ct.SizeBytes, WriteMode: schemas.WritePartitioned, QueryMode: schemas.ModeLocal})
+	}
+	if err := f.publishCatalog(ctx, dir, cat, now); err != nil {
+		return nil, err
+	}
+	sort.Slice(results, func(i, j int) bool { return results[i].Table < results[j].Table })
+	ev := schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Results: results,
+		Parts: published, Path: filepath.Join(dir, ExtractFile)}
+	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
+		f.log.Warn("announce streamed parts", "source", source, "err", err)
+	}
+	metrics.StreamPublishes.Inc()
+	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
+	f.log.Debug("streamed parts published", "source", source, "parts", len(published), "rows", rows, "duration", time.Since(start).Round(time.Millisecond))
+	return done, nil
+}
+
+// placeStreamed moves one streamed part into its partition (or rewrites it
+// with only the batches it is the first to hold). ok is false when there is
+// nothing to add: every batch is a copy, or the part was placed and
+// compacted away before a restart.
+func (f *Finalizer) placeStreamed(ctx context.Context, source string, pp *pendingPart, dataDir string) (partFile, bool, error) {
+	ev := pp.ev
+	if err := schemas.ValidateName("table", ev.Table); err != nil {
+		return partFile{}, false, err
+	}
+	if err := schemas.ValidateMonth(ev.Month); err != nil {
+		return partFile{}, false, err
+	}
+	if len(ev.PrimaryKey) != 1 {
+		return partFile{}, false, errors.New("streamed part names no key column")
+	}
+	if strings.ContainsAny(ev.Part, `/\`) || !strings.HasSuffix(ev.Part, ".part") {
+		return partFile{}, false, fmt.Errorf("bad part name %q", ev.Part)
+	}
+	src := filepath.Join(f.staging(source, schemas.StreamRun, ev.Table), ev.Part)
+	rel := filepath.Join(ev.Table, "month="+ev.Month, "s-"+strings.TrimSuffix(ev.Part, ".part")+".parquet")
+	final := filepath.Join(dataDir, rel)
+	var rows int64
+	for i, s := range ev.Seqs {
+		if slices.Contains(pp.owned, s) {
+			rows += ev.SeqRows[i]
+		}
+	}
+	if _, err := os.Stat(src); errors.Is(err, os.ErrNotExist) {
+		if st, err := os.Stat(final); err == nil && rows > 0 {
+			return partFile{Path: rel, Month: ev.Month, Rows: rows, Size: st.Size()}, true, nil
+		}
+		return partFile{}, false, nil
+	}
+	if len(pp.owned) == 0 {
+		os.Remove(src)
+		return partFile{}, false, nil
+	}
+	r, err := parquetfile.Open(src, 1, nil)
+	if err != nil {
+		return partFile{}, false, err
+	}
+	schema := r.Schema
+	n := r.NumRows()
+	r.Close()
+	if err := schemas.CheckStored(schema, ev.PrimaryKey[0]); err != nil {
+		return partFile{}, false, err
+	}
+	var want int64
+	for _, c := range ev.SeqRows {
+		want += c
+	}
+	if n != want {
+		return partFile{}, false, fmt.Errorf("part holds %d rows, announced %d", n, want)
+	}
+	if err := os.MkdirAll(filepath.Dir(final), 0o755); err != nil {
+		return partFile{}, false, err
+	}
+	if len(pp.owned) == len(ev.Seqs) {
+		st, err := os.Stat(src)
+		if err != nil {
+			return partFile{}, false, err
+		}
+		if err := os.Rename(src, final); err != nil {
+			return partFile{}, false, err
+		}
+		return partFile{Path: rel, Month: ev.Month, Rows: rows, Size: st.Size()}, true, nil
+	}
+	p := part{path: src, month: ev.Month, seqs: ev.Seqs, seqRows: ev.SeqRows}
+	size, err := rewriteSeqs(ctx, p, pp.owned, schema, final, f.opts.RowGroupRows, f)
+	if err != nil {
+		return partFile{}, false, err
+	}
+	os.Remove(src)
+	return partFile{Path: rel, Month: ev.Month, Rows: rows, Size: size}, true, nil
+}
+
+// setAside moves an unusable streamed part out of the way, kept for
+// inspection.
+func (f *Finalizer) setAside(source string, ev schemas.Event) {
+	dir := filepath.Join(f.dataDir, "extracts", source, ".rejected")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return
+	}
+	src := filepath.Join(f.staging(source, schemas.StreamRun, ev.Table), filepath.Base(ev.Part))
+	os.Rename(src, filepath.Join(dir, ev.Table+"-"+filepath.Base(ev.Part)))
+}
+
+func shortHash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])[:16]
+}

@@ -1,0 +1,280 @@
+package producers
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// changeSet turns changes into the stored rows of partitioned tables,
+// grouped by table and month, ready to publish.
+type changeSet struct {
+	tables map[string]connectors.TableInfo
+	stored map[string]*arrow.Schema
+	mem    memory.Allocator
+	recs   map[partKey][]arrow.RecordBatch
+	rows   map[partKey]int64
+	total  int64
+}
+
+type partKey struct{ table, month string }
+
+func newChangeSet(tables []connectors.TableInfo) *changeSet {
+	cs := &changeSet{tables: map[string]connectors.TableInfo{}, stored: map[string]*arrow.Schema{}, mem: memory.DefaultAllocator,
+		recs: map[partKey][]arrow.RecordBatch{}, rows: map[partKey]int64{}}
+	for _, t := range tables {
+		cs.tables[t.Name] = t
+		cs.stored[t.Name] = schemas.PartitionedSchema(t.Schema)
+	}
+	return cs
+}
+
+// add stores one change: its rows in every table of the set, a marker row
+// where it has none (or deletes the key). event breaks ties between changes
+// of one version. It takes ownership of the change's batches.
+func (cs *changeSet) add(ch connectors.Change, event int64) ([]partKey, error) {
+	defer ch.Release()
+	if err := ch.Validate(); err != nil {
+		return nil, err
+	}
+	for name := range ch.Tables {
+		if _, ok := cs.tables[name]; !ok {
+			return nil, fmt.Errorf("change of %s has rows for %q, which is not a partitioned table of this sync", ch.Key, name)
+		}
+	}
+	month := schemas.Month(ch.Time)
+	var touched []partKey
+	for name, t := range cs.tables {
+		rec, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, ch.Deleted, event, ch.Tables[name], cs.mem)
+		if err != nil {
+			return nil, fmt.Errorf("table %s, key %s: %w", name, ch.Key, err)
+		}
+		k := partKey{name, month}
+		cs.recs[k] = append(cs.recs[k], rec)
+		cs.rows[k] += rec.NumRows()
+		cs.total += rec.NumRows()
+		touched = append(touched, k)
+	}
+	return touched, nil
+}
+
+// take removes and returns the rows of one table and month as one batch.
+func (cs *changeSet) take(k partKey) (arrow.RecordBatch, error) {
+	recs := cs.recs[k]
+	delete(cs.recs, k)
+	cs.total -= cs.rows[k]
+	delete(cs.rows, k)
+	defer func() {
+		for _, r := range recs {
+			r.Release()
+		}
+	}()
+	return schemas.ConcatBatches(cs.stored[k.table], recs, cs.mem)
+}
+
+func (cs *changeSet) release() {
+	for k := range cs.recs {
+		for _, r := range cs.recs[k] {
+			r.Release()
+		}
+		delete(cs.recs, k)
+	}
+}
+
+// partitionHeader says where a data message's rows land.
+func partitionHeader(t connectors.TableInfo, month string) nats.Header {
+	h := nats.Header{}
+	h.Set(schemas.HeaderMonth, month)
+	h.Set(schemas.HeaderKeyColumn, t.Partition.KeyColumn)
+	return h
+}
+
+// changeTables backfills a run's partitioned tables in one pass of the
+// connector's Changes: every change becomes rows (or a marker) in every
+// table, published per table and month. The version cursor (the newest
+// change published) is kept with the first table.
+func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, src config.Source, state jetstream.KeyValue, conn connectors.Connector, tables []connectors.TableInfo) []schemas.TableResult {
+	results := make([]schemas.TableResult, len(tables))
+	log := p.log.With("run", req.RunID, "source", req.Source)
+	fail := func(i int, err error) {
+		results[i].Status, results[i].Error = schemas.StatusFailed, err.Error()
+		log.Warn("table failed", "table", tables[i].Name, "err", err)
+		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source,
+			Table: tables[i].Name, Error: results[i].Error, SchemaChanges: results[i].SchemaChanges})
+	}
+	var group []int
+	for i, t := range tables {
+		results[i] = schemas.TableResult{Table: t.Name, Status: schemas.StatusDone, QueryMode: schemas.ModeLocal, WriteMode: schemas.WritePartitioned}
+		if err := schemas.CheckPartitioned(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn); err != nil {
+			fail(i, fmt.Errorf("table %s: %w", t.Name, err))
+			continue
+		}
+		prev, err := loadSchema(ctx, state, req.Source, t.Name)
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		// Partitions keep the rows of earlier schemas; the view reads them by
+		// column name, so a change is published as it is, unless frozen.
+		plan := tablePlan{prevSchema: prev, policy: src.Table(t.Name).SchemaPolicy, mode: schemas.WritePartitioned}
+		err = plan.check(t.Schema)
+		results[i].SchemaChanges = plan.changes
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		group = append(group, i)
+	}
+	if len(group) == 0 {
+		return results
+	}
+	cr, ok := conn.(connectors.ChangeReader)
+	if !ok {
+		for _, i := range group {
+			fail(i, fmt.Errorf("table %s is partitioned but connector %s has no Changes method to backfill it", tables[i].Name, src.Connector))
+		}
+		return results
+	}
+	first := tables[group[0]]
+	var since string
+	var cursorRev uint64
+	if c, rev, err := loadCursor(ctx, state, req.Source, first.Name); err != nil {
+		for _, i := range group {
+			fail(i, err)
+		}
+		return results
+	} else if c != nil && c.Column == schemas.VersionColumn && !req.FullRefresh {
+		since, cursorRev = c.Value, rev
+	} else {
+		cursorRev = rev
+	}
+	var inGroup []connectors.TableInfo
+	sinks := map[string]*sink{}
+	for _, i := range group {
+		t := tables[i]
+		inGroup = append(inGroup, t)
+		enc, _ := schemas.EncodeSchema(t.Schema)
+		if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source,
+			Table: t.Name, Description: t.Description, Schema: enc, SchemaChanges: results[i].SchemaChanges}); err != nil {
+			fail(i, err)
+			return results
+		}
+		sinks[t.Name] = p.newSink(req.RunID, req.Source, t.Name, req.Attempt, schemas.PartitionedSchema(t.Schema), log.With("table", t.Name))
+	}
+	maxVersion, err := p.backfillChanges(ctx, req, cr, since, inGroup, sinks, log)
+	for _, s := range sinks {
+		if werr := s.wait(ctx, 0); err == nil && werr != nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		for _, i := range group {
+			fail(i, err)
+		}
+		return results
+	}
+	for n, i := range group {
+		t := tables[i]
+		s := sinks[t.Name]
+		enc, _ := schemas.EncodeSchema(t.Schema)
+		done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
+			Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: s.seq, Rows: s.rows,
+			SchemaChanges: results[i].SchemaChanges, WriteMode: schemas.WritePartitioned, PrimaryKey: []string{t.Partition.KeyColumn}}
+		if n == 0 {
+			done.CursorRevision = cursorRev
+			if maxVersion != 0 {
+				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp",
+					Value: time.UnixMicro(maxVersion).UTC().Format(time.RFC3339Nano)}
+			} else if since != "" {
+				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp", Value: since}
+			}
+		}
+		results[i].Batches, results[i].Rows = s.seq, s.rows
+		if err := p.publishEvent(ctx, done); err != nil {
+			fail(i, err)
+		}
+	}
+	return results
+}
+
+// backfillChanges reads every change and publishes its rows; it returns the
+// newest version read.
+func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest, cr connectors.ChangeReader, since string,
+	tables []connectors.TableInfo, sinks map[string]*sink, log *slog.Logger) (maxVersion int64, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("connector panicked reading changes: %v\n%s", v, debug.Stack())
+		}
+	}()
+	cs := newChangeSet(tables)
+	defer cs.release()
+	batch := int64(connectors.DefaultBatchSize)
+	flush := func(k partKey) error {
+		rec, err := cs.take(k)
+		if err != nil {
+			return err
+		}
+		defer rec.Release()
+		s := sinks[k.table]
+		s.header = partitionHeader(cs.tables[k.table], k.month)
+		return s.publish(ctx, rec)
+	}
+	flushAll := func() error {
+		for k := range cs.recs {
+			if err := flush(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// Event numbers of a backfill: unique per change, and distinct from the
+	// stream's (the bus sequence of a webhook, far below this base).
+	base := time.Now().UnixMicro() * 1000
+	var n int64
+	last := time.Now()
+	for ch, rerr := range cr.Changes(ctx, connectors.ReadOptions{IncrementalKey: schemas.VersionColumn, IncrementalValue: since, BatchSize: int(batch)}) {
+		if rerr != nil {
+			return 0, fmt.Errorf("read changes: %w", rerr)
+		}
+		maxVersion = max(maxVersion, ch.Version)
+		touched, err := cs.add(ch, base+n)
+		if err != nil {
+			return 0, err
+		}
+		n++
+		for _, k := range touched {
+			if cs.rows[k] >= batch {
+				if err := flush(k); err != nil {
+					return 0, err
+				}
+			}
+		}
+		if cs.total >= 4*batch {
+			if err := flushAll(); err != nil {
+				return 0, err
+			}
+		}
+		if time.Since(last) >= progressEvery {
+			last = time.Now()
+			for name, s := range sinks {
+				p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source,
+					Table: name, Batches: s.seq, Rows: s.rows})
+			}
+		}
+	}
+	if err := flushAll(); err != nil {
+		return 0, err
+	}
+	log.Debug("changes read", "changes", n)
+	return maxVersion, nil
+}

@@ -1,0 +1,234 @@
+package producers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Hook processing limits.
+const (
+	// hookSeqSpan is how many data messages one webhook may publish per
+	// table: its messages are numbered hookSeq*hookSeqSpan + i.
+	hookSeqSpan      = 64
+	hookMaxDeliver   = 8
+	hookAckWait      = 30 * time.Second
+	hookConcurrency  = 8
+)
+
+// ErrBadEvent marks an event that can never be processed (dead-lettered at
+// once rather than retried).
+var ErrBadEvent = errors.New("bad event")
+
+// streamSource is an opened streaming connector with its partitioned tables.
+type streamSource struct {
+	conn   connectors.Streamer
+	tables []connectors.TableInfo
+}
+
+// hooks turns accepted webhook bodies into data batches of the stream run:
+// the connector's Stream gives changes, each change becomes rows (or
+// markers) per partitioned table, numbered from the body's bus sequence so a
+// redelivered body publishes the same message ids. The body is acked only
+// after its batches are on the bus.
+type hooks struct {
+	p       *Producer
+	mu      sync.Mutex
+	sources map[string]*streamSource
+}
+
+func (p *Producer) runHooks(ctx context.Context) error {
+	cons, err := p.opts.JS.CreateOrUpdateConsumer(ctx, schemas.HookStream, jetstream.ConsumerConfig{
+		Durable:       schemas.HookConsumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       hookAckWait,
+		MaxDeliver:    hookMaxDeliver,
+		MaxAckPending: 1000,
+	})
+	if err != nil {
+		return fmt.Errorf("producer: create hook consumer: %w", err)
+	}
+	h := &hooks{p: p, sources: map[string]*streamSource{}}
+	sem := make(chan struct{}, hookConcurrency)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(hookConcurrency, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("fetch webhooks", "err", err)
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		for msg := range batch.Messages() {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				_ = msg.Nak()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				h.handle(ctx, msg)
+			}()
+		}
+	}
+	return nil
+}
+
+func (h *hooks) source(ctx context.Context, name string) (*streamSource, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.sources[name]; s != nil {
+		return s, nil
+	}
+	src, err := h.p.opts.Sources(name)
+	if err != nil {
+		return nil, err
+	}
+	conn, _, err := h.p.opts.Registry.Open(src.Connector, src.Config)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", name, err)
+	}
+	st, ok := conn.(connectors.Streamer)
+	if !ok || !conn.Capabilities().Has(connectors.Stream) {
+		return nil, fmt.Errorf("%w: source %s (connector %s) does not stream", ErrBadEvent, name, src.Connector)
+	}
+	d, ok := conn.(connectors.Discoverer)
+	if !ok {
+		return nil, fmt.Errorf("%w: source %s: a streaming connector must declare its tables (discover)", ErrBadEvent, name)
+	}
+	all, err := d.Discover(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("discover %s: %w", name, err)
+	}
+	s := &streamSource{conn: st}
+	for _, t := range all {
+		if t.Partition == nil || !t.Capabilities.Has(connectors.Stream) {
+			continue
+		}
+		if err := schemas.ValidateName("table", t.Name); err != nil {
+			return nil, fmt.Errorf("%w: source %s: %v", ErrBadEvent, name, err)
+		}
+		if err := schemas.CheckPartitioned(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn); err != nil {
+			return nil, fmt.Errorf("%w: source %s, table %s: %v", ErrBadEvent, name, t.Name, err)
+		}
+		s.tables = append(s.tables, t)
+	}
+	if len(s.tables) == 0 {
+		return nil, fmt.Errorf("%w: source %s has no partitioned streaming tables", ErrBadEvent, name)
+	}
+	h.sources[name] = s
+	return s, nil
+}
+
+func (h *hooks) handle(ctx context.Context, msg jetstream.Msg) {
+	md, err := msg.Metadata()
+	if err != nil {
+		_ = msg.Nak()
+		return
+	}
+	source := msg.Headers().Get(schemas.HeaderSource)
+	log := h.p.log.With("source", source, "hook_seq", md.Sequence.Stream)
+	err = h.process(ctx, msg, source, int64(md.Sequence.Stream))
+	if err == nil {
+		if err := msg.Ack(); err != nil {
+			log.Warn("ack webhook", "err", err)
+		}
+		metrics.HooksProcessed.Inc()
+		return
+	}
+	if ctx.Err() != nil {
+		_ = msg.Nak()
+		return
+	}
+	if errors.Is(err, ErrBadEvent) || md.NumDelivered >= hookMaxDeliver {
+		log.Error("dead-lettering webhook", "deliveries", md.NumDelivered, "err", err)
+		h.deadLetter(ctx, msg, source, md.NumDelivered, err)
+		return
+	}
+	log.Warn("webhook failed; will retry", "deliveries", md.NumDelivered, "err", err)
+	_ = msg.NakWithDelay(min(time.Second<<min(md.NumDelivered-1, 5), 30*time.Second))
+}
+
+func (h *hooks) process(ctx context.Context, msg jetstream.Msg, source string, hookSeq int64) error {
+	if err := schemas.ValidateName("source", source); err != nil {
+		return fmt.Errorf("%w: header %s: %v", ErrBadEvent, schemas.HeaderSource, err)
+	}
+	s, err := h.source(ctx, source)
+	if err != nil {
+		return err
+	}
+	changes, err := s.conn.Stream(ctx, msg.Data())
+	if err != nil {
+		for _, c := range changes {
+			c.Release()
+		}
+		return err
+	}
+	cs := newChangeSet(s.tables)
+	defer cs.release()
+	for _, ch := range changes {
+		if _, err := cs.add(ch, hookSeq); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadEvent, err)
+		}
+	}
+	sinks := map[string]*sink{}
+	for k := range cs.recs {
+		out := sinks[k.table]
+		if out == nil {
+			out = h.p.newSink(schemas.StreamRun, source, k.table, 1, cs.stored[k.table], h.p.log)
+			out.seq, out.backlog = hookSeq*hookSeqSpan, false
+			sinks[k.table] = out
+		}
+		rec, err := cs.take(k)
+		if err != nil {
+			return err
+		}
+		out.header = partitionHeader(cs.tables[k.table], k.month)
+		err = out.publish(ctx, rec)
+		rec.Release()
+		if err != nil {
+			return err
+		}
+		if out.seq > (hookSeq+1)*hookSeqSpan {
+			return fmt.Errorf("%w: the event's rows of %s need more than %d messages", ErrBadEvent, k.table, hookSeqSpan)
+		}
+	}
+	for _, out := range sinks {
+		if err := out.wait(ctx, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (h *hooks) deadLetter(ctx context.Context, msg jetstream.Msg, source string, deliveries uint64, cause error) {
+	if schemas.ValidateName("source", source) != nil {
+		source = "_unknown"
+	}
+	dl := &nats.Msg{Subject: schemas.DeadLetterSubject(source, "_webhooks"), Data: msg.Data(), Header: nats.Header{}}
+	dl.Header.Set(schemas.HeaderDLQReason, cause.Error())
+	dl.Header.Set(schemas.HeaderDLQSubject, msg.Subject())
+	dl.Header.Set(schemas.HeaderDLQDeliveries, strconv.FormatUint(deliveries, 10))
+	dl.Header.Set(schemas.HeaderSource, source)
+	if _, err := h.p.opts.JS.PublishMsg(ctx, dl); err != nil {
+		h.p.log.Error("store dead webhook; leaving it for redelivery", "err", err)
+		_ = msg.NakWithDelay(30 * time.Second)
+		return
+	}
+	metrics.DeadLetters.Inc()
+	_ = msg.Term()
+}
