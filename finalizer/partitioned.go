@@ -357,4 +357,3 @@ func rewriteSeqs(ctx context.Context, p part, seqs []int64, schema *arrow.Schema
 	}
 	return out.Commit()
 }
-

@@ -19,10 +19,10 @@ import (
 const (
 	// hookSeqSpan is how many data messages one webhook may publish per
 	// table: its messages are numbered hookSeq*hookSeqSpan + i.
-	hookSeqSpan      = 64
-	hookMaxDeliver   = 8
-	hookAckWait      = 30 * time.Second
-	hookConcurrency  = 8
+	hookSeqSpan     = 64
+	hookMaxDeliver  = 8
+	hookAckWait     = 30 * time.Second
+	hookConcurrency = 8
 )
 
 // ErrBadEvent marks an event that can never be processed (dead-lettered at

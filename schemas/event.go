@@ -98,7 +98,7 @@ type Event struct {
 	// BatchWritten: the part file (relative to the run's staging folder) and
 	// the data message sequence numbers it holds, in file order, with their
 	// row counts.
-	Part    string  `json:"part,omitempty"`
+	Part string `json:"part,omitempty"`
 	// Month is the partition of a part of a partitioned table (YYYY-MM).
 	Month   string  `json:"month,omitempty"`
 	Seqs    []int64 `json:"seqs,omitempty"`

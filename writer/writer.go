@@ -335,7 +335,6 @@ func (w *Writer) fetchWait() time.Duration {
 	return max(wait, 5*time.Millisecond)
 }
 
-
 func (w *Writer) flushAll(ctx context.Context) {
 	for _, b := range w.buffers {
 		w.flush(ctx, b)

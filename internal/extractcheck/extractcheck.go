@@ -43,12 +43,12 @@ type Extract struct {
 }
 
 var (
-	identRE  = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
-	envRE    = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
-	pathRE   = regexp.MustCompile(`read_parquet\((?:main\.list_value\(|\[)?('[^)\]]*)`)
+	identRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
+	envRE   = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+	pathRE  = regexp.MustCompile(`read_parquet\((?:main\.list_value\(|\[)?('[^)\]]*)`)
 	// partFileRE is a partitioned table's file below data/<table>/.
 	partFileRE = regexp.MustCompile(`^month=[0-9]{4}-(0[1-9]|1[0-2])/[^/]+\.parquet$`)
-	quotedRE = regexp.MustCompile(`'((?:[^']|'')*)'`)
+	quotedRE   = regexp.MustCompile(`'((?:[^']|'')*)'`)
 
 	// AllowedExtensions are the extensions the consumer attaches.
 	AllowedExtensions = []string{"keboola", "bigquery", "uc_catalog", "delta", "snowflake"}

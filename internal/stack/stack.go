@@ -16,8 +16,8 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/finalizer"
-	"github.com/agnes-ai/connector-kit/internal/gateway"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/gateway"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/producers"
 	"github.com/agnes-ai/connector-kit/writer"
