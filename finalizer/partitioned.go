@@ -34,15 +34,11 @@ const (
 // key: the highest version, a delete before rows on a tie, then the highest
 // event. Every column is kept, the hidden ones and delete markers included.
 func winnersSQL(files []string, keyCol string, hive bool) string {
-	lits := make([]string, len(files))
-	for i, f := range files {
-		lits[i] = quoteLit(f)
-	}
 	opts := "union_by_name = true"
 	if hive {
 		opts = "hive_partitioning = true, " + opts
 	}
-	return "SELECT * FROM read_parquet([" + strings.Join(lits, ", ") + "], " + opts + ") QUALIFY rank() OVER (PARTITION BY " +
+	return "SELECT * FROM read_parquet(" + fileList(files) + ", " + opts + ") QUALIFY rank() OVER (PARTITION BY " +
 		quoteIdent(keyCol) + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " +
 		schemas.EventColumn + " DESC) = 1"
 }
@@ -71,6 +67,86 @@ func absFiles(dataDir string, files []partFile) []string {
 	return out
 }
 
+// maxDeltaKeys bounds the keys of an incremental recount; more keys (a
+// backfill) recount the whole partition.
+const maxDeltaKeys = 2000
+
+// recount returns the visible rows of a month after adds joined the files
+// old. Only the keys the new files hold can change, so the count moves by
+// their visible rows after minus before; with compacted files sorted by key
+// the key filter skips most row groups, and the cost of an event does not
+// grow with its partition.
+func (f *Finalizer) recount(ctx context.Context, db *sql.DB, dataDir string, ct catalogTable, month string, old, adds []partFile) (int64, error) {
+	prev, known := ct.MonthRows[month]
+	all := absFiles(dataDir, filesOf(ct.Files, month))
+	if !known || len(old) == 0 {
+		return countVisible(ctx, db, all, ct.KeyColumn)
+	}
+	keys, err := distinctKeys(ctx, db, absFiles(dataDir, adds), ct.KeyColumn)
+	if err != nil {
+		return 0, err
+	}
+	if len(keys) > maxDeltaKeys {
+		return countVisible(ctx, db, all, ct.KeyColumn)
+	}
+	before, err := countKeys(ctx, db, absFiles(dataDir, old), ct.KeyColumn, keys)
+	if err != nil {
+		return 0, err
+	}
+	after, err := countKeys(ctx, db, all, ct.KeyColumn, keys)
+	if err != nil {
+		return 0, err
+	}
+	return prev - before + after, nil
+}
+
+func distinctKeys(ctx context.Context, db *sql.DB, files []string, keyCol string) ([]string, error) {
+	rows, err := db.QueryContext(ctx, "SELECT DISTINCT "+quoteIdent(keyCol)+" FROM read_parquet("+fileList(files)+", union_by_name = true)")
+	if err != nil {
+		return nil, fmt.Errorf("keys of new parts: %w", err)
+	}
+	defer rows.Close()
+	var keys []string
+	for rows.Next() {
+		var k sql.NullString
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		if k.Valid {
+			keys = append(keys, k.String)
+		}
+	}
+	return keys, rows.Err()
+}
+
+// countKeys counts the visible rows of the given keys in files.
+func countKeys(ctx context.Context, db *sql.DB, files []string, keyCol string, keys []string) (int64, error) {
+	if len(keys) == 0 || len(files) == 0 {
+		return 0, nil
+	}
+	lits := make([]string, len(keys))
+	for i, k := range keys {
+		lits[i] = quoteLit(k)
+	}
+	key := quoteIdent(keyCol)
+	q := "SELECT count(*) FROM (SELECT " + schemas.DeletedColumn + " FROM read_parquet(" + fileList(files) + ", union_by_name = true) WHERE " +
+		key + " IN (" + strings.Join(lits, ", ") + ") QUALIFY rank() OVER (PARTITION BY " + key + " ORDER BY " +
+		schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " + schemas.EventColumn + " DESC) = 1) WHERE NOT " + schemas.DeletedColumn
+	var n int64
+	if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count rows of changed keys: %w", err)
+	}
+	return n, nil
+}
+
+func fileList(files []string) string {
+	lits := make([]string, len(files))
+	for i, f := range files {
+		lits[i] = quoteLit(f)
+	}
+	return "[" + strings.Join(lits, ", ") + "]"
+}
+
 // countVisible counts what the view shows of files.
 func countVisible(ctx context.Context, db *sql.DB, files []string, keyCol string) (int64, error) {
 	if len(files) == 0 {
@@ -91,7 +167,9 @@ func countVisible(ctx context.Context, db *sql.DB, files []string, keyCol string
 func compactFiles(ctx context.Context, db *sql.DB, files []string, keyCol, dst string) (rows, size int64, err error) {
 	tmp := dst + parquetfile.TempMarker + "compact"
 	defer os.Remove(tmp)
-	q := "COPY (" + winnersSQL(files, keyCol, false) + ") TO " + quoteLit(tmp) +
+	// Sorted by key, so a key filter (the recount, an analyst's lookup)
+	// skips row groups by their statistics.
+	q := "COPY (" + winnersSQL(files, keyCol, false) + " ORDER BY " + quoteIdent(keyCol) + ") TO " + quoteLit(tmp) +
 		" (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE " + fmt.Sprint(parquetfile.DefaultRowGroupRows) + ")"
 	if _, err := db.ExecContext(ctx, q); err != nil {
 		return 0, 0, fmt.Errorf("compact: %w", err)
@@ -154,29 +232,33 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	for _, p := range ct.Files {
 		have[p.Path] = true
 	}
-	months := map[string]bool{}
+	added := map[string][]partFile{}
 	for _, a := range pt.adds {
-		months[a.Month] = true
 		if have[a.Path] {
-			continue // a retried publish
+			continue // a retried publish: already counted
 		}
 		have[a.Path] = true
-		ct.Files = append(ct.Files, a)
-		cat.unretire(a.Path)
+		added[a.Month] = append(added[a.Month], a)
 	}
 	db, err := f.duck()
 	if err != nil {
 		return err
 	}
-	for m := range months {
-		if err := f.maybeCompact(ctx, db, cat, &ct, dataDir, pt.name, m, now); err != nil {
-			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+	for m, adds := range added {
+		old := filesOf(ct.Files, m)
+		ct.Files = append(ct.Files, adds...)
+		for _, a := range adds {
+			cat.unretire(a.Path)
 		}
-		n, err := countVisible(ctx, db, absFiles(dataDir, filesOf(ct.Files, m)), ct.KeyColumn)
+		n, err := f.recount(ctx, db, dataDir, ct, m, old, adds)
 		if err != nil {
 			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
 		}
 		ct.MonthRows[m] = n
+		// Compaction keeps what the view shows, so the count stays.
+		if err := f.maybeCompact(ctx, db, cat, &ct, dataDir, pt.name, m, now); err != nil {
+			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+		}
 	}
 	ct.Rows, ct.SizeBytes = 0, 0
 	for _, n := range ct.MonthRows {
@@ -200,17 +282,33 @@ func filesOf(files []partFile, month string) []partFile {
 	return out
 }
 
-// maybeCompact merges the small files of a partition that holds at least
-// CompactMinFiles files into one.
+// compactionTier groups files of similar size: below 256 KiB, then one
+// tier per factor of 4.
+func compactionTier(size int64) int {
+	t := 0
+	for s := size / (256 << 10); s > 0; s /= 4 {
+		t++
+	}
+	return t
+}
+
+// maybeCompact merges files of one size tier of a partition once the tier
+// holds CompactMinFiles files: event parts merge into bigger files, those
+// into bigger ones, so every row is rewritten a logarithmic number of times
+// and an event never rewrites its whole partition. Files above
+// CompactSmallBytes are left alone.
 func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) error {
-	files := filesOf(ct.Files, month)
-	if len(files) < f.opts.CompactMinFiles {
-		return nil
+	tiers := map[int][]partFile{}
+	for _, p := range filesOf(ct.Files, month) {
+		if p.Size < f.opts.CompactSmallBytes {
+			t := compactionTier(p.Size)
+			tiers[t] = append(tiers[t], p)
+		}
 	}
 	var small []partFile
-	for _, p := range files {
-		if p.Size < f.opts.CompactSmallBytes {
-			small = append(small, p)
+	for t := 0; t <= 32 && small == nil; t++ {
+		if len(tiers[t]) >= f.opts.CompactMinFiles {
+			small = tiers[t]
 		}
 	}
 	if len(small) < 2 {

@@ -185,7 +185,7 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	now := time.Now().UTC()
 	sort.Slice(batch, func(i, j int) bool { return batch[i].ev.Part < batch[j].ev.Part })
 	byTable := map[string]*partitionedTable{}
-	var done, published []string
+	var done []string
 	for _, pp := range batch {
 		ev := pp.ev
 		key := ev.Table + "/" + ev.Part
@@ -200,7 +200,6 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 		if !ok {
 			continue
 		}
-		published = append(published, key)
 		pt := byTable[ev.Table]
 		if pt == nil {
 			pt = &partitionedTable{name: ev.Table, keyCol: ev.PrimaryKey[0], runID: schemas.StreamRun}
@@ -209,6 +208,12 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 		pt.adds = append(pt.adds, pf)
 	}
 	if len(byTable) == 0 {
+		// Only copies of published batches: nothing to rebuild, but say the
+		// parts are handled.
+		if err := schemas.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun,
+			Source: source, Parts: done}); err != nil {
+			f.log.Warn("announce handled parts", "source", source, "err", err)
+		}
 		return done, nil
 	}
 	var results []schemas.TableResult
@@ -234,13 +239,13 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].Table < results[j].Table })
 	ev := schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Results: results,
-		Parts: published, Path: filepath.Join(dir, ExtractFile)}
+		Parts: done, Path: filepath.Join(dir, ExtractFile)}
 	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
 		f.log.Warn("announce streamed parts", "source", source, "err", err)
 	}
 	metrics.StreamPublishes.Inc()
 	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
-	f.log.Debug("streamed parts published", "source", source, "parts", len(published), "rows", rows, "duration", time.Since(start).Round(time.Millisecond))
+	f.log.Debug("streamed parts published", "source", source, "parts", len(done), "rows", rows, "duration", time.Since(start).Round(time.Millisecond))
 	return done, nil
 }
 

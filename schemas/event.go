@@ -52,8 +52,9 @@ const (
 	// EventRunRejected answers a request for a source whose sync is running.
 	EventRunRejected      EventType = "run_rejected"
 	EventExtractPublished EventType = "extract_published"
-	// EventStreamPublished: the finalizer published an extract holding
-	// streamed parts (run StreamRun); Parts lists them as table/part.
+	// EventStreamPublished: the finalizer is done with streamed parts (run
+	// StreamRun), listed in Parts as table/part: published in the extract at
+	// Path, or dropped as copies of batches already published.
 	EventStreamPublished EventType = "stream_published"
 )
 
@@ -116,7 +117,7 @@ type Event struct {
 	Results []TableResult `json:"results,omitempty"`
 	// ExtractPublished: absolute path of the published extract.
 	Path string `json:"path,omitempty"`
-	// StreamPublished: the streamed parts the extract now holds.
+	// StreamPublished: the streamed parts the finalizer is done with.
 	Parts []string `json:"parts,omitempty"`
 }
 

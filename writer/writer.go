@@ -325,10 +325,11 @@ func (w *Writer) flushAfter(b *buffer) time.Duration {
 	return w.opts.FlushAfter
 }
 
-// fetchWait is how long the next fetch may wait: half the flush interval,
-// or less when a buffer is due sooner.
+// fetchWait is how long the next fetch may wait: at most the stream flush
+// interval (a streamed batch arriving during an idle fetch is not held
+// longer), less when a buffer is due sooner.
 func (w *Writer) fetchWait() time.Duration {
-	wait := w.opts.FlushAfter / 2
+	wait := min(w.opts.FlushAfter/2, w.opts.StreamFlushAfter)
 	for _, b := range w.buffers {
 		wait = min(wait, w.flushAfter(b)-time.Since(b.since))
 	}

@@ -34,6 +34,13 @@ type Server struct {
 	CommentPage, ChangelogPage int
 	// MaxSearchPage caps maxResults of a search.
 	MaxSearchPage int
+	// IssueDelay slows every issue GET down (a slow Jira).
+	IssueDelay time.Duration
+	// BeforeIssue and AfterIssue, when set, run around every issue GET
+	// (before the issue is read, after the answer is written), outside the
+	// server's lock: tests change Jira exactly between a backfill's search
+	// and its fetch of an issue, or right after it.
+	BeforeIssue, AfterIssue func(key string)
 
 	mu       sync.Mutex
 	issues   map[string]*jira.Issue
@@ -148,6 +155,19 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		jiraError(w, http.StatusNotFound, "No such resource")
 		return
 	}
+	if m[2] == "" && s.IssueDelay > 0 {
+		select {
+		case <-time.After(s.IssueDelay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if m[2] == "" && s.BeforeIssue != nil {
+		s.BeforeIssue(m[1])
+	}
+	if m[2] == "" && s.AfterIssue != nil {
+		defer s.AfterIssue(m[1])
+	}
 	s.mu.Lock()
 	is, ok := s.issues[m[1]]
 	var c jira.Issue
@@ -216,7 +236,8 @@ func (s *Server) render(is jira.Issue) jira.Issue {
 var updatedSince = regexp.MustCompile(`updated >= "([0-9/: ]+)"`)
 
 // search supports the JQL the connector writes: an optional
-// `updated >= "yyyy/MM/dd HH:mm"` (UTC), ORDER BY updated ASC.
+// `updated >= "yyyy/MM/dd HH:mm"` (UTC), ORDER BY updated ASC. Timestamps of
+// one format compare as text.
 func (s *Server) search(w http.ResponseWriter, r *http.Request) {
 	var req jira.SearchRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
@@ -247,27 +268,33 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) {
 		}
 		return strings.Compare(a.Key, b.Key)
 	})
-	off := 0
+	// The token is a keyset position (the last issue's sort key), as Jira's
+	// enhanced search pages: an issue updated during paging moves behind the
+	// position and is returned again later, none is skipped.
 	if req.NextPageToken != "" {
 		b, err := base64.RawURLEncoding.DecodeString(req.NextPageToken)
-		if err == nil {
-			off, err = strconv.Atoi(string(b))
-		}
-		if err != nil || off < 0 {
+		after, key, ok := strings.Cut(string(b), "|")
+		if err != nil || !ok {
 			jiraError(w, http.StatusBadRequest, "Invalid nextPageToken")
 			return
 		}
+		i := 0
+		for i < len(list) && (list[i].Fields.Updated < after || (list[i].Fields.Updated == after && list[i].Key <= key)) {
+			i++
+		}
+		list = list[i:]
 	}
 	n := req.MaxResults
 	if n <= 0 || n > s.MaxSearchPage {
 		n = min(50, s.MaxSearchPage)
 	}
 	out := jira.SearchResponse{Issues: []jira.Issue{}}
-	for _, is := range page(list, off, n) {
+	for _, is := range page(list, 0, n) {
 		out.Issues = append(out.Issues, jira.Issue{ID: is.ID, Key: is.Key, Fields: jira.Fields{Updated: is.Fields.Updated}})
 	}
-	if off+n < len(list) {
-		out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(strconv.Itoa(off + n)))
+	if n < len(list) {
+		last := list[n-1]
+		out.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.Fields.Updated + "|" + last.Key))
 	} else {
 		out.IsLast = true
 	}
