@@ -67,76 +67,36 @@ func absFiles(dataDir string, files []partFile) []string {
 	return out
 }
 
-// maxDeltaKeys bounds the keys of an incremental recount; more keys (a
-// backfill) recount the whole partition.
-const maxDeltaKeys = 2000
-
 // recount returns the visible rows of a month after adds joined the files
 // old. Only the keys the new files hold can change, so the count moves by
-// their visible rows after minus before; with compacted files sorted by key
-// the key filter skips most row groups, and the cost of an event does not
-// grow with its partition.
+// their visible rows after minus before, found in one scan restricted to
+// those keys (compacted files are sorted by key, so most row groups are
+// skipped): the cost of an event does not grow with its partition.
 func (f *Finalizer) recount(ctx context.Context, db *sql.DB, dataDir string, ct catalogTable, month string, old, adds []partFile) (int64, error) {
 	prev, known := ct.MonthRows[month]
 	all := absFiles(dataDir, filesOf(ct.Files, month))
 	if !known || len(old) == 0 {
 		return countVisible(ctx, db, all, ct.KeyColumn)
 	}
-	keys, err := distinctKeys(ctx, db, absFiles(dataDir, adds), ct.KeyColumn)
-	if err != nil {
-		return 0, err
+	key := quoteIdent(ct.KeyColumn)
+	win := "rank() OVER (PARTITION BY " + key + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " +
+		schemas.EventColumn + " DESC) = 1"
+	newFiles := absFiles(dataDir, adds)
+	lits := make([]string, len(newFiles))
+	for i, p := range newFiles {
+		lits[i] = quoteLit(p)
 	}
-	if len(keys) > maxDeltaKeys {
-		return countVisible(ctx, db, all, ct.KeyColumn)
-	}
-	before, err := countKeys(ctx, db, absFiles(dataDir, old), ct.KeyColumn, keys)
-	if err != nil {
-		return 0, err
-	}
-	after, err := countKeys(ctx, db, all, ct.KeyColumn, keys)
-	if err != nil {
-		return 0, err
-	}
-	return prev - before + after, nil
-}
-
-func distinctKeys(ctx context.Context, db *sql.DB, files []string, keyCol string) ([]string, error) {
-	rows, err := db.QueryContext(ctx, "SELECT DISTINCT "+quoteIdent(keyCol)+" FROM read_parquet("+fileList(files)+", union_by_name = true)")
-	if err != nil {
-		return nil, fmt.Errorf("keys of new parts: %w", err)
-	}
-	defer rows.Close()
-	var keys []string
-	for rows.Next() {
-		var k sql.NullString
-		if err := rows.Scan(&k); err != nil {
-			return nil, err
-		}
-		if k.Valid {
-			keys = append(keys, k.String)
-		}
-	}
-	return keys, rows.Err()
-}
-
-// countKeys counts the visible rows of the given keys in files.
-func countKeys(ctx context.Context, db *sql.DB, files []string, keyCol string, keys []string) (int64, error) {
-	if len(keys) == 0 || len(files) == 0 {
-		return 0, nil
-	}
-	lits := make([]string, len(keys))
-	for i, k := range keys {
-		lits[i] = quoteLit(k)
-	}
-	key := quoteIdent(keyCol)
-	q := "SELECT count(*) FROM (SELECT " + schemas.DeletedColumn + " FROM read_parquet(" + fileList(files) + ", union_by_name = true) WHERE " +
-		key + " IN (" + strings.Join(lits, ", ") + ") QUALIFY rank() OVER (PARTITION BY " + key + " ORDER BY " +
-		schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " + schemas.EventColumn + " DESC) = 1) WHERE NOT " + schemas.DeletedColumn
-	var n int64
-	if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+	q := "WITH x AS (SELECT " + key + ", " + schemas.VersionColumn + ", " + schemas.DeletedColumn + ", " + schemas.EventColumn +
+		", _agnes_file IN (" + strings.Join(lits, ", ") + ") AS _new FROM read_parquet(" + fileList(all) +
+		", union_by_name = true, filename = '_agnes_file') WHERE " + key + " IN (SELECT " + key + " FROM read_parquet(" + fileList(newFiles) +
+		", union_by_name = true))) SELECT " +
+		"(SELECT count(*) FROM (SELECT " + schemas.DeletedColumn + " FROM x WHERE NOT _new QUALIFY " + win + ") WHERE NOT " + schemas.DeletedColumn + "), " +
+		"(SELECT count(*) FROM (SELECT " + schemas.DeletedColumn + " FROM x QUALIFY " + win + ") WHERE NOT " + schemas.DeletedColumn + ")"
+	var before, after int64
+	if err := db.QueryRowContext(ctx, q).Scan(&before, &after); err != nil {
 		return 0, fmt.Errorf("count rows of changed keys: %w", err)
 	}
-	return n, nil
+	return prev - before + after, nil
 }
 
 func fileList(files []string) string {
@@ -209,12 +169,14 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	if err := schemas.ValidateName("key column", pt.keyCol); err != nil {
 		return fmt.Errorf("table %s: %w", pt.name, err)
 	}
+	cat.mu.Lock()
 	ct, ok := cat.Tables[pt.name]
 	if ok && !ct.Partitioned && ct.QueryMode == schemas.ModeLocal {
 		// The table switches layout: the single file is retired, never both.
 		cat.retire([]string{pt.name + ".parquet"}, now)
 		ct = catalogTable{}
 	}
+	cat.mu.Unlock()
 	if !ok || !ct.Partitioned {
 		ct = catalogTable{Partitioned: true, MonthRows: map[string]int64{}}
 	}
@@ -247,17 +209,23 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	for m, adds := range added {
 		old := filesOf(ct.Files, m)
 		ct.Files = append(ct.Files, adds...)
+		cat.mu.Lock()
 		for _, a := range adds {
 			cat.unretire(a.Path)
 		}
+		cat.mu.Unlock()
 		n, err := f.recount(ctx, db, dataDir, ct, m, old, adds)
 		if err != nil {
 			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
 		}
 		ct.MonthRows[m] = n
+		// Compaction runs when the source is idle (compactIdle); only a
+		// partition with far too many files is compacted on the way.
 		// Compaction keeps what the view shows, so the count stays.
-		if err := f.maybeCompact(ctx, db, cat, &ct, dataDir, pt.name, m, now); err != nil {
-			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+		if len(filesOf(ct.Files, m)) >= 4*f.opts.CompactMinFiles {
+			if _, err := f.maybeCompact(ctx, db, cat, &ct, dataDir, pt.name, m, now); err != nil {
+				return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+			}
 		}
 	}
 	ct.Rows, ct.SizeBytes = 0, 0
@@ -268,8 +236,58 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 		ct.SizeBytes += p.Size
 	}
 	sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
+	cat.mu.Lock()
 	cat.Tables[pt.name] = ct
+	cat.mu.Unlock()
 	return nil
+}
+
+// compactIdle compacts every partition of source that needs it and
+// publishes the new file set; the stream publisher calls it when no parts
+// wait, so compaction never delays an event.
+func (f *Finalizer) compactIdle(ctx context.Context, source string) error {
+	mu := f.sourceLock(source)
+	mu.Lock()
+	defer mu.Unlock()
+	dir := filepath.Join(f.dataDir, "extracts", source)
+	cat, err := loadCatalog(dir)
+	if err != nil {
+		return err
+	}
+	db, err := f.duck()
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	changed := false
+	for name, ct := range cat.Tables {
+		if !ct.Partitioned {
+			continue
+		}
+		months := map[string]bool{}
+		for _, p := range ct.Files {
+			months[p.Month] = true
+		}
+		for m := range months {
+			did, err := f.maybeCompact(ctx, db, cat, &ct, filepath.Join(dir, "data"), name, m, now)
+			if err != nil {
+				return fmt.Errorf("table %s, month %s: %w", name, m, err)
+			}
+			changed = changed || did
+		}
+		if changed {
+			ct.SizeBytes = 0
+			for _, p := range ct.Files {
+				ct.SizeBytes += p.Size
+			}
+			sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
+			cat.Tables[name] = ct
+		}
+	}
+	if !changed {
+		return nil
+	}
+	return f.publishCatalog(ctx, dir, cat, now)
 }
 
 func filesOf(files []partFile, month string) []partFile {
@@ -297,7 +315,7 @@ func compactionTier(size int64) int {
 // into bigger ones, so every row is rewritten a logarithmic number of times
 // and an event never rewrites its whole partition. Files above
 // CompactSmallBytes are left alone.
-func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) error {
+func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) (bool, error) {
 	tiers := map[int][]partFile{}
 	for _, p := range filesOf(ct.Files, month) {
 		if p.Size < f.opts.CompactSmallBytes {
@@ -312,7 +330,7 @@ func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, 
 		}
 	}
 	if len(small) < 2 {
-		return nil
+		return false, nil
 	}
 	start := time.Now()
 	names := make([]string, len(small))
@@ -322,12 +340,14 @@ func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, 
 	rel := filepath.Join(table, "month="+month, "c-"+shortHash(strings.Join(names, "\n"))+".parquet")
 	rows, size, err := compactFiles(ctx, db, absFiles(dataDir, small), ct.KeyColumn, filepath.Join(dataDir, rel))
 	if err != nil {
-		return err
+		return false, err
 	}
 	ct.Files = slices.DeleteFunc(ct.Files, func(p partFile) bool { return slices.Contains(names, p.Path) })
 	ct.Files = append(ct.Files, partFile{Path: rel, Month: month, Rows: rows, Size: size})
+	cat.mu.Lock()
 	cat.unretire(rel)
 	cat.retire(names, now)
+	cat.mu.Unlock()
 	metrics.Compactions.Inc()
 	var before int64
 	for _, p := range small {
@@ -335,7 +355,7 @@ func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, 
 	}
 	f.log.Info("partition compacted", "table", table, "month", month, "files", len(small), "rows_before", before, "rows_after", rows,
 		"duration", time.Since(start).Round(time.Millisecond))
-	return nil
+	return true, nil
 }
 
 func (c *catalog) retire(paths []string, now time.Time) {

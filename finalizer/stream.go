@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
@@ -143,12 +144,26 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 			if len(batch) == 0 {
 				break
 			}
-			done, err := f.publishStream(ctx, source, batch)
+			done, ev, err := f.publishStream(ctx, source, batch)
 			f.mu.Lock()
 			for _, k := range done {
 				delete(st.pending, k)
 			}
+			idle := len(st.pending) == 0
 			f.mu.Unlock()
+			if err == nil && idle {
+				// Nothing waits: compact what the events left behind. The
+				// announcement follows, so whoever waits for it sees the
+				// source at rest.
+				if cerr := f.compactIdle(ctx, source); cerr != nil && ctx.Err() == nil {
+					f.log.Warn("compact partitions", "source", source, "err", cerr)
+				}
+			}
+			if ev != nil {
+				if perr := schemas.PublishEvent(ctx, f.opts.JS, *ev); perr != nil {
+					f.log.Warn("announce streamed parts", "source", source, "err", perr)
+				}
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -170,8 +185,8 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 
 // publishStream moves streamed parts into their partitions and publishes
 // an extract reading them. It returns the parts it is done with (published,
-// or set aside as unusable).
-func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart) ([]string, error) {
+// dropped as copies, or set aside as unusable) and the event announcing them.
+func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart) ([]string, *schemas.Event, error) {
 	mu := f.sourceLock(source)
 	mu.Lock()
 	defer mu.Unlock()
@@ -180,7 +195,7 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	dataDir := filepath.Join(dir, "data")
 	cat, err := loadCatalog(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	now := time.Now().UTC()
 	sort.Slice(batch, func(i, j int) bool { return batch[i].ev.Part < batch[j].ev.Part })
@@ -210,21 +225,33 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	if len(byTable) == 0 {
 		// Only copies of published batches: nothing to rebuild, but say the
 		// parts are handled.
-		if err := schemas.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun,
-			Source: source, Parts: done}); err != nil {
-			f.log.Warn("announce handled parts", "source", source, "err", err)
-		}
-		return done, nil
+		return done, &schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Parts: done}, nil
 	}
 	var results []schemas.TableResult
 	var rows int64
+	// Tables are counted (and compacted, if need be) at once.
+	var wg sync.WaitGroup
+	errs := make([]error, 0, len(byTable))
+	var errMu sync.Mutex
 	for _, pt := range byTable {
 		if ct, ok := cat.Tables[pt.name]; ok && ct.Partitioned && ct.KeyColumn != "" {
 			pt.keyCol = ct.KeyColumn
 		}
-		if err := f.applyPartitioned(ctx, cat, dataDir, *pt, now); err != nil {
-			return nil, err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f.applyPartitioned(ctx, cat, dataDir, *pt, now); err != nil {
+				errMu.Lock()
+				errs = append(errs, err)
+				errMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	for _, pt := range byTable {
 		ct := cat.Tables[pt.name]
 		var added int64
 		for _, a := range pt.adds {
@@ -235,18 +262,15 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 			SizeBytes: ct.SizeBytes, WriteMode: schemas.WritePartitioned, QueryMode: schemas.ModeLocal})
 	}
 	if err := f.publishCatalog(ctx, dir, cat, now); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].Table < results[j].Table })
-	ev := schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Results: results,
+	ev := &schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Results: results,
 		Parts: done, Path: filepath.Join(dir, ExtractFile)}
-	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
-		f.log.Warn("announce streamed parts", "source", source, "err", err)
-	}
 	metrics.StreamPublishes.Inc()
 	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	f.log.Debug("streamed parts published", "source", source, "parts", len(done), "rows", rows, "duration", time.Since(start).Round(time.Millisecond))
-	return done, nil
+	return done, ev, nil
 }
 
 // placeStreamed moves one streamed part into its partition (or rewrites it

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -49,6 +50,7 @@ type jiraEnv struct {
 type jiraOpts struct {
 	compactMinFiles int
 	retireGrace     time.Duration
+	logger          *slog.Logger
 }
 
 func startJira(t testing.TB, o jiraOpts) *jiraEnv {
@@ -88,7 +90,7 @@ func startJira(t testing.TB, o jiraOpts) *jiraEnv {
 	dataDir := filepath.Join(root, "data")
 	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dataDir,
 		Roles: []string{stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway}, Writers: 2,
-		GatewayListen: "127.0.0.1:0", CompactMinFiles: o.compactMinFiles, RetireGrace: o.retireGrace})
+		GatewayListen: "127.0.0.1:0", CompactMinFiles: o.compactMinFiles, RetireGrace: o.retireGrace, Logger: o.logger})
 	if err != nil {
 		t.Fatal(err)
 	}
