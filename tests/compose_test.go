@@ -24,7 +24,8 @@ type composeFile struct {
 }
 
 // TestComposeFile checks the distributed shape without a Docker engine: NATS
-// with JetStream, a producer, several writer replicas and a finalizer, each
+// with JetStream, a producer, several writer replicas, a finalizer and the
+// webhook gateway, each
 // running a da command whose flags exist, with a config that loads.
 func TestComposeFile(t *testing.T) {
 	b, err := os.ReadFile("../docker-compose.yml")
@@ -39,7 +40,7 @@ func TestComposeFile(t *testing.T) {
 	if !ok || !slices.Contains(nats.Command, "--jetstream") || nats.Healthcheck == nil {
 		t.Errorf("nats service must run JetStream with a health check: %+v", nats)
 	}
-	roles := map[string]string{"producer": "producer", "writer": "writer", "finalizer": "finalizer"}
+	roles := map[string]string{"producer": "producer", "writer": "writer", "finalizer": "finalizer", "gateway": "gateway"}
 	for svc, role := range roles {
 		s, ok := c.Services[svc]
 		if !ok {
@@ -56,6 +57,9 @@ func TestComposeFile(t *testing.T) {
 		if !slices.Contains(s.Volumes, "data:/data") {
 			t.Errorf("%s does not share the data volume: %v", svc, s.Volumes)
 		}
+	}
+	if gw := strings.Join(c.Services["gateway"].Command, " "); !strings.Contains(gw, "--webhook-listen 0.0.0.0:8080") {
+		t.Errorf("the gateway must listen on all interfaces inside its container: %q", gw)
 	}
 	if c.Services["writer"].Deploy.Replicas < 2 {
 		t.Errorf("writers run %d replicas, want several", c.Services["writer"].Deploy.Replicas)

@@ -37,7 +37,7 @@ const (
 )
 
 // DefaultGatewayListen is the gateway's address when none is given.
-const DefaultGatewayListen = "127.0.0.1:8080"
+const DefaultGatewayListen = "127.0.0.1:8088"
 
 // AllRoles are the roles run when none is named.
 var AllRoles = []string{RoleProducer, RoleWriter, RoleFinalizer}
