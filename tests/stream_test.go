@@ -39,6 +39,7 @@ var jiraT0 = time.Date(2024, 1, 3, 8, 0, 0, 0, time.UTC)
 // "jira" source reading a fake Jira.
 type jiraEnv struct {
 	t       testing.TB
+	root    string
 	srv     *jiratest.Server
 	st      *stack.Stack
 	dataDir string
@@ -51,15 +52,30 @@ type jiraOpts struct {
 	compactMinFiles int
 	retireGrace     time.Duration
 	logger          *slog.Logger
+	// roles default to all four; root and srv reuse an earlier env's data
+	// folder and fake Jira (a restart).
+	roles []string
+	root  string
+	srv   *jiratest.Server
 }
 
 func startJira(t testing.TB, o jiraOpts) *jiraEnv {
 	t.Helper()
-	srv := jiratest.New("bot@example.com", jiraToken)
-	t.Cleanup(srv.Close)
+	srv := o.srv
+	if srv == nil {
+		srv = jiratest.New("bot@example.com", jiraToken)
+		t.Cleanup(srv.Close)
+	}
 	t.Setenv("JIRA_API_TOKEN", jiraToken)
 	t.Setenv("TEST_HOOK_SECRET", hookSecret)
-	root := t.TempDir()
+	root := o.root
+	if root == "" {
+		root = t.TempDir()
+	}
+	roles := o.roles
+	if roles == nil {
+		roles = []string{stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway}
+	}
 	cfgPath := filepath.Join(root, "agnes.yaml")
 	yaml := fmt.Sprintf(`sources:
   - name: jira
@@ -89,20 +105,26 @@ func startJira(t testing.TB, o jiraOpts) *jiraEnv {
 	}
 	dataDir := filepath.Join(root, "data")
 	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dataDir,
-		Roles: []string{stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway}, Writers: 2,
+		Roles: roles, Writers: 2,
 		GatewayListen: "127.0.0.1:0", CompactMinFiles: o.compactMinFiles, RetireGrace: o.retireGrace, Logger: o.logger})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &jiraEnv{t: t, srv: srv, st: st, dataDir: dataDir, extract: filepath.Join(dataDir, "extracts", "jira", "extract.duckdb"),
+	e := &jiraEnv{t: t, srv: srv, st: st, root: root, dataDir: dataDir, extract: filepath.Join(dataDir, "extracts", "jira", "extract.duckdb"),
 		url: "http://" + st.GatewayAddr}
 	e.track = trackParts(t, st.JS)
-	t.Cleanup(func() {
-		if err := st.Stop(); err != nil {
-			t.Errorf("stop stack: %v", err)
-		}
-	})
+	t.Cleanup(e.stop)
 	return e
+}
+
+func (e *jiraEnv) stop() {
+	if e.st == nil {
+		return
+	}
+	if err := e.st.Stop(); err != nil {
+		e.t.Errorf("stop stack: %v", err)
+	}
+	e.st = nil
 }
 
 // post sends a webhook body signed with secret (none when empty).
@@ -742,4 +764,34 @@ func filesOf(c testCatalog, table string) []string {
 		}
 	}
 	return out
+}
+
+// An accepted webhook is on the bus: a stack that stops before any of it
+// was processed loses nothing; the next one publishes it.
+func TestAcceptedWebhooksSurviveRestart(t *testing.T) {
+	gw := startJira(t, jiraOpts{roles: []string{stack.RoleGateway}})
+	for i := 1; i <= 8; i++ {
+		key := fmt.Sprintf("OPS-%d", i)
+		gw.srv.Put(jiratest.MakeIssue(key, i, jiraT0.AddDate(0, i%2, 0), jiraT0.AddDate(0, i%2, 1), i%3), nil)
+		gw.hook("jira:issue_created", key, jiraT0)
+	}
+	gw.srv.Delete("OPS-8")
+	gw.hookBody(func() []byte {
+		is := jiratest.MakeIssue("OPS-8", 8, jiraT0, jiraT0.AddDate(0, 0, 1), 0)
+		b, _ := json.Marshal(jira.WebhookEvent{Timestamp: jiraT0.AddDate(0, 1, 0).UnixMilli(), WebhookEvent: jira.EventIssueDeleted, Issue: &is})
+		return b
+	}())
+	gw.stop()
+
+	e := startJira(t, jiraOpts{root: gw.root, srv: gw.srv})
+	e.quiet()
+	keys := make([]string, 8)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("OPS-%d", i+1)
+	}
+	e.wantAllLike(keys...)
+	if n := scalar(t, e.extract, "SELECT count(*) FROM issues").(int64); n != 7 {
+		t.Errorf("issues has %d rows, want 7", n)
+	}
+	e.verify()
 }

@@ -1,0 +1,166 @@
+package finalizer
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/apache/arrow-go/v18/arrow/array"
+	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var itemSchema = arrow.NewSchema([]arrow.Field{
+	{Name: "key", Type: arrow.BinaryTypes.String},
+	{Name: "at", Type: &arrow.TimestampType{Unit: arrow.Microsecond, TimeZone: "UTC"}},
+	{Name: "val", Type: arrow.PrimitiveTypes.Int64, Nullable: true},
+}, nil)
+
+// streamPart writes a streamed part of the items table: seq s holds two
+// rows of key k<s>, version s, and returns its batch_written event.
+func streamPart(t *testing.T, dataDir, name string, seqs ...int64) schemas.Event {
+	t.Helper()
+	stored := schemas.PartitionedSchema(itemSchema)
+	dir := filepath.Join(dataDir, "extracts", "src", ".staging", schemas.StreamRun, "items")
+	f, err := parquetfile.Create(filepath.Join(dir, name), stored, 1000, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := schemas.Event{Type: schemas.EventBatchWritten, RunID: schemas.StreamRun, Source: "src", Table: "items", Attempt: 1,
+		Part: name, Month: "2024-01", PrimaryKey: []string{"key"}}
+	at := time.Date(2024, 1, 9, 0, 0, 0, 0, time.UTC)
+	for _, s := range seqs {
+		b := array.NewRecordBuilder(memory.DefaultAllocator, stored)
+		for i := range 2 {
+			b.Field(0).(*array.StringBuilder).Append(fmt.Sprintf("k%d", s))
+			b.Field(1).(*array.TimestampBuilder).Append(arrow.Timestamp(at.UnixMicro()))
+			b.Field(2).(*array.Int64Builder).Append(s*10 + int64(i))
+			b.Field(3).(*array.Int64Builder).Append(s)
+			b.Field(4).(*array.BooleanBuilder).Append(false)
+			b.Field(5).(*array.Int64Builder).Append(s)
+		}
+		rec := b.NewRecordBatch()
+		if err := f.Write(rec); err != nil {
+			t.Fatal(err)
+		}
+		rec.Release()
+		b.Release()
+		ev.Seqs, ev.SeqRows, ev.Rows = append(ev.Seqs, s), append(ev.SeqRows, 2), ev.Rows+2
+	}
+	if _, err := f.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func runFinalizer(t *testing.T, js jetstream.JetStream, dataDir string) func() {
+	t.Helper()
+	f, err := New(Options{JS: js, DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// A streamed batch redelivered to a second writer (the first died between
+// announcing its part and acking) arrives in two parts; the extract holds
+// its rows once, also after a restart replays the events.
+func TestStreamedCopiesPublishedOnce(t *testing.T) {
+	js := natstest.MustStart(t)
+	dataDir := t.TempDir()
+	ctx := context.Background()
+	a := streamPart(t, dataDir, "a.part", 1, 2)
+	b := streamPart(t, dataDir, "b.part", 2, 3)
+	c := streamPart(t, dataDir, "c.part", 2)
+	for _, ev := range []schemas.Event{a, b, c} {
+		if err := schemas.PublishEvent(ctx, js, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := runFinalizer(t, js, dataDir)
+	natstest.WaitEvents(t, js, "agnes.events.src.stream.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
+		n := 0
+		for _, e := range evs {
+			n += len(e.Parts)
+		}
+		return n == 3
+	})
+	stop()
+	extract := filepath.Join(dataDir, "extracts", "src", ExtractFile)
+	check := func() {
+		t.Helper()
+		x, err := extractcheck.Verify(ctx, extract)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x.Counts["items"] != 6 {
+			t.Fatalf("items has %d rows, want 6 (keys k1..k3, two rows each, seq 2 once)", x.Counts["items"])
+		}
+		db, err := sql.Open("duckdb", extract+"?access_mode=read_only")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var distinct int
+		if err := db.QueryRow("SELECT count(DISTINCT val) FROM items").Scan(&distinct); err != nil || distinct != 6 {
+			t.Fatalf("distinct values %d (%v), want 6", distinct, err)
+		}
+	}
+	check()
+	cat, err := loadCatalog(filepath.Join(dataDir, "extracts", "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := cat.Tables["items"].Files
+	if len(files) != 2 || files[0].Rows != 4 || files[1].Rows != 2 {
+		t.Fatalf("files %+v: want a.part whole (4 rows) and b.part without seq 2 (2 rows); c.part dropped", files)
+	}
+	// A restart replays the same events: nothing is added twice.
+	d := streamPart(t, dataDir, "d.part", 4)
+	stop = runFinalizer(t, js, dataDir)
+	if err := schemas.PublishEvent(ctx, js, d); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitEvents(t, js, "agnes.events.src.stream.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
+		for _, e := range evs {
+			for _, p := range e.Parts {
+				if p == "items/d.part" {
+					return true
+				}
+			}
+		}
+		return false
+	})
+	stop()
+	x, err := extractcheck.Verify(ctx, extract)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Counts["items"] != 8 {
+		t.Fatalf("after a restart items has %d rows, want 8", x.Counts["items"])
+	}
+}
+
+func TestCompactionTiers(t *testing.T) {
+	for size, want := range map[int64]int{0: 0, 100 << 10: 0, 256 << 10: 1, 1 << 20: 2, 4 << 20: 3, 64 << 20: 5} {
+		if got := compactionTier(size); got != want {
+			t.Errorf("tier(%d) = %d, want %d", size, got, want)
+		}
+	}
+}
