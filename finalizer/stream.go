@@ -237,6 +237,8 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 		if ct, ok := cat.Tables[pt.name]; ok && ct.Partitioned && ct.KeyColumn != "" {
 			pt.keyCol = ct.KeyColumn
 		}
+	}
+	for _, pt := range byTable {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
