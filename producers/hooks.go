@@ -39,7 +39,8 @@ type streamSource struct {
 // the connector's Stream gives changes, each change becomes rows (or
 // markers) per partitioned table, numbered from the body's bus sequence so a
 // redelivered body publishes the same message ids. The body is acked only
-// after its batches are on the bus.
+// after its batches are on the bus. A body held by a producer that died is
+// redelivered after the producer ack wait (--producer-ack-wait).
 type hooks struct {
 	p       *Producer
 	mu      sync.Mutex
@@ -50,7 +51,7 @@ func (p *Producer) runHooks(ctx context.Context) error {
 	cons, err := p.opts.JS.CreateOrUpdateConsumer(ctx, schemas.HookStream, jetstream.ConsumerConfig{
 		Durable:       schemas.HookConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       hookAckWait,
+		AckWait:       p.opts.AckWait,
 		MaxDeliver:    hookMaxDeliver,
 		MaxAckPending: 1000,
 	})
@@ -142,7 +143,11 @@ func (h *hooks) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	source := msg.Headers().Get(schemas.HeaderSource)
 	log := h.p.log.With("source", source, "hook_seq", md.Sequence.Stream)
+	// A slow source (Jira retrying a 429) must not get the body redelivered
+	// to another producer while this one still works on it.
+	stop := keepAlive(ctx, msg, max(h.p.opts.AckWait/3, 100*time.Millisecond), func() {})
 	err = h.process(ctx, msg, source, int64(md.Sequence.Stream))
+	stop()
 	if err == nil {
 		if err := msg.Ack(); err != nil {
 			log.Warn("ack webhook", "err", err)

@@ -39,6 +39,7 @@ var jiraT0 = time.Date(2024, 1, 3, 8, 0, 0, 0, time.UTC)
 // "jira" source reading a fake Jira.
 type jiraEnv struct {
 	t       testing.TB
+	js      jetstream.JetStream
 	root    string
 	srv     *jiratest.Server
 	st      *stack.Stack
@@ -110,7 +111,7 @@ func startJira(t testing.TB, o jiraOpts) *jiraEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &jiraEnv{t: t, srv: srv, st: st, root: root, dataDir: dataDir, extract: filepath.Join(dataDir, "extracts", "jira", "extract.duckdb"),
+	e := &jiraEnv{t: t, js: st.JS, srv: srv, st: st, root: root, dataDir: dataDir, extract: filepath.Join(dataDir, "extracts", "jira", "extract.duckdb"),
 		url: "http://" + st.GatewayAddr}
 	e.track = trackParts(t, st.JS)
 	t.Cleanup(e.stop)
@@ -226,7 +227,7 @@ func (e *jiraEnv) quiet() {
 
 func (e *jiraEnv) isQuiet(ctx context.Context) (bool, string) {
 	for _, c := range []struct{ stream, consumer string }{{schemas.HookStream, schemas.HookConsumer}, {schemas.DataStream, schemas.WriterConsumer}} {
-		cons, err := e.st.JS.Consumer(ctx, c.stream, c.consumer)
+		cons, err := e.js.Consumer(ctx, c.stream, c.consumer)
 		if err != nil {
 			return false, err.Error()
 		}
@@ -238,7 +239,7 @@ func (e *jiraEnv) isQuiet(ctx context.Context) (bool, string) {
 			return false, fmt.Sprintf("%s: %d pending, %d unacked", c.consumer, info.NumPending, info.NumAckPending)
 		}
 	}
-	s, err := e.st.JS.Stream(ctx, schemas.EventStream)
+	s, err := e.js.Stream(ctx, schemas.EventStream)
 	if err != nil {
 		return false, err.Error()
 	}

@@ -171,7 +171,7 @@ func preload(b *testing.B, e *jiraEnv, n int, created time.Time) {
 			m.Header.Set(schemas.HeaderSchema, fp)
 			m.Header.Set(schemas.HeaderMonth, schemas.Month(created))
 			m.Header.Set(schemas.HeaderKeyColumn, "issue_key")
-			if _, err := e.st.JS.PublishMsg(ctx, m); err != nil {
+			if _, err := e.js.PublishMsg(ctx, m); err != nil {
 				b.Fatal(err)
 			}
 			seq++
