@@ -135,6 +135,22 @@ func ChangeRows(schema *arrow.Schema, keyCol, timeCol, key string, at time.Time,
 			return nil, fmt.Errorf("row %d has %s %q, the change is for %q", i, keyCol, keys.ValueStr(i), key)
 		}
 	}
+	// The partition is the month of the declared time column: every row
+	// must lie in the change's month.
+	tcol, ok := rec.Column(schema.FieldIndices(timeCol)[0]).(*array.Timestamp)
+	if !ok {
+		return nil, fmt.Errorf("time column %q is not a timestamp", timeCol)
+	}
+	unit := schema.Field(schema.FieldIndices(timeCol)[0]).Type.(*arrow.TimestampType).Unit
+	month := Month(at)
+	for i := range tcol.Len() {
+		if tcol.IsNull(i) {
+			return nil, fmt.Errorf("row %d has no %s (it picks the month partition)", i, timeCol)
+		}
+		if m := Month(tcol.Value(i).ToTime(unit)); m != month {
+			return nil, fmt.Errorf("row %d has %s in %s, the change's data time is in %s", i, timeCol, m, month)
+		}
+	}
 	n := int(rec.NumRows())
 	vb := array.NewInt64Builder(mem)
 	db := array.NewBooleanBuilder(mem)

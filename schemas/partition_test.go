@@ -64,6 +64,11 @@ func TestChangeRows(t *testing.T) {
 		m.Release()
 	}
 
+	// Rows outside the change's month are refused.
+	if _, err := ChangeRows(partSchema, "issue_key", "issue_created", "A-1", at.AddDate(0, 1, 0), 1, false, 1, rec, mem); err == nil || !strings.Contains(err.Error(), "2024-03") {
+		t.Errorf("rows of another month: err = %v", err)
+	}
+
 	// Rows of another key are refused.
 	other := partRows(t, mem, "B-2", "z")
 	defer other.Release()
