@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,9 @@ type streamState struct {
 	lastPrune time.Time
 	kick      chan struct{}
 	running   bool
+	// tables: description and schema of the streamed tables, as the
+	// producer announced them.
+	tables map[string]schemas.Event
 }
 
 type tableSeq struct {
@@ -49,7 +53,8 @@ type pendingPart struct {
 func (f *Finalizer) streamOf(source string) *streamState {
 	st := f.streams[source]
 	if st == nil {
-		st = &streamState{pending: map[string]*pendingPart{}, claimed: map[tableSeq]time.Time{}, kick: make(chan struct{}, 1)}
+		st = &streamState{pending: map[string]*pendingPart{}, claimed: map[tableSeq]time.Time{}, kick: make(chan struct{}, 1),
+			tables: map[string]schemas.Event{}}
 		f.streams[source] = st
 	}
 	return st
@@ -84,6 +89,8 @@ func (f *Finalizer) applyStream(ev schemas.Event) {
 		for _, p := range ev.Parts {
 			delete(st.pending, p)
 		}
+	case schemas.EventTableStarted:
+		st.tables[ev.Table] = ev
 	case schemas.EventBatchFailed:
 		f.log.Warn("a streamed batch was dead-lettered", "source", ev.Source, "table", ev.Table, "seq", ev.Seq, "err", ev.Error)
 	}
@@ -140,11 +147,12 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 			for _, pp := range st.pending {
 				batch = append(batch, pp)
 			}
+			tables := maps.Clone(st.tables)
 			f.mu.Unlock()
 			if len(batch) == 0 {
 				break
 			}
-			done, ev, err := f.publishStream(ctx, source, batch)
+			done, ev, err := f.publishStream(ctx, source, batch, tables)
 			f.mu.Lock()
 			for _, k := range done {
 				delete(st.pending, k)
@@ -186,7 +194,7 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 // publishStream moves streamed parts into their partitions and publishes
 // an extract reading them. It returns the parts it is done with (published,
 // dropped as copies, or set aside as unusable) and the event announcing them.
-func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart) ([]string, *schemas.Event, error) {
+func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart, tables map[string]schemas.Event) ([]string, *schemas.Event, error) {
 	mu := f.sourceLock(source)
 	mu.Lock()
 	defer mu.Unlock()
@@ -217,7 +225,8 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 		}
 		pt := byTable[ev.Table]
 		if pt == nil {
-			pt = &partitionedTable{name: ev.Table, keyCol: ev.PrimaryKey[0], runID: schemas.StreamRun}
+			pt = &partitionedTable{name: ev.Table, keyCol: ev.PrimaryKey[0], runID: schemas.StreamRun,
+				description: tables[ev.Table].Description, schema: tables[ev.Table].Schema}
 			byTable[ev.Table] = pt
 		}
 		pt.adds = append(pt.adds, pf)

@@ -131,6 +131,18 @@ func (h *hooks) source(ctx context.Context, name string) (*streamSource, error) 
 	if len(s.tables) == 0 {
 		return nil, fmt.Errorf("%w: source %s has no partitioned streaming tables", ErrBadEvent, name)
 	}
+	// Describe the streamed tables to the finalizer (description and
+	// schema in _meta and the catalog before any backfill ran).
+	for _, t := range s.tables {
+		enc, err := schemas.EncodeSchema(t.Schema)
+		if err != nil {
+			return nil, err
+		}
+		if err := h.p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableStarted, RunID: schemas.StreamRun, Source: name,
+			Table: t.Name, Description: t.Description, Schema: enc}); err != nil {
+			return nil, err
+		}
+	}
 	h.sources[name] = s
 	return s, nil
 }

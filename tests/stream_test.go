@@ -515,6 +515,9 @@ func TestGatewayStatusCodes(t *testing.T) {
 	if n := scalar(t, e.extract, "SELECT count(*) FROM issues").(int64); n != 1 {
 		t.Errorf("issues has %d rows, want 1", n)
 	}
+	if d := scalar(t, e.extract, "SELECT description FROM _meta WHERE table_name = 'comments'").(string); d != "Jira issue comments" {
+		t.Errorf("a streamed table's _meta description is %q", d)
+	}
 	if m := scalar(t, e.extract, "SELECT month FROM issues").(string); m != "2024-01" {
 		t.Errorf("OPS-1 is in month %s, want 2024-01 (its created month)", m)
 	}
