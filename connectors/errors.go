@@ -17,4 +17,8 @@ var (
 	ErrUnknownTable = errors.New("unknown table")
 	// ErrNotSupported marks a call to a capability the connector lacks.
 	ErrNotSupported = errors.New("capability not supported")
+	// ErrBadEvent marks a pushed event that can never be processed (a
+	// malformed body): Stream wraps it, and the runtime dead-letters the
+	// event at once instead of retrying it.
+	ErrBadEvent = errors.New("bad event")
 )

@@ -27,7 +27,7 @@ const (
 
 // ErrBadEvent marks an event that can never be processed (dead-lettered at
 // once rather than retried).
-var ErrBadEvent = errors.New("bad event")
+var ErrBadEvent = connectors.ErrBadEvent
 
 // streamSource is an opened streaming connector with its partitioned tables.
 type streamSource struct {

@@ -502,6 +502,13 @@ func TestGatewayStatusCodes(t *testing.T) {
 	if code1 != 200 || code2 != 200 || a1.Duplicate || !a2.Duplicate || a1.Seq != a2.Seq {
 		t.Errorf("redelivery: %d %s / %d %s", code1, out1, code2, out2)
 	}
+	// Well formed but never processable (a delete without the issue's
+	// created time, which picks its partition): accepted, then
+	// dead-lettered at once with the reason, losing nothing else.
+	dead := []byte(`{"timestamp":1,"webhookEvent":"jira:issue_deleted","issue":{"key":"OPS-404","fields":{}}}`)
+	if code, out := e.post("jira", dead, hookSecret, nil); code != 200 {
+		t.Fatalf("dead event: %d %s", code, out)
+	}
 	// Health.
 	resp, err := http.Get(e.url + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
@@ -522,6 +529,17 @@ func TestGatewayStatusCodes(t *testing.T) {
 		t.Errorf("OPS-1 is in month %s, want 2024-01 (its created month)", m)
 	}
 	e.verify()
+	dlq, err := e.js.Stream(context.Background(), schemas.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetLastMsgForSubject(context.Background(), schemas.DeadLetterSubject("jira", "_webhooks"))
+	if err != nil {
+		t.Fatalf("the unprocessable webhook is not in the dead-letter stream: %v", err)
+	}
+	if reason := m.Header.Get(schemas.HeaderDLQReason); !strings.Contains(reason, "OPS-404") || !strings.Contains(reason, "created") || string(m.Data) != string(dead) {
+		t.Errorf("dead letter: reason %q, body %s", reason, m.Data)
+	}
 }
 
 func TestWebhooksOutOfOrderDuplicatedAndDeleted(t *testing.T) {

@@ -136,13 +136,13 @@ func (c *Connector) issueChange(is *Issue, remote []RemoteLink) (connectors.Chan
 func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Change, error) {
 	ev, err := ParseEvent(body)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", connectors.ErrBadEvent, err)
 	}
 	is := ev.Issue
 	if ev.WebhookEvent == EventIssueDeleted {
 		created, err := ParseTime(is.Fields.Created)
 		if err != nil {
-			return nil, fmt.Errorf("deleted issue %s: created: %w", is.Key, err)
+			return nil, fmt.Errorf("%w: deleted issue %s: created (its partition): %v", connectors.ErrBadEvent, is.Key, err)
 		}
 		// A delete outranks every state of the issue up to the event.
 		version := ev.Timestamp * 1000
@@ -162,6 +162,11 @@ func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Chang
 	// put into the event; it is still the best state we have.
 	fb, ferr := c.issueChange(is, nil)
 	if ferr != nil {
+		if errors.Is(err, ErrNotFound) {
+			// Gone from Jira and no usable issue in the event: nothing will
+			// ever make this event processable; its delete event removes it.
+			return nil, fmt.Errorf("%w: issue %s is not in Jira and the event's issue is unusable: %v", connectors.ErrBadEvent, is.Key, ferr)
+		}
 		return nil, fmt.Errorf("fetch issue %s: %w; the event's own issue is unusable: %v", is.Key, err, ferr)
 	}
 	return []connectors.Change{fb}, nil
