@@ -19,7 +19,18 @@ type Partitioning struct {
 	// TimeColumn is the data-time column (timestamp) whose month picks the
 	// partition, for example the "created". Never arrival time.
 	TimeColumn string
+	// FullBackfillDeletes says versions are UTC microsecond timestamps and
+	// a full backfill (Changes with no cursor) sees every key of the
+	// source: after one, a key it did not see whose newest version is older
+	// than the backfill's start (less ReconcileMargin) is deleted. This
+	// removes what was deleted while no event reached us.
+	FullBackfillDeletes bool
 }
+
+// ReconcileMargin is how much older than a full backfill's start a key's
+// newest version must be for the backfill to delete it when it did not see
+// the key: a search index lags behind its source (Jira's by seconds).
+const ReconcileMargin = 5 * time.Minute
 
 // Change is what one event (or one backfilled entity) says about one key
 // group: its new rows in each table, or that it is gone.

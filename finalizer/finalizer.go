@@ -452,7 +452,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			}
 			partMoves = append(partMoves, mv...)
 			parted = append(parted, partitionedTable{name: res.Table, keyCol: t.done.PrimaryKey[0], description: t.done.Description,
-				runID: runID, schema: t.done.Schema, adds: adds})
+				runID: runID, schema: t.done.Schema, adds: adds, reconcile: t.done.Reconcile})
 			partedIdx[res.Table] = len(results)
 			commits = append(commits, t.done)
 			results = append(results, res)

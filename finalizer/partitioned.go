@@ -158,6 +158,9 @@ type partitionedTable struct {
 	name, keyCol, description, runID string
 	schema                           []byte
 	adds                             []partFile
+	// reconcile: the adds are a full backfill; keys they lack whose newest
+	// version is below this are deleted (see Partitioning.FullBackfillDeletes).
+	reconcile int64
 }
 
 // applyPartitioned adds files to a partitioned table in the catalog,
@@ -206,6 +209,11 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	if err != nil {
 		return err
 	}
+	if pt.reconcile > 0 && len(pt.schema) > 0 {
+		if err := f.reconcile(ctx, db, dataDir, &ct, pt, added); err != nil {
+			return fmt.Errorf("table %s: %w", pt.name, err)
+		}
+	}
 	for m, adds := range added {
 		old := filesOf(ct.Files, m)
 		ct.Files = append(ct.Files, adds...)
@@ -239,6 +247,81 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	cat.mu.Lock()
 	cat.Tables[pt.name] = ct
 	cat.mu.Unlock()
+	return nil
+}
+
+// reconcile writes delete markers, after a full backfill, for the keys
+// the backfill did not see whose newest published version is below
+// pt.reconcile: they were deleted at the source while no event reached us.
+// The markers of a month join that month's new files (added).
+func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, ct *catalogTable, pt partitionedTable, added map[string][]partFile) error {
+	declared, err := schemas.DecodeSchema(pt.schema)
+	if err != nil {
+		return err
+	}
+	timeCol := ""
+	for _, fl := range declared.Fields() {
+		if fl.Name != pt.keyCol && !fl.Nullable && fl.Type.ID() == arrow.TIMESTAMP {
+			timeCol = fl.Name
+		}
+	}
+	if timeCol == "" {
+		return fmt.Errorf("no time column to write delete markers with")
+	}
+	marker := "d-" + pt.runID[:min(8, len(pt.runID))] + ".parquet"
+	for _, p := range ct.Files {
+		if filepath.Base(p.Path) == marker {
+			return nil // a retried publish: this run's markers are in place
+		}
+	}
+	// The run's own files, all of them (on a retry some may be published).
+	newFiles := absFiles(dataDir, pt.adds)
+	if len(newFiles) == 0 {
+		// A backfill that saw no key at all is more likely a broken filter
+		// or an empty answer than a source that lost everything.
+		f.log.Warn("a full backfill saw no keys; nothing is deleted", "table", pt.name)
+		return nil
+	}
+	months := map[string]bool{}
+	for _, p := range ct.Files {
+		months[p.Month] = true
+	}
+	key, tcol := quoteIdent(pt.keyCol), quoteIdent(timeCol)
+	for m := range months {
+		old := absFiles(dataDir, filesOf(ct.Files, m))
+		notSeen := " AND " + key + " NOT IN (SELECT " + key + " FROM read_parquet(" + fileList(newFiles) + ", union_by_name = true))"
+		rel := filepath.Join(pt.name, "month="+m, marker)
+		dst := filepath.Join(dataDir, rel)
+		tmp := dst + parquetfile.TempMarker + "reconcile"
+		q := "COPY (SELECT DISTINCT " + key + ", " + tcol + ", CAST(" + fmt.Sprint(pt.reconcile) + " AS BIGINT) AS " + schemas.VersionColumn +
+			", true AS " + schemas.DeletedColumn + ", CAST(0 AS BIGINT) AS " + schemas.EventColumn + " FROM (SELECT " + key + ", " + tcol + ", " +
+			schemas.VersionColumn + ", " + schemas.DeletedColumn + " FROM read_parquet(" + fileList(old) + ", union_by_name = true) QUALIFY rank() OVER (PARTITION BY " +
+			key + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " + schemas.EventColumn + " DESC) = 1) WHERE NOT " +
+			schemas.DeletedColumn + " AND " + schemas.VersionColumn + " < " + fmt.Sprint(pt.reconcile) + notSeen + " ORDER BY " + key + ") TO " + quoteLit(tmp) +
+			" (FORMAT parquet, COMPRESSION zstd)"
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("reconcile month %s: %w", m, err)
+		}
+		var n int64
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM read_parquet("+quoteLit(tmp)+")").Scan(&n); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		if n == 0 {
+			os.Remove(tmp)
+			continue
+		}
+		st, err := os.Stat(tmp)
+		if err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, dst); err != nil {
+			return err
+		}
+		f.log.Info("full backfill deletes keys it did not see", "table", pt.name, "month", m, "keys", n)
+		added[m] = append(added[m], partFile{Path: rel, Month: m, Rows: n, Size: st.Size()})
+	}
 	return nil
 }
 

@@ -171,6 +171,7 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 		}
 		sinks[t.Name] = p.newSink(req.RunID, req.Source, t.Name, req.Attempt, schemas.PartitionedSchema(t.Schema), log.With("table", t.Name))
 	}
+	started := time.Now()
 	maxVersion, err := p.backfillChanges(ctx, req, cr, since, inGroup, sinks, log)
 	for _, s := range sinks {
 		if werr := s.wait(ctx, 0); err == nil && werr != nil {
@@ -198,6 +199,9 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 			} else if since != "" {
 				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp", Value: since}
 			}
+		}
+		if since == "" && t.Partition.FullBackfillDeletes {
+			done.Reconcile = started.Add(-connectors.ReconcileMargin).UnixMicro()
 		}
 		results[i].Batches, results[i].Rows = s.seq, s.rows
 		if err := p.publishEvent(ctx, done); err != nil {

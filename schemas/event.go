@@ -95,6 +95,10 @@ type Event struct {
 	// published; CursorRevision the state revision it was read at (0: none).
 	Cursor         *Cursor `json:"cursor,omitempty"`
 	CursorRevision uint64  `json:"cursor_revision,omitempty"`
+	// Reconcile (table_done of a full backfill of a partitioned table): the
+	// run saw every key of the source; published keys it did not see whose
+	// newest version is below this are deleted.
+	Reconcile int64 `json:"reconcile,omitempty"`
 
 	// BatchWritten: the part file (relative to the run's staging folder) and
 	// the data message sequence numbers it holds, in file order, with their

@@ -817,3 +817,55 @@ func TestAcceptedWebhooksSurviveRestart(t *testing.T) {
 	}
 	e.verify()
 }
+
+// A full backfill removes issues deleted while no webhook reached us; an
+// incremental one cannot tell and keeps them.
+func TestFullBackfillDeletesUnseenIssues(t *testing.T) {
+	e := startJira(t, jiraOpts{})
+	keys := make([]string, 10)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("OPS-%d", i+1)
+		e.srv.Put(jiratest.MakeIssue(keys[i], i+1, jiraT0.AddDate(0, i%2, 0), jiraT0.AddDate(0, i%2, 1), i%3), nil)
+	}
+	sync := func(full bool) {
+		t.Helper()
+		r, err := stack.Sync(context.Background(), e.js, schemas.SyncRequest{RunID: uuid.NewString(), Source: "jira", FullRefresh: full, RequestedAt: time.Now()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := r.Stats(); st.TablesFailed != 0 {
+			t.Fatalf("sync: %+v", st)
+		}
+	}
+	sync(true)
+	e.wantAllLike(keys...)
+
+	// Three issues disappear from Jira without a webhook.
+	for _, k := range []string{"OPS-2", "OPS-5", "OPS-6"} {
+		e.srv.Delete(k)
+	}
+	sync(false)
+	if n := scalar(t, e.extract, "SELECT count(*) FROM issues").(int64); n != 10 {
+		t.Fatalf("an incremental backfill changed the issue count to %d", n)
+	}
+	sync(true)
+	e.wantAllLike(keys...)
+	if n := scalar(t, e.extract, "SELECT count(*) FROM issues").(int64); n != 7 {
+		t.Fatalf("after a full backfill issues has %d rows, want 7", n)
+	}
+	for _, table := range jira.TableNames {
+		if n := scalar(t, e.extract, "SELECT count(*) FROM "+table+" WHERE issue_key IN ('OPS-2', 'OPS-5', 'OPS-6')").(int64); n != 0 {
+			t.Errorf("%s still has %d rows of deleted issues", table, n)
+		}
+	}
+	// A backfill that sees nothing deletes nothing (a broken filter is
+	// likelier than a Jira without issues).
+	for _, k := range keys {
+		e.srv.Delete(k)
+	}
+	sync(true)
+	if n := scalar(t, e.extract, "SELECT count(*) FROM issues").(int64); n != 7 {
+		t.Fatalf("an empty full backfill left %d issues, want the 7 there were", n)
+	}
+	e.verify()
+}

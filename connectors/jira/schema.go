@@ -103,7 +103,7 @@ func tables() []connectors.TableInfo {
 		out = append(out, connectors.TableInfo{
 			Name: n, Schema: Schemas[n], Capabilities: connectors.Read | connectors.Stream,
 			PrimaryKey: primaryKeys[n], Description: descriptions[n],
-			Partition: &connectors.Partitioning{KeyColumn: "issue_key", TimeColumn: "issue_created"},
+			Partition: &connectors.Partitioning{KeyColumn: "issue_key", TimeColumn: "issue_created", FullBackfillDeletes: true},
 		})
 	}
 	return out
