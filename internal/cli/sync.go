@@ -185,6 +185,8 @@ func printSummary(w io.Writer, rep *stack.Report) {
 				line += fmt.Sprintf("  merged by key, %s rows in the table", thousands(r.TotalRows))
 			case schemas.WriteAppend:
 				line += fmt.Sprintf("  appended, %s rows in the table", thousands(r.TotalRows))
+			case schemas.WritePartitioned:
+				line += fmt.Sprintf("  upserted by key into monthly partitions, %s rows in the table", thousands(r.TotalRows))
 			}
 			fmt.Fprintln(w, line)
 		}
