@@ -23,7 +23,7 @@ import (
 // claimWindow is how long a streamed batch's seq is remembered: a batch
 // redelivered to a second writer (the first died between announcing its
 // part and acking) arrives well within it.
-const claimWindow = 30 * time.Minute
+const claimWindow = 15 * time.Minute
 
 // streamState is what the finalizer knows of one source's streamed parts.
 type streamState struct {
