@@ -154,17 +154,23 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		return fmt.Errorf("finalizer: %w", err)
 	}
 	f.log.Info("finalizer started", "data_dir", f.dataDir, "replaying", replayEnd)
+	// Streamed parts are followed on their own stream.
+	streamErr := make(chan error, 1)
+	sctx, stopStream := context.WithCancel(ctx)
+	defer stopStream()
+	go func() {
+		err := f.followStream(sctx)
+		if err != nil {
+			f.log.Error("following streamed parts stopped", "err", err)
+		}
+		streamErr <- err
+	}()
 	replaying := replayEnd > 0
 	err = natsbus.Follow(ctx, f.opts.JS, schemas.EventStream, "agnes.events.>", 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
 			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
-		} else if ev.RunID == schemas.StreamRun {
-			f.applyStream(ev)
-			if !replaying && ev.Type == schemas.EventBatchWritten {
-				f.kickStream(ctx, ev.Source)
-			}
-		} else {
+		} else if ev.RunID != schemas.StreamRun {
 			f.apply(ev)
 		}
 		if replaying {
@@ -176,7 +182,6 @@ func (f *Finalizer) Run(ctx context.Context) error {
 			for id := range f.runs {
 				f.maybeFinalize(ctx, id)
 			}
-			f.kickStreams(ctx)
 			return true
 		}
 		if ev.RunID != "" && ev.RunID != schemas.StreamRun {
@@ -184,6 +189,11 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		}
 		return true
 	})
+	stopStream()
+	serr := <-streamErr
+	if err == nil && ctx.Err() == nil {
+		err = serr
+	}
 	f.wg.Wait()
 	if f.duckDB != nil {
 		f.duckDB.Close()

@@ -16,8 +16,10 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // claimWindow is how long a streamed batch's seq is remembered: a batch
@@ -58,6 +60,45 @@ func (f *Finalizer) streamOf(source string) *streamState {
 		f.streams[source] = st
 	}
 	return st
+}
+
+// followStream replays the events of streamed parts, then follows them,
+// publishing parts as they are written.
+func (f *Finalizer) followStream(ctx context.Context) error {
+	stream, err := f.opts.JS.Stream(ctx, schemas.StreamEventStream)
+	if err != nil {
+		return fmt.Errorf("finalizer: stream event stream: %w", err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("finalizer: stream event stream: %w", err)
+	}
+	replayEnd := info.State.LastSeq
+	replaying := replayEnd > 0
+	err = natsbus.Follow(ctx, f.opts.JS, schemas.StreamEventStream, "agnes.stream.>", 0, func(msg jetstream.Msg) bool {
+		ev, err := schemas.DecodeEvent(msg.Data())
+		if err != nil {
+			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
+		} else {
+			f.applyStream(ev)
+		}
+		if replaying {
+			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
+				return true
+			}
+			replaying = false
+			f.kickStreams(ctx)
+			return true
+		}
+		if err == nil && ev.Type == schemas.EventBatchWritten {
+			f.kickStream(ctx, ev.Source)
+		}
+		return true
+	})
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("finalizer: follow stream events: %w", err)
+	}
+	return nil
 }
 
 // applyStream folds an event of the stream run into the stream state.

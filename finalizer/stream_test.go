@@ -94,7 +94,7 @@ func TestStreamedCopiesPublishedOnce(t *testing.T) {
 		}
 	}
 	stop := runFinalizer(t, js, dataDir)
-	natstest.WaitEvents(t, js, "agnes.events.src.stream.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
+	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
 		n := 0
 		for _, e := range evs {
 			n += len(e.Parts)
@@ -137,7 +137,7 @@ func TestStreamedCopiesPublishedOnce(t *testing.T) {
 	if err := schemas.PublishEvent(ctx, js, d); err != nil {
 		t.Fatal(err)
 	}
-	natstest.WaitEvents(t, js, "agnes.events.src.stream.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
+	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
 		for _, e := range evs {
 			for _, p := range e.Parts {
 				if p == "items/d.part" {

@@ -236,7 +236,10 @@ func TestSubjects(t *testing.T) {
 		t.Errorf("HookSubject = %q", got)
 	}
 	cfgs := StreamConfigs(3)
-	if len(cfgs) != 5 {
+	if got := EventSubject("jira", StreamRun, EventBatchWritten); got != "agnes.stream.jira.batch_written" {
+		t.Errorf("stream run event subject = %q", got)
+	}
+	if len(cfgs) != 6 {
 		t.Fatalf("%d streams", len(cfgs))
 	}
 	for _, c := range cfgs {

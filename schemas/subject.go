@@ -18,6 +18,10 @@ const (
 	DataStream = "AGNES_DATA"
 	// EventStream holds run events; the finalizer and CLIs read it.
 	EventStream = "AGNES_EVENTS"
+	// StreamEventStream holds the events of the stream run (streamed parts
+	// written and published): many and short-lived, so they are kept apart
+	// from run events with a shorter retention.
+	StreamEventStream = "AGNES_STREAM_EVENTS"
 	// DeadLetterStream keeps batches that can never be written, with the
 	// reason, for inspection ("da dead-letters").
 	DeadLetterStream = "AGNES_DLQ"
@@ -63,10 +67,23 @@ func HookSubject(source string) string { return "agnes.hooks." + source }
 // DataSubject is the subject of the data batches of one table.
 func DataSubject(source, table string) string { return "agnes.data." + source + "." + table }
 
-// EventSubject is the subject of one event of a run.
+// EventSubject is the subject of one event of a run; events of the stream
+// run go to StreamEventStream.
 func EventSubject(source, run string, t EventType) string {
+	if run == StreamRun {
+		return StreamEventSubject(source, t)
+	}
 	return "agnes.events." + source + "." + run + "." + string(t)
 }
+
+// StreamEventSubject is the subject of an event of source's stream run.
+func StreamEventSubject(source string, t EventType) string {
+	return "agnes.stream." + source + "." + string(t)
+}
+
+// StreamEventRetention is how long events of the stream run are kept: a
+// finalizer down for longer leaves the parts written meanwhile in staging.
+const StreamEventRetention = 48 * time.Hour
 
 // DeadLetterSubject is where a bad batch of a table is kept.
 func DeadLetterSubject(source, table string) string { return "agnes.dlq." + source + "." + table }
@@ -113,6 +130,16 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Replicas:    replicas,
 			MaxAge:      7 * 24 * time.Hour,
+			Duplicates:  10 * time.Minute,
+		},
+		{
+			Name:        StreamEventStream,
+			Description: "Agnes events of streamed (webhook) data: parts written and published",
+			Subjects:    []string{"agnes.stream.>"},
+			Retention:   jetstream.LimitsPolicy,
+			Storage:     jetstream.FileStorage,
+			Replicas:    replicas,
+			MaxAge:      StreamEventRetention,
 			Duplicates:  10 * time.Minute,
 		},
 		{

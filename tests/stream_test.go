@@ -179,7 +179,7 @@ func trackParts(t testing.TB, js jetstream.JetStream) *partTracker {
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		natsbus.Follow(ctx, js, schemas.EventStream, "agnes.events.>", 0, func(m jetstream.Msg) bool {
+		natsbus.Follow(ctx, js, schemas.StreamEventStream, "agnes.stream.>", 0, func(m jetstream.Msg) bool {
 			ev, err := schemas.DecodeEvent(m.Data())
 			md, _ := m.Metadata()
 			pt.mu.Lock()
@@ -187,7 +187,7 @@ func trackParts(t testing.TB, js jetstream.JetStream) *partTracker {
 			if md != nil {
 				pt.lastSeq = md.Sequence.Stream
 			}
-			if err != nil || ev.RunID != schemas.StreamRun {
+			if err != nil {
 				return true
 			}
 			switch ev.Type {
@@ -239,7 +239,7 @@ func (e *jiraEnv) isQuiet(ctx context.Context) (bool, string) {
 			return false, fmt.Sprintf("%s: %d pending, %d unacked", c.consumer, info.NumPending, info.NumAckPending)
 		}
 	}
-	s, err := e.js.Stream(ctx, schemas.EventStream)
+	s, err := e.js.Stream(ctx, schemas.StreamEventStream)
 	if err != nil {
 		return false, err.Error()
 	}

@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,7 +47,11 @@ func WaitEvents(tb testing.TB, js jetstream.JetStream, filter string, timeout ti
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+	stream := schemas.EventStream
+	if strings.HasPrefix(filter, "agnes.stream.") {
+		stream = schemas.StreamEventStream
+	}
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		tb.Fatal(err)
 	}
