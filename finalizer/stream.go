@@ -19,6 +19,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/agnes-ai/connector-kit/writer"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -75,6 +76,13 @@ func (f *Finalizer) followStream(ctx context.Context) error {
 	}
 	replayEnd := info.State.LastSeq
 	replaying := replayEnd > 0
+	caughtUp := func() {
+		f.adoptStaged()
+		f.kickStreams(ctx)
+	}
+	if !replaying {
+		caughtUp()
+	}
 	err = natsbus.Follow(ctx, f.opts.JS, schemas.StreamEventStream, "agnes.stream.>", 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
@@ -87,7 +95,7 @@ func (f *Finalizer) followStream(ctx context.Context) error {
 				return true
 			}
 			replaying = false
-			f.kickStreams(ctx)
+			caughtUp()
 			return true
 		}
 		if err == nil && ev.Type == schemas.EventBatchWritten {
@@ -101,6 +109,69 @@ func (f *Finalizer) followStream(ctx context.Context) error {
 	return nil
 }
 
+// adoptStaged makes pending the streamed parts found in staging whose
+// announcement is no longer on the bus (the finalizer was down for longer
+// than StreamEventRetention): a part still in staging was never published.
+func (f *Finalizer) adoptStaged() {
+	parts, _ := filepath.Glob(filepath.Join(f.dataDir, "extracts", "*", ".staging", schemas.StreamRun, "*", "*.part"))
+	for _, path := range parts {
+		table := filepath.Base(filepath.Dir(path))
+		source := filepath.Base(filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(path)))))
+		name := filepath.Base(path)
+		f.mu.Lock()
+		_, known := f.streamOf(source).pending[table+"/"+name]
+		f.mu.Unlock()
+		if known {
+			continue
+		}
+		ev, err := stagedPart(source, table, path)
+		if err != nil {
+			f.log.Warn("staged part without announcement is unreadable; left in place", "path", path, "err", err)
+			continue
+		}
+		f.log.Warn("publishing a staged part whose announcement expired", "source", source, "table", table, "part", name)
+		f.applyStream(ev)
+	}
+}
+
+// stagedPart rebuilds a part's batch_written event from the part itself.
+func stagedPart(source, table, path string) (schemas.Event, error) {
+	name := filepath.Base(path)
+	month, _, ok := strings.Cut(strings.TrimPrefix(name, "m"), "-a")
+	if !strings.HasPrefix(name, "m") || !ok {
+		return schemas.Event{}, fmt.Errorf("part name %q has no month", name)
+	}
+	if err := schemas.ValidateName("source", source); err != nil {
+		return schemas.Event{}, err
+	}
+	if err := schemas.ValidateName("table", table); err != nil {
+		return schemas.Event{}, err
+	}
+	r, err := parquetfile.Open(path, 1, nil)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	defer r.Close()
+	seqs, rows, err := writer.ParseSeqs(r.Meta(writer.SeqsMetaKey))
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	key := r.Meta(writer.KeyColumnMetaKey)
+	if key == "" {
+		return schemas.Event{}, errors.New("part names no key column")
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	var total int64
+	for _, n := range rows {
+		total += n
+	}
+	return schemas.Event{Type: schemas.EventBatchWritten, RunID: schemas.StreamRun, Source: source, Table: table, Attempt: 1,
+		Part: name, Month: month, PrimaryKey: []string{key}, Seqs: seqs, SeqRows: rows, Rows: total, Time: st.ModTime().UTC()}, nil
+}
+
 // applyStream folds an event of the stream run into the stream state.
 func (f *Finalizer) applyStream(ev schemas.Event) {
 	f.mu.Lock()
@@ -108,6 +179,9 @@ func (f *Finalizer) applyStream(ev schemas.Event) {
 	st := f.streamOf(ev.Source)
 	switch ev.Type {
 	case schemas.EventBatchWritten:
+		if st.pending[ev.Table+"/"+ev.Part] != nil {
+			return // announced again (or adopted from staging before its announcement arrived)
+		}
 		pp := &pendingPart{ev: ev}
 		for _, s := range ev.Seqs {
 			k := tableSeq{ev.Table, s}

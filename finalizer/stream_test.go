@@ -164,3 +164,56 @@ func TestCompactionTiers(t *testing.T) {
 		}
 	}
 }
+
+// A part left in staging whose announcement expired (the finalizer was down
+// longer than the stream events are kept) is still published, once.
+func TestStagedPartWithoutAnnouncementIsPublished(t *testing.T) {
+	js := natstest.MustStart(t)
+	dataDir := t.TempDir()
+	ev := streamPart(t, dataDir, "m2024-01-a1-s0000000005-0000000006-abc.part", 5, 6)
+	path := filepath.Join(dataDir, "extracts", "src", ".staging", schemas.StreamRun, "items", ev.Part)
+	// What the writer records in a part besides the rows.
+	rewriteWithMeta(t, path, map[string]string{"agnes.seqs": "5:2,6:2", "agnes.key_column": "key"})
+	stop := runFinalizer(t, js, dataDir)
+	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
+	// Its announcement arriving late changes nothing.
+	if err := schemas.PublishEvent(context.Background(), js, ev); err != nil {
+		t.Fatal(err)
+	}
+	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool { return len(evs) > 1 })
+	stop()
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dataDir, "extracts", "src", ExtractFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Counts["items"] != 4 {
+		t.Fatalf("items has %d rows, want 4", x.Counts["items"])
+	}
+}
+
+// rewriteWithMeta rewrites a part with key-value metadata.
+func rewriteWithMeta(t *testing.T, path string, meta map[string]string) {
+	t.Helper()
+	r, err := parquetfile.Open(path, 1000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := r.Records(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := parquetfile.Create(path, r.Schema, 1000, meta, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rr.Next() {
+		if err := out.Write(rr.RecordBatch()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rr.Release()
+	r.Close()
+	if _, err := out.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}

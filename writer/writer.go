@@ -50,6 +50,10 @@ const (
 // "seq:rows,seq:rows,...".
 const SeqsMetaKey = "agnes.seqs"
 
+// KeyColumnMetaKey names, in a part of a partitioned table, its key-group
+// column, so a part whose announcement expired can still be published.
+const KeyColumnMetaKey = "agnes.key_column"
+
 // Options configure a Writer.
 type Options struct {
 	JS      jetstream.JetStream
@@ -437,7 +441,11 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 		name = "m" + b.key.month + "-" + name
 	}
 	dir := StagingDir(w.opts.DataDir, b.key.source, b.key.run, b.key.table)
-	pf, err := parquetfile.Create(filepath.Join(dir, name), b.schema, max(w.opts.RowGroupRows, rows), map[string]string{SeqsMetaKey: meta.String()}, w.opts.Mem)
+	md := map[string]string{SeqsMetaKey: meta.String()}
+	if b.keyCol != "" {
+		md[KeyColumnMetaKey] = b.keyCol
+	}
+	pf, err := parquetfile.Create(filepath.Join(dir, name), b.schema, max(w.opts.RowGroupRows, rows), md, w.opts.Mem)
 	if err != nil {
 		return schemas.Event{}, err
 	}
