@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
@@ -342,30 +343,55 @@ func (f *Finalizer) compactIdle(ctx context.Context, source string) error {
 		return err
 	}
 	now := time.Now().UTC()
+	// Tables are compacted at once, each by its own goroutine.
+	var wg sync.WaitGroup
+	var resMu sync.Mutex
 	changed := false
+	var errs []error
+	tables := map[string]catalogTable{}
 	for name, ct := range cat.Tables {
-		if !ct.Partitioned {
-			continue
+		if ct.Partitioned {
+			tables[name] = ct
 		}
-		months := map[string]bool{}
-		for _, p := range ct.Files {
-			months[p.Month] = true
-		}
-		for m := range months {
-			did, err := f.maybeCompact(ctx, db, cat, &ct, filepath.Join(dir, "data"), name, m, now)
-			if err != nil {
-				return fmt.Errorf("table %s, month %s: %w", name, m, err)
+	}
+	for name, ct := range tables {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			months := map[string]bool{}
+			for _, p := range ct.Files {
+				months[p.Month] = true
 			}
-			changed = changed || did
-		}
-		if changed {
+			did := false
+			for m := range months {
+				d, err := f.maybeCompact(ctx, db, cat, &ct, filepath.Join(dir, "data"), name, m, now)
+				if err != nil {
+					resMu.Lock()
+					errs = append(errs, fmt.Errorf("table %s, month %s: %w", name, m, err))
+					resMu.Unlock()
+					return
+				}
+				did = did || d
+			}
+			if !did {
+				return
+			}
 			ct.SizeBytes = 0
 			for _, p := range ct.Files {
 				ct.SizeBytes += p.Size
 			}
 			sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
+			cat.mu.Lock()
 			cat.Tables[name] = ct
-		}
+			cat.mu.Unlock()
+			resMu.Lock()
+			changed = true
+			resMu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	if !changed {
 		return nil
