@@ -1,12 +1,22 @@
 package gateway
 
 import (
+	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/schemas"
 )
 
 func TestVerify(t *testing.T) {
@@ -43,5 +53,47 @@ func TestVerify(t *testing.T) {
 	// Another secret, or a changed body, fails.
 	if Verify("other", body, ok[0]) == nil || Verify("s3cret", append(body, ' '), ok[0]) == nil {
 		t.Error("signature accepted for another secret or body")
+	}
+}
+
+// When the bus does not store the body the webhook is answered 503, so
+// the sender retries; nothing is acknowledged that was not stored.
+func TestBusFailureAnswers503(t *testing.T) {
+	js := natstest.MustStart(t)
+	if err := js.DeleteStream(context.Background(), schemas.HookStream); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse("test.yaml", []byte("sources:\n  - name: jira\n    connector: jira\n    webhook_secret: s3cret\n    config: {url: http://jira.invalid, email: a@b.c}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	g := New(js, cfg, builtin.Registry(), 0, slog.New(slog.DiscardHandler))
+	g.Register(mux)
+	mux.HandleFunc("GET /healthz", g.Health)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	body := []byte(`{"webhookEvent":"jira:issue_updated","issue":{"key":"OPS-1"}}`)
+	m := hmac.New(sha256.New, []byte("s3cret"))
+	m.Write(body)
+	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/webhooks/jira", bytes.NewReader(body))
+	req.Header.Set(HeaderSignature256, "sha256="+hex.EncodeToString(m.Sum(nil)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(out), "retry later") {
+		t.Fatalf("answered %d %s, want 503 asking to retry", resp.StatusCode, out)
+	}
+	resp, err = http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("healthz answered %d without the hook stream, want 503", resp.StatusCode)
 	}
 }
