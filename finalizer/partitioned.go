@@ -327,73 +327,79 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 }
 
 // compactIdle compacts every partition of source that needs it and
-// publishes the new file set; the stream publisher calls it when no parts
-// wait, so compaction never delays an event.
+// publishes the new file set. The merges are written without holding the
+// source's lock, so events and runs publish meanwhile; only the swap takes
+// it, and a merge whose inputs changed in between is dropped.
 func (f *Finalizer) compactIdle(ctx context.Context, source string) error {
+	dir := filepath.Join(f.dataDir, "extracts", source)
+	dataDir := filepath.Join(dir, "data")
 	mu := f.sourceLock(source)
 	mu.Lock()
-	defer mu.Unlock()
-	dir := filepath.Join(f.dataDir, "extracts", source)
 	cat, err := loadCatalog(dir)
 	if err != nil {
+		mu.Unlock()
 		return err
+	}
+	var plan []*compaction
+	for name, ct := range cat.Tables {
+		if !ct.Partitioned {
+			continue
+		}
+		months := map[string]bool{}
+		for _, p := range ct.Files {
+			months[p.Month] = true
+		}
+		for m := range months {
+			if c := f.pickCompaction(&ct, name, m); c != nil {
+				plan = append(plan, c)
+			}
+		}
+	}
+	mu.Unlock()
+	if len(plan) == 0 {
+		return nil
 	}
 	db, err := f.duck()
 	if err != nil {
 		return err
 	}
-	now := time.Now().UTC()
-	// Tables are compacted at once, each by its own goroutine.
+	start := time.Now()
 	var wg sync.WaitGroup
-	var resMu sync.Mutex
-	changed := false
-	var errs []error
-	tables := map[string]catalogTable{}
-	for name, ct := range cat.Tables {
-		if ct.Partitioned {
-			tables[name] = ct
-		}
-	}
-	for name, ct := range tables {
+	errs := make([]error, len(plan))
+	for i, c := range plan {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			months := map[string]bool{}
-			for _, p := range ct.Files {
-				months[p.Month] = true
-			}
-			did := false
-			for m := range months {
-				d, err := f.maybeCompact(ctx, db, cat, &ct, filepath.Join(dir, "data"), name, m, now)
-				if err != nil {
-					resMu.Lock()
-					errs = append(errs, fmt.Errorf("table %s, month %s: %w", name, m, err))
-					resMu.Unlock()
-					return
-				}
-				did = did || d
-			}
-			if !did {
-				return
-			}
-			ct.SizeBytes = 0
-			for _, p := range ct.Files {
-				ct.SizeBytes += p.Size
-			}
-			sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
-			cat.mu.Lock()
-			cat.Tables[name] = ct
-			cat.mu.Unlock()
-			resMu.Lock()
-			changed = true
-			resMu.Unlock()
+			errs[i] = c.build(ctx, db, dataDir)
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	took := time.Since(start)
+
+	mu.Lock()
+	defer mu.Unlock()
+	cat, err = loadCatalog(dir)
+	if err != nil {
 		return err
 	}
-	if !changed {
+	now := time.Now().UTC()
+	applied := 0
+	for i, c := range plan {
+		ct, ok := cat.Tables[c.table]
+		if errs[i] != nil || !ok || !ct.Partitioned || !c.apply(cat, &ct, now) {
+			if errs[i] == nil && !slices.ContainsFunc(ct.Files, func(p partFile) bool { return p.Path == c.out.Path }) {
+				os.Remove(filepath.Join(dataDir, c.out.Path))
+			}
+			continue
+		}
+		cat.Tables[c.table] = ct
+		applied++
+		f.logCompaction(c, took)
+	}
+	if err := errors.Join(errs...); err != nil {
+		f.log.Warn("compaction failed", "source", source, "err", err)
+	}
+	if applied == 0 {
 		return nil
 	}
 	return f.publishCatalog(ctx, dir, cat, now)
@@ -409,6 +415,7 @@ func filesOf(files []partFile, month string) []partFile {
 	return out
 }
 
+
 // compactionTier groups files of similar size: below 256 KiB, then one
 // tier per factor of 4.
 func compactionTier(size int64) int {
@@ -419,12 +426,20 @@ func compactionTier(size int64) int {
 	return t
 }
 
-// maybeCompact merges files of one size tier of a partition once the tier
-// holds CompactMinFiles files: event parts merge into bigger files, those
-// into bigger ones, so every row is rewritten a logarithmic number of times
-// and an event never rewrites its whole partition. Files above
-// CompactSmallBytes are left alone.
-func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) (bool, error) {
+// compaction is one planned merge: the input files of one partition and
+// the file they become.
+type compaction struct {
+	table, month, keyCol string
+	inputs               []partFile
+	out                  partFile
+}
+
+// pickCompaction plans the merge of one size tier of a partition once the
+// tier holds CompactMinFiles files: event parts merge into bigger files,
+// those into bigger ones, so every row is rewritten a logarithmic number of
+// times and an event never rewrites its whole partition. Files above
+// CompactSmallBytes are left alone. It returns nil when nothing is due.
+func (f *Finalizer) pickCompaction(ct *catalogTable, table, month string) *compaction {
 	tiers := map[int][]partFile{}
 	for _, p := range filesOf(ct.Files, month) {
 		if p.Size < f.opts.CompactSmallBytes {
@@ -439,32 +454,74 @@ func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, 
 		}
 	}
 	if len(small) < 2 {
-		return false, nil
+		return nil
 	}
-	start := time.Now()
 	names := make([]string, len(small))
 	for i, p := range small {
 		names[i] = p.Path
 	}
 	rel := filepath.Join(table, "month="+month, "c-"+shortHash(strings.Join(names, "\n"))+".parquet")
-	rows, size, err := compactFiles(ctx, db, absFiles(dataDir, small), ct.KeyColumn, filepath.Join(dataDir, rel))
-	if err != nil {
-		return false, err
+	return &compaction{table: table, month: month, keyCol: ct.KeyColumn, inputs: small, out: partFile{Path: rel, Month: month}}
+}
+
+// build writes the compacted file. Its inputs never change, so it needs no
+// lock.
+func (c *compaction) build(ctx context.Context, db *sql.DB, dataDir string) error {
+	rows, size, err := compactFiles(ctx, db, absFiles(dataDir, c.inputs), c.keyCol, filepath.Join(dataDir, c.out.Path))
+	c.out.Rows, c.out.Size = rows, size
+	return err
+}
+
+// apply swaps the inputs for the compacted file in the catalog table and
+// retires them; it reports false, changing nothing, when an input is no
+// longer in the table (compacted or replaced meanwhile).
+func (c *compaction) apply(cat *catalog, ct *catalogTable, now time.Time) bool {
+	for _, in := range c.inputs {
+		if !slices.ContainsFunc(ct.Files, func(p partFile) bool { return p.Path == in.Path }) {
+			return false
+		}
+	}
+	names := make([]string, len(c.inputs))
+	for i, p := range c.inputs {
+		names[i] = p.Path
 	}
 	ct.Files = slices.DeleteFunc(ct.Files, func(p partFile) bool { return slices.Contains(names, p.Path) })
-	ct.Files = append(ct.Files, partFile{Path: rel, Month: month, Rows: rows, Size: size})
+	ct.Files = append(ct.Files, c.out)
+	ct.SizeBytes = 0
+	for _, p := range ct.Files {
+		ct.SizeBytes += p.Size
+	}
+	sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
 	cat.mu.Lock()
-	cat.unretire(rel)
+	cat.unretire(c.out.Path)
 	cat.retire(names, now)
 	cat.mu.Unlock()
 	metrics.Compactions.Inc()
+	return true
+}
+
+// maybeCompact compacts one partition on the spot, when a merge is due.
+func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) (bool, error) {
+	c := f.pickCompaction(ct, table, month)
+	if c == nil {
+		return false, nil
+	}
+	start := time.Now()
+	if err := c.build(ctx, db, dataDir); err != nil {
+		return false, err
+	}
+	c.apply(cat, ct, now)
+	f.logCompaction(c, time.Since(start))
+	return true, nil
+}
+
+func (f *Finalizer) logCompaction(c *compaction, took time.Duration) {
 	var before int64
-	for _, p := range small {
+	for _, p := range c.inputs {
 		before += p.Rows
 	}
-	f.log.Info("partition compacted", "table", table, "month", month, "files", len(small), "rows_before", before, "rows_after", rows,
-		"duration", time.Since(start).Round(time.Millisecond))
-	return true, nil
+	f.log.Info("partition compacted", "table", c.table, "month", c.month, "files", len(c.inputs), "rows_before", before,
+		"rows_after", c.out.Rows, "duration", took.Round(time.Millisecond))
 }
 
 func (c *catalog) retire(paths []string, now time.Time) {

@@ -41,6 +41,8 @@ type streamState struct {
 	// tables: description and schema of the streamed tables, as the
 	// producer announced them.
 	tables map[string]schemas.Event
+	// compacting: an idle compaction of the source is running.
+	compacting bool
 }
 
 type tableSeq struct {
@@ -272,20 +274,21 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 			for _, k := range done {
 				delete(st.pending, k)
 			}
-			idle := len(st.pending) == 0
-			f.mu.Unlock()
-			if err == nil && idle {
-				// Nothing waits: compact what the events left behind. The
-				// announcement follows, so whoever waits for it sees the
-				// source at rest.
-				if cerr := f.compactIdle(ctx, source); cerr != nil && ctx.Err() == nil {
-					f.log.Warn("compact partitions", "source", source, "err", cerr)
-				}
+			// Nothing waits: compact what the events left behind, beside
+			// this loop, so the next events do not wait for it. Marked
+			// under the same lock, so Busy never sees a gap.
+			compact := err == nil && len(st.pending) == 0 && !st.compacting
+			if compact {
+				st.compacting = true
 			}
+			f.mu.Unlock()
 			if ev != nil {
 				if perr := schemas.PublishEvent(ctx, f.opts.JS, *ev); perr != nil {
 					f.log.Warn("announce streamed parts", "source", source, "err", perr)
 				}
+			}
+			if compact {
+				f.compactAsync(ctx, source, st)
 			}
 			if err != nil {
 				if ctx.Err() != nil {
@@ -304,6 +307,36 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 			delay = 200 * time.Millisecond
 		}
 	}
+}
+
+// Busy reports whether streamed parts wait to be published or a compaction
+// runs: tests wait for it before checking that nothing temporary is left.
+func (f *Finalizer) Busy() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, st := range f.streams {
+		if len(st.pending) > 0 || st.compacting {
+			return true
+		}
+	}
+	return false
+}
+
+// compactAsync runs an idle compaction of source (st.compacting is set by
+// the caller) and clears the mark when done.
+func (f *Finalizer) compactAsync(ctx context.Context, source string, st *streamState) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer func() {
+			f.mu.Lock()
+			st.compacting = false
+			f.mu.Unlock()
+		}()
+		if err := f.compactIdle(ctx, source); err != nil && ctx.Err() == nil {
+			f.log.Warn("compact partitions", "source", source, "err", err)
+		}
+	}()
 }
 
 // publishStream moves streamed parts into their partitions and publishes

@@ -83,6 +83,8 @@ type Stack struct {
 	JS     jetstream.JetStream
 	// WriterStats are the writers, for their counters after Stop.
 	Writers []*writer.Writer
+	// Finalizer is the finalizer service, when this stack runs one.
+	Finalizer *finalizer.Finalizer
 	// GatewayAddr is where the webhook gateway listens (RoleGateway).
 	GatewayAddr string
 	gateway     *http.Server
@@ -175,6 +177,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 				s.Stop()
 				return nil, err
 			}
+			s.Finalizer = f
 			start(role, f.Run)
 		default:
 			s.Stop()
