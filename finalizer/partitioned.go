@@ -415,7 +415,6 @@ func filesOf(files []partFile, month string) []partFile {
 	return out
 }
 
-
 // compactionTier groups files of similar size: below 256 KiB, then one
 // tier per factor of 4.
 func compactionTier(size int64) int {
