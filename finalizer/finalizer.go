@@ -135,25 +135,14 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	} else if n > 0 {
 		f.log.Info("removed temporary files left by a crash", "count", n)
 	}
-	stream, err := f.opts.JS.Stream(ctx, schemas.EventStream)
-	if err != nil {
-		return fmt.Errorf("finalizer: event stream: %w", err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("finalizer: event stream: %w", err)
-	}
-	// Events up to replayEnd are history: a run may look complete there
-	// before its extract_published event is read, so nothing is finalized
-	// until the replay has caught up.
-	replayEnd := info.State.LastSeq
+	var err error
 	if f.state, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.StateBucket); err != nil {
 		return fmt.Errorf("finalizer: %w", err)
 	}
 	if f.lockKV, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.LockBucket); err != nil {
 		return fmt.Errorf("finalizer: %w", err)
 	}
-	f.log.Info("finalizer started", "data_dir", f.dataDir, "replaying", replayEnd)
+	f.log.Info("finalizer started", "data_dir", f.dataDir)
 	// Streamed parts are followed on their own stream.
 	streamErr := make(chan error, 1)
 	sctx, stopStream := context.WithCancel(ctx)
@@ -165,30 +154,25 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		}
 		streamErr <- err
 	}()
-	replaying := replayEnd > 0
-	err = natsbus.Follow(ctx, f.opts.JS, schemas.EventStream, "agnes.events.>", 0, func(msg jetstream.Msg) bool {
-		ev, err := schemas.DecodeEvent(msg.Data())
-		if err != nil {
-			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
-		} else if ev.RunID != schemas.StreamRun {
-			f.apply(ev)
-		}
-		if replaying {
-			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
-				return true
+	// A run may look complete in the history before its extract_published
+	// event is read, so nothing is finalized until the replay caught up.
+	err = f.replayThenFollow(ctx, schemas.EventStream, "agnes.events.>",
+		func(ev schemas.Event) {
+			if ev.RunID != schemas.StreamRun {
+				f.apply(ev)
 			}
-			replaying = false
+		},
+		func() {
 			f.cleanPublished()
 			for id := range f.runs {
 				f.maybeFinalize(ctx, id)
 			}
-			return true
-		}
-		if ev.RunID != "" && ev.RunID != schemas.StreamRun {
-			f.maybeFinalize(ctx, ev.RunID)
-		}
-		return true
-	})
+		},
+		func(ev schemas.Event) {
+			if ev.RunID != "" && ev.RunID != schemas.StreamRun {
+				f.maybeFinalize(ctx, ev.RunID)
+			}
+		})
 	stopStream()
 	serr := <-streamErr
 	if err == nil && ctx.Err() == nil {
@@ -200,7 +184,51 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	}
 	f.log.Info("finalizer stopped")
 	if err != nil && ctx.Err() == nil {
-		return fmt.Errorf("finalizer: follow events: %w", err)
+		return err
+	}
+	return nil
+}
+
+// replayThenFollow reads stream from its start. Every event goes to apply;
+// caughtUp runs once the events that were there at the start are read (at
+// once when there were none); every later event also goes to live.
+func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string, apply func(schemas.Event), caughtUp func(), live func(schemas.Event)) error {
+	s, err := f.opts.JS.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("finalizer: %s: %w", stream, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("finalizer: %s: %w", stream, err)
+	}
+	replayEnd := info.State.LastSeq
+	f.log.Info("replaying events", "stream", stream, "events", replayEnd)
+	replaying := replayEnd > 0
+	if !replaying {
+		caughtUp()
+	}
+	err = natsbus.Follow(ctx, f.opts.JS, stream, filter, 0, func(msg jetstream.Msg) bool {
+		ev, err := schemas.DecodeEvent(msg.Data())
+		if err != nil {
+			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
+		} else {
+			apply(ev)
+		}
+		if replaying {
+			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
+				return true
+			}
+			replaying = false
+			caughtUp()
+			return true
+		}
+		if err == nil {
+			live(ev)
+		}
+		return true
+	})
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("finalizer: follow %s: %w", stream, err)
 	}
 	return nil
 }

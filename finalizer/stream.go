@@ -16,11 +16,9 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
-	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/agnes-ai/connector-kit/writer"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // claimWindow is how long a streamed batch's seq is remembered: a batch
@@ -68,47 +66,16 @@ func (f *Finalizer) streamOf(source string) *streamState {
 // followStream replays the events of streamed parts, then follows them,
 // publishing parts as they are written.
 func (f *Finalizer) followStream(ctx context.Context) error {
-	stream, err := f.opts.JS.Stream(ctx, schemas.StreamEventStream)
-	if err != nil {
-		return fmt.Errorf("finalizer: stream event stream: %w", err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("finalizer: stream event stream: %w", err)
-	}
-	replayEnd := info.State.LastSeq
-	replaying := replayEnd > 0
-	caughtUp := func() {
-		f.adoptStaged()
-		f.kickStreams(ctx)
-	}
-	if !replaying {
-		caughtUp()
-	}
-	err = natsbus.Follow(ctx, f.opts.JS, schemas.StreamEventStream, "agnes.stream.>", 0, func(msg jetstream.Msg) bool {
-		ev, err := schemas.DecodeEvent(msg.Data())
-		if err != nil {
-			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
-		} else {
-			f.applyStream(ev)
-		}
-		if replaying {
-			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
-				return true
+	return f.replayThenFollow(ctx, schemas.StreamEventStream, "agnes.stream.>", f.applyStream,
+		func() {
+			f.adoptStaged()
+			f.kickStreams(ctx)
+		},
+		func(ev schemas.Event) {
+			if ev.Type == schemas.EventBatchWritten {
+				f.kickStream(ctx, ev.Source)
 			}
-			replaying = false
-			caughtUp()
-			return true
-		}
-		if err == nil && ev.Type == schemas.EventBatchWritten {
-			f.kickStream(ctx, ev.Source)
-		}
-		return true
-	})
-	if err != nil && ctx.Err() == nil {
-		return fmt.Errorf("finalizer: follow stream events: %w", err)
-	}
-	return nil
+		})
 }
 
 // adoptStaged makes pending the streamed parts found in staging whose
