@@ -207,7 +207,7 @@ func (h *hooks) process(ctx context.Context, msg jetstream.Msg, source string, h
 		out := sinks[k.table]
 		if out == nil {
 			out = h.p.newSink(schemas.StreamRun, source, k.table, 1, cs.stored[k.table], h.p.log)
-			out.seq, out.backlog = hookSeq*hookSeqSpan, false
+			out.seq, out.endSeq, out.backlog = hookSeq*hookSeqSpan, (hookSeq+1)*hookSeqSpan, false
 			sinks[k.table] = out
 		}
 		rec, err := cs.take(k)
@@ -219,9 +219,6 @@ func (h *hooks) process(ctx context.Context, msg jetstream.Msg, source string, h
 		rec.Release()
 		if err != nil {
 			return err
-		}
-		if out.seq > (hookSeq+1)*hookSeqSpan {
-			return fmt.Errorf("%w: the event's rows of %s need more than %d messages", ErrBadEvent, k.table, hookSeqSpan)
 		}
 	}
 	for _, out := range sinks {

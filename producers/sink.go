@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -30,6 +31,8 @@ type sink struct {
 	log      *slog.Logger
 	// backlog: wait for writers when too many batches are pending.
 	backlog bool
+	// endSeq, when set, is the first message number the sink may not use.
+	endSeq int64
 }
 
 func (p *Producer) newSink(run, source, table string, attempt int, schema *arrow.Schema, log *slog.Logger) *sink {
@@ -68,6 +71,9 @@ func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 	chunks, err := schemas.EncodeBatch(rec, s.p.opts.MaxPayload)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", s.table, err)
+	}
+	if s.endSeq > 0 && s.seq+int64(len(chunks)) > s.endSeq {
+		return fmt.Errorf("%w: the rows of %s need more than the %d messages an event may publish per table", connectors.ErrBadEvent, s.table, hookSeqSpan)
 	}
 	for _, c := range chunks {
 		m := &nats.Msg{Subject: s.subject, Data: c.Data, Header: schemas.DataHeader(s.run, s.source, s.table, s.attempt, s.seq, c.Rows)}
