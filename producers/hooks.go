@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/schemas"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -173,7 +171,7 @@ func (h *hooks) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if errors.Is(err, ErrBadEvent) || md.NumDelivered >= hookMaxDeliver {
 		log.Error("dead-lettering webhook", "deliveries", md.NumDelivered, "err", err)
-		h.deadLetter(ctx, msg, source, md.NumDelivered, err)
+		h.deadLetter(ctx, msg, source, err)
 		return
 	}
 	log.Warn("webhook failed; will retry", "deliveries", md.NumDelivered, "err", err)
@@ -229,14 +227,11 @@ func (h *hooks) process(ctx context.Context, msg jetstream.Msg, source string, h
 	return nil
 }
 
-func (h *hooks) deadLetter(ctx context.Context, msg jetstream.Msg, source string, deliveries uint64, cause error) {
+func (h *hooks) deadLetter(ctx context.Context, msg jetstream.Msg, source string, cause error) {
 	if schemas.ValidateName("source", source) != nil {
 		source = "_unknown"
 	}
-	dl := &nats.Msg{Subject: schemas.DeadLetterSubject(source, "_webhooks"), Data: msg.Data(), Header: nats.Header{}}
-	dl.Header.Set(schemas.HeaderDLQReason, cause.Error())
-	dl.Header.Set(schemas.HeaderDLQSubject, msg.Subject())
-	dl.Header.Set(schemas.HeaderDLQDeliveries, strconv.FormatUint(deliveries, 10))
+	dl := schemas.DeadLetter(msg, source, "_webhooks", cause)
 	dl.Header.Set(schemas.HeaderSource, source)
 	if _, err := h.p.opts.JS.PublishMsg(ctx, dl); err != nil {
 		h.p.log.Error("store dead webhook; leaving it for redelivery", "err", err)

@@ -3,8 +3,10 @@ package schemas
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,4 +52,22 @@ func Retry(ctx context.Context, fn func() error) error {
 		}
 		delay = min(delay*2, 2*time.Second)
 	}
+}
+
+// DeadLetter builds the dead-letter message of msg for source and table:
+// its body and headers (without the deduplication id), why it failed, the
+// subject it came from and how often it was delivered.
+func DeadLetter(msg jetstream.Msg, source, table string, cause error) *nats.Msg {
+	dl := &nats.Msg{Subject: DeadLetterSubject(source, table), Data: msg.Data(), Header: nats.Header{}}
+	for k, v := range msg.Headers() {
+		if k != jetstream.MsgIDHeader {
+			dl.Header[k] = v
+		}
+	}
+	dl.Header.Set(HeaderDLQReason, cause.Error())
+	dl.Header.Set(HeaderDLQSubject, msg.Subject())
+	if md, err := msg.Metadata(); err == nil {
+		dl.Header.Set(HeaderDLQDeliveries, strconv.FormatUint(md.NumDelivered, 10))
+	}
+	return dl
 }

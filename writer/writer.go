@@ -25,7 +25,6 @@ import (
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -282,18 +281,8 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 	if schemas.ValidateName("source", source) != nil || schemas.ValidateName("table", table) != nil {
 		source, table = "_unknown", "_unknown"
 	}
-	dl := &nats.Msg{Subject: schemas.DeadLetterSubject(source, table), Data: msg.Data(), Header: nats.Header{}}
-	for k, v := range msg.Headers() {
-		if k != jetstream.MsgIDHeader {
-			dl.Header[k] = v
-		}
-	}
-	dl.Header.Set(schemas.HeaderDLQReason, cause.Error())
-	dl.Header.Set(schemas.HeaderDLQSubject, msg.Subject())
+	dl := schemas.DeadLetter(msg, source, table, cause)
 	dl.Header.Set(schemas.HeaderDLQWriter, w.opts.Name)
-	if md, err := msg.Metadata(); err == nil {
-		dl.Header.Set(schemas.HeaderDLQDeliveries, strconv.FormatUint(md.NumDelivered, 10))
-	}
 	if _, err := w.opts.JS.PublishMsg(ctx, dl); err != nil {
 		w.log.Error("store dead letter; leaving the batch for redelivery", "err", err)
 		_ = msg.NakWithDelay(redeliveryDelay(msg))
