@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,6 +54,10 @@ type catalogTable struct {
 	RunID       string    `json:"run_id"`
 	Schema      []byte    `json:"schema,omitempty"`
 	RemotePath  []string  `json:"remote_path,omitempty"`
+	// Version is the file of a batch table the extract reads, relative to
+	// the data folder (.versions/<table>/<run>.parquet). Empty in catalogs
+	// written before versions existed: the view then reads <table>.parquet.
+	Version string `json:"version,omitempty"`
 
 	// Partitioned tables: the files the view reads, the key-group column,
 	// and the visible rows per month (newest version per key, no deletes).
@@ -60,6 +65,26 @@ type catalogTable struct {
 	KeyColumn   string           `json:"key_column,omitempty"`
 	Files       []partFile       `json:"files,omitempty"`
 	MonthRows   map[string]int64 `json:"month_rows,omitempty"`
+}
+
+// file is the absolute path of the file a batch table's view reads. The
+// catalog is a file on disk, so its relative path is checked not to leave
+// the data folder.
+func (ct catalogTable) file(dataDir, table string) (string, error) {
+	rel := ct.Version
+	if rel == "" {
+		rel = table + ".parquet"
+	}
+	return inDir(dataDir, rel)
+}
+
+// inDir joins rel below dir and refuses a result outside it.
+func inDir(dir, rel string) (string, error) {
+	p := filepath.Join(dir, rel)
+	if filepath.IsAbs(rel) || !strings.HasPrefix(p, dir+string(filepath.Separator)) {
+		return "", fmt.Errorf("catalog path %q leaves %s", rel, dir)
+	}
+	return p, nil
 }
 
 func loadCatalog(dir string) (*catalog, error) {

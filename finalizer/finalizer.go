@@ -49,6 +49,7 @@ type Finalizer struct {
 	opts    Options
 	log     *slog.Logger
 	dataDir string
+	layout  schemas.Layout
 	runs    map[string]*runState
 	// bySource serialises publishing per source.
 	locks sync.Map
@@ -119,18 +120,19 @@ func New(opts Options) (*Finalizer, error) {
 	if opts.RetireGrace <= 0 {
 		opts.RetireGrace = DefaultRetireGrace
 	}
-	abs, err := filepath.Abs(opts.DataDir)
+	layout, err := schemas.NewLayout(opts.DataDir)
 	if err != nil {
-		return nil, fmt.Errorf("finalizer: data dir: %w", err)
+		return nil, fmt.Errorf("finalizer: %w", err)
 	}
-	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), dataDir: abs, runs: map[string]*runState{}, streams: map[string]*streamState{}}, nil
+	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), dataDir: layout.Root(), layout: layout,
+		runs: map[string]*runState{}, streams: map[string]*streamState{}}, nil
 }
 
 // Run replays the event stream from its start, then follows it until ctx
 // ends, finalizing every run whose data is complete and whose extract is not
 // yet published. It waits for finalizations in progress before returning.
 func (f *Finalizer) Run(ctx context.Context) error {
-	if n, err := parquetfile.CleanTemps(filepath.Join(f.dataDir, "extracts")); err != nil {
+	if n, err := parquetfile.CleanTemps(f.layout.Extracts()); err != nil {
 		f.log.Warn("clean temporary files", "err", err)
 	} else if n > 0 {
 		f.log.Info("removed temporary files left by a crash", "count", n)
@@ -164,6 +166,7 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		},
 		func() {
 			f.cleanPublished()
+			f.cleanOrphans(time.Now())
 			for id := range f.runs {
 				f.maybeFinalize(ctx, id)
 			}
@@ -209,8 +212,12 @@ func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string,
 	}
 	err = natsbus.Follow(ctx, f.opts.JS, stream, filter, 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
+		if err == nil {
+			err = schemas.CheckEventSubject(msg.Subject(), ev)
+		}
 		if err != nil {
-			f.log.Warn("skipping undecodable event", "subject", msg.Subject(), "err", err)
+			metrics.MalformedInput.WithLabelValues("event").Inc()
+			f.log.Warn("skipping malformed event", "subject", msg.Subject(), "err", err)
 		} else {
 			apply(ev)
 		}
@@ -238,8 +245,63 @@ func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string,
 func (f *Finalizer) cleanPublished() {
 	for id, r := range f.runs {
 		if r.published {
-			os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", id))
+			f.dropStaging(r.source, id)
 		}
+	}
+}
+
+// OrphanAge is how old the staging folder of a run no event mentions must
+// be before it is removed: parts of a batch that named a run that never
+// existed, or whose events expired.
+const OrphanAge = time.Hour
+
+// cleanOrphans removes staging folders of runs that no event of the
+// history mentions and that nothing wrote to for OrphanAge. Folders whose
+// name is not a run id are left alone (and logged): no writer makes them.
+func (f *Finalizer) cleanOrphans(now time.Time) {
+	dirs, _ := filepath.Glob(filepath.Join(f.layout.Extracts(), "*", schemas.StagingFolder, "*"))
+	for _, d := range dirs {
+		run, source := filepath.Base(d), filepath.Base(filepath.Dir(filepath.Dir(d)))
+		if schemas.ValidateName("source", source) != nil || schemas.ValidateRunID(run) != nil {
+			f.log.Warn("staging folder is not named after a run; left alone", "path", d)
+			continue
+		}
+		if run == schemas.StreamRun || f.runs[run] != nil || newestChange(d).After(now.Add(-OrphanAge)) {
+			continue
+		}
+		f.log.Warn("removing the staging of a run no event mentions", "source", source, "run", run)
+		f.dropStaging(source, run)
+	}
+}
+
+// newestChange is the latest modification time of dir or anything in it.
+func newestChange(dir string) time.Time {
+	var t time.Time
+	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if info, err := d.Info(); err == nil && info.ModTime().After(t) {
+			t = info.ModTime()
+		}
+		return nil
+	})
+	return t
+}
+
+// dropStaging removes a run's staging folder. The path comes from the
+// layout, which refuses anything that is not a run id.
+func (f *Finalizer) dropStaging(source, run string) {
+	if run == schemas.StreamRun {
+		return
+	}
+	dir, err := f.layout.RunStaging(source, run)
+	if err != nil {
+		f.log.Warn("not removing staging", "source", source, "run", run, "err", err)
+		return
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		f.log.Warn("remove staging", "run", run, "err", err)
 	}
 }
 
@@ -269,7 +331,11 @@ func (f *Finalizer) apply(ev schemas.Event) {
 	case schemas.EventBatchWritten:
 		if r.published {
 			// A late duplicate after the run was published: its part is not needed.
-			os.Remove(filepath.Join(f.staging(ev.Source, ev.RunID, ev.Table), ev.Part))
+			if pn, err := schemas.ParsePartName(ev.Part); err == nil {
+				if p, err := f.layout.Part(ev.Source, ev.RunID, ev.Table, pn); err == nil {
+					os.Remove(p)
+				}
+			}
 			return
 		}
 		table().parts[ev.Part] = ev
@@ -289,7 +355,7 @@ func (f *Finalizer) apply(ev schemas.Event) {
 	case schemas.EventRunFailed, schemas.EventRunRejected:
 		// Nothing of this run will be published: drop what it staged.
 		r.failed = true
-		os.RemoveAll(filepath.Join(f.dataDir, "extracts", ev.Source, ".staging", ev.RunID))
+		f.dropStaging(ev.Source, ev.RunID)
 	case schemas.EventExtractPublished:
 		r.published = true
 		r.tables = map[string]*tableState{}
@@ -343,8 +409,16 @@ func (f *Finalizer) complete(r *runState) bool {
 	return true
 }
 
+// staging is the folder of a table's parts in a run; the names come from
+// validated events, so an error here is a programming error and yields a
+// path under a folder that cannot exist.
 func (f *Finalizer) staging(source, run, table string) string {
-	return filepath.Join(f.dataDir, "extracts", source, ".staging", run, table)
+	dir, err := f.layout.TableStaging(source, run, table)
+	if err != nil {
+		f.log.Error("staging path refused", "source", source, "run", run, "table", table, "err", err)
+		return filepath.Join(f.layout.Extracts(), ".refused")
+	}
+	return dir
 }
 
 // release frees the source's sync lock held by run.
@@ -403,9 +477,7 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 	}
 	// The parts are no longer referenced: the published file is a copy or a
 	// hard link.
-	if err := os.RemoveAll(filepath.Join(f.dataDir, "extracts", r.source, ".staging", runID)); err != nil {
-		f.log.Warn("remove staging", "run", runID, "err", err)
-	}
+	f.dropStaging(r.source, runID)
 	metrics.ExtractsPublished.Inc()
 	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	f.log.Info("extract published", "run", runID, "source", r.source, "path", ev.Path, "tables", len(ev.Results),
@@ -415,8 +487,11 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 // finalize assembles the run's tables, builds and swaps the extract and
 // returns the extract_published event to announce.
 func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (schemas.Event, error) {
-	dir := filepath.Join(f.dataDir, "extracts", r.source)
-	dataDir := filepath.Join(dir, "data")
+	dir, err := f.layout.Source(r.source)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	dataDir := filepath.Join(dir, schemas.DataFolder)
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return schemas.Event{}, err
 	}
@@ -496,13 +571,29 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			results = append(results, res)
 			continue
 		}
-		final := filepath.Join(dataDir, res.Table+".parquet")
-		tmp := final + parquetfile.TempMarker + runID[:min(8, len(runID))]
-		var prev string
-		if ct, ok := cat.Tables[res.Table]; ok && ct.QueryMode == schemas.ModeLocal && !ct.Partitioned {
-			prev = final
+		// Every published version is a file of its own that no later
+		// publish modifies: readers of an older extract keep reading theirs.
+		version, err := schemas.VersionRel(res.Table, runID)
+		if err != nil {
+			res.Status, res.Error = schemas.StatusFailed, err.Error()
+			results = append(results, res)
+			continue
 		}
-		out, err := f.assembleTable(ctx, runID, r.source, res.Table, t, tmp, prev)
+		final := filepath.Join(dataDir, version)
+		tmp := final + parquetfile.TempMarker + "assemble"
+		old, had := cat.Tables[res.Table]
+		var prev string
+		if had && old.QueryMode == schemas.ModeLocal && !old.Partitioned {
+			if prev, err = old.file(dataDir, res.Table); err != nil {
+				return schemas.Event{}, err
+			}
+		}
+		out, err := existingVersion(final)
+		if errors.Is(err, os.ErrNotExist) {
+			if err = os.MkdirAll(filepath.Dir(final), 0o755); err == nil {
+				out, err = f.assembleTable(ctx, runID, r.source, res.Table, t, tmp, prev)
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return schemas.Event{}, ctx.Err()
@@ -515,14 +606,17 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			moves = append(moves, move{tmp, final})
 		}
 		res.SizeBytes, res.TotalRows = out.size, out.rows
-		if old := cat.Tables[res.Table]; old.Partitioned {
+		switch {
+		case old.Partitioned:
 			// The table switches layout: its partitions are retired.
 			for _, p := range old.Files {
 				cat.retire([]string{p.Path}, now)
 			}
+		case had && old.Version != "" && old.Version != version:
+			cat.retire([]string{old.Version}, now)
 		}
 		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
-			ExtractedAt: now, QueryMode: schemas.ModeLocal, RunID: runID, Schema: t.done.Schema}
+			ExtractedAt: now, QueryMode: schemas.ModeLocal, RunID: runID, Schema: t.done.Schema, Version: version}
 		commits = append(commits, t.done)
 		results = append(results, res)
 	}
@@ -565,7 +659,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 // publishCatalog builds and swaps the extract the catalog describes, then
 // deletes files retired long enough ago and saves the catalog.
 func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog, now time.Time) error {
-	dataDir := filepath.Join(dir, "data")
+	dataDir := filepath.Join(dir, schemas.DataFolder)
 	names := make([]string, 0, len(cat.Tables))
 	for n := range cat.Tables {
 		names = append(names, n)
@@ -586,15 +680,86 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 			}
 			mr.Files, mr.KeyColumn = absFiles(dataDir, ct.Files), ct.KeyColumn
 		case ct.QueryMode == schemas.ModeLocal:
-			mr.Path = filepath.Join(dataDir, n+".parquet")
+			p, err := ct.file(dataDir, n)
+			if err != nil {
+				return err
+			}
+			mr.Path = p
 		}
 		rows = append(rows, mr)
 	}
 	if err := buildExtract(ctx, dir, rows, cat.Remote); err != nil {
 		return err
 	}
+	// data/ follows the extract: its links change only once the extract
+	// that reads the same versions is live.
+	if err := syncLinks(dataDir, cat); err != nil {
+		return err
+	}
 	f.deleteRetired(dataDir, cat, now)
 	return cat.save(dir)
+}
+
+// existingVersion describes a version file already in place: a retried
+// finalization finds what it published before and keeps it untouched (a live
+// extract may read it). It returns an error wrapping os.ErrNotExist when there
+// is none.
+func existingVersion(path string) (assembled, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return assembled{}, err
+	}
+	r, err := parquetfile.Open(path, 1, nil)
+	if err != nil {
+		return assembled{}, fmt.Errorf("read published version %s: %w", path, err)
+	}
+	defer r.Close()
+	return assembled{size: st.Size(), rows: r.NumRows(), applied: true}, nil
+}
+
+// syncLinks points data/<table>.parquet at the newest version of every
+// batch table, each replaced atomically (a new hard link renamed over the
+// old one, so no version file is touched), and removes the link of a table
+// that switched to monthly partitions.
+func syncLinks(dataDir string, cat *catalog) error {
+	for n, ct := range cat.Tables {
+		link := filepath.Join(dataDir, n+".parquet")
+		if ct.Partitioned {
+			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("remove link %s: %w", link, err)
+			}
+			continue
+		}
+		if ct.QueryMode != schemas.ModeLocal || ct.Version == "" {
+			continue
+		}
+		version, err := ct.file(dataDir, n)
+		if err != nil {
+			return err
+		}
+		if sameFile(version, link) {
+			continue
+		}
+		tmp := link + parquetfile.TempMarker + "link"
+		os.Remove(tmp)
+		if err := os.Link(version, tmp); err != nil {
+			return fmt.Errorf("link %s: %w", link, err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("link %s: %w", link, err)
+		}
+	}
+	return parquetfile.SyncDir(dataDir)
+}
+
+func sameFile(a, b string) bool {
+	x, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	y, err := os.Stat(b)
+	return err == nil && os.SameFile(x, y)
 }
 
 // assembled says what assembleTable produced.

@@ -176,8 +176,13 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	cat.mu.Lock()
 	ct, ok := cat.Tables[pt.name]
 	if ok && !ct.Partitioned && ct.QueryMode == schemas.ModeLocal {
-		// The table switches layout: the single file is retired, never both.
-		cat.retire([]string{pt.name + ".parquet"}, now)
+		// The table switches layout: its version is retired and its link
+		// removed once the extract is swapped, never both layouts.
+		if ct.Version != "" {
+			cat.retire([]string{ct.Version}, now)
+		} else {
+			cat.retire([]string{pt.name + ".parquet"}, now)
+		}
 		ct = catalogTable{}
 	}
 	cat.mu.Unlock()
@@ -331,8 +336,11 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 // source's lock, so events and runs publish meanwhile; only the swap takes
 // it, and a merge whose inputs changed in between is dropped.
 func (f *Finalizer) compactIdle(ctx context.Context, source string) error {
-	dir := filepath.Join(f.dataDir, "extracts", source)
-	dataDir := filepath.Join(dir, "data")
+	dir, err := f.layout.Source(source)
+	if err != nil {
+		return err
+	}
+	dataDir := filepath.Join(dir, schemas.DataFolder)
 	mu := f.sourceLock(source)
 	mu.Lock()
 	cat, err := loadCatalog(dir)
@@ -540,7 +548,12 @@ func (f *Finalizer) deleteRetired(dataDir string, cat *catalog, now time.Time) {
 		if now.Sub(r.At) < f.opts.RetireGrace {
 			return false
 		}
-		if err := os.Remove(filepath.Join(dataDir, r.Path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		p, err := inDir(dataDir, r.Path)
+		if err != nil {
+			f.log.Warn("not deleting retired file", "err", err)
+			return true
+		}
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			f.log.Warn("delete retired file", "path", r.Path, "err", err)
 			return false
 		}

@@ -11,14 +11,12 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
-	"github.com/agnes-ai/connector-kit/writer"
 )
 
 // claimWindow is how long a streamed batch's seq is remembered: a batch
@@ -82,11 +80,16 @@ func (f *Finalizer) followStream(ctx context.Context) error {
 // announcement is no longer on the bus (the finalizer was down for longer
 // than StreamEventRetention): a part still in staging was never published.
 func (f *Finalizer) adoptStaged() {
-	parts, _ := filepath.Glob(filepath.Join(f.dataDir, "extracts", "*", ".staging", schemas.StreamRun, "*", "*.part"))
+	parts, _ := filepath.Glob(filepath.Join(f.layout.Extracts(), "*", schemas.StagingFolder, schemas.StreamRun, "*", "*.part"))
 	for _, path := range parts {
 		table := filepath.Base(filepath.Dir(path))
 		source := filepath.Base(filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(path)))))
 		name := filepath.Base(path)
+		if want, err := f.layout.TableStaging(source, schemas.StreamRun, table); err != nil || filepath.Dir(path) != want {
+			metrics.MalformedInput.WithLabelValues("staged_part").Inc()
+			f.log.Warn("staged part outside the layout; left in place", "path", path)
+			continue
+		}
 		f.mu.Lock()
 		_, known := f.streamOf(source).pending[table+"/"+name]
 		f.mu.Unlock()
@@ -106,8 +109,11 @@ func (f *Finalizer) adoptStaged() {
 // stagedPart rebuilds a part's batch_written event from the part itself.
 func stagedPart(source, table, path string) (schemas.Event, error) {
 	name := filepath.Base(path)
-	month, _, ok := strings.Cut(strings.TrimPrefix(name, "m"), "-a")
-	if !strings.HasPrefix(name, "m") || !ok {
+	pn, err := schemas.ParsePartName(name)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	if pn.Month == "" {
 		return schemas.Event{}, fmt.Errorf("part name %q has no month", name)
 	}
 	if err := schemas.ValidateName("source", source); err != nil {
@@ -121,11 +127,11 @@ func stagedPart(source, table, path string) (schemas.Event, error) {
 		return schemas.Event{}, err
 	}
 	defer r.Close()
-	seqs, rows, err := writer.ParseSeqs(r.Meta(writer.SeqsMetaKey))
+	seqs, rows, err := schemas.ParseSeqs(r.Meta(schemas.SeqsMetaKey))
 	if err != nil {
 		return schemas.Event{}, err
 	}
-	key := r.Meta(writer.KeyColumnMetaKey)
+	key := r.Meta(schemas.KeyColumnMetaKey)
 	if key == "" {
 		return schemas.Event{}, errors.New("part names no key column")
 	}
@@ -137,8 +143,12 @@ func stagedPart(source, table, path string) (schemas.Event, error) {
 	for _, n := range rows {
 		total += n
 	}
-	return schemas.Event{Type: schemas.EventBatchWritten, RunID: schemas.StreamRun, Source: source, Table: table, Attempt: 1,
-		Part: name, Month: month, PrimaryKey: []string{key}, Seqs: seqs, SeqRows: rows, Rows: total, Time: st.ModTime().UTC()}, nil
+	ev := schemas.Event{Type: schemas.EventBatchWritten, RunID: schemas.StreamRun, Source: source, Table: table, Attempt: pn.Attempt,
+		Part: name, Month: pn.Month, PrimaryKey: []string{key}, Seqs: seqs, SeqRows: rows, Rows: total, Time: st.ModTime().UTC()}
+	if err := ev.Validate(); err != nil {
+		return schemas.Event{}, err
+	}
+	return ev, nil
 }
 
 // applyStream folds an event of the stream run into the stream state.
@@ -314,8 +324,11 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	mu.Lock()
 	defer mu.Unlock()
 	start := time.Now()
-	dir := filepath.Join(f.dataDir, "extracts", source)
-	dataDir := filepath.Join(dir, "data")
+	dir, err := f.layout.Source(source)
+	if err != nil {
+		return nil, nil, err
+	}
+	dataDir := filepath.Join(dir, schemas.DataFolder)
 	cat, err := loadCatalog(dir)
 	if err != nil {
 		return nil, nil, err
@@ -414,11 +427,15 @@ func (f *Finalizer) placeStreamed(ctx context.Context, source string, pp *pendin
 	if len(ev.PrimaryKey) != 1 {
 		return partFile{}, false, errors.New("streamed part names no key column")
 	}
-	if strings.ContainsAny(ev.Part, `/\`) || !strings.HasSuffix(ev.Part, ".part") {
-		return partFile{}, false, fmt.Errorf("bad part name %q", ev.Part)
+	pn, err := schemas.ParsePartName(ev.Part)
+	if err != nil {
+		return partFile{}, false, err
 	}
-	src := filepath.Join(f.staging(source, schemas.StreamRun, ev.Table), ev.Part)
-	rel := filepath.Join(ev.Table, "month="+ev.Month, "s-"+strings.TrimSuffix(ev.Part, ".part")+".parquet")
+	src, err := f.layout.Part(source, schemas.StreamRun, ev.Table, pn)
+	if err != nil {
+		return partFile{}, false, err
+	}
+	rel := filepath.Join(ev.Table, "month="+ev.Month, "s-"+pn.Stem()+".parquet")
 	final := filepath.Join(dataDir, rel)
 	var rows int64
 	for i, s := range ev.Seqs {
@@ -478,12 +495,22 @@ func (f *Finalizer) placeStreamed(ctx context.Context, source string, pp *pendin
 // setAside moves an unusable streamed part out of the way, kept for
 // inspection.
 func (f *Finalizer) setAside(source string, ev schemas.Event) {
-	dir := filepath.Join(f.dataDir, "extracts", source, ".rejected")
+	dir, err := f.layout.Rejected(source)
+	if err != nil {
+		return
+	}
+	pn, err := schemas.ParsePartName(ev.Part)
+	if err != nil {
+		return
+	}
+	src, err := f.layout.Part(source, schemas.StreamRun, ev.Table, pn)
+	if err != nil {
+		return
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return
 	}
-	src := filepath.Join(f.staging(source, schemas.StreamRun, ev.Table), filepath.Base(ev.Part))
-	os.Rename(src, filepath.Join(dir, ev.Table+"-"+filepath.Base(ev.Part)))
+	os.Rename(src, filepath.Join(dir, ev.Table+"-"+pn.String()))
 }
 
 func shortHash(s string) string {

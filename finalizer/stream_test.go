@@ -25,9 +25,14 @@ var itemSchema = arrow.NewSchema([]arrow.Field{
 }, nil)
 
 // streamPart writes a streamed part of the items table: seq s holds two
-// rows of key k<s>, version s, and returns its batch_written event.
+// rows of key k<s>, version s, and returns its batch_written event. name is
+// a part name, or a short tag a part name is made from.
 func streamPart(t *testing.T, dataDir, name string, seqs ...int64) schemas.Event {
 	t.Helper()
+	if _, err := schemas.ParsePartName(name); err != nil {
+		name = schemas.PartName{Month: "2024-01", Attempt: 1, First: seqs[0], Last: seqs[len(seqs)-1],
+			Hash: fmt.Sprintf("%012x", []byte(name))}.String()
+	}
 	stored := schemas.PartitionedSchema(itemSchema)
 	dir := filepath.Join(dataDir, "extracts", "src", ".staging", schemas.StreamRun, "items")
 	f, err := parquetfile.Create(filepath.Join(dir, name), stored, 1000, nil, nil)
@@ -140,7 +145,7 @@ func TestStreamedCopiesPublishedOnce(t *testing.T) {
 	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
 		for _, e := range evs {
 			for _, p := range e.Parts {
-				if p == "items/d.part" {
+				if p == "items/"+d.Part {
 					return true
 				}
 			}
@@ -170,7 +175,7 @@ func TestCompactionTiers(t *testing.T) {
 func TestStagedPartWithoutAnnouncementIsPublished(t *testing.T) {
 	js := natstest.MustStart(t)
 	dataDir := t.TempDir()
-	ev := streamPart(t, dataDir, "m2024-01-a1-s0000000005-0000000006-abc.part", 5, 6)
+	ev := streamPart(t, dataDir, "m2024-01-a1-s0000000005-0000000006-abcabcabcabc.part", 5, 6)
 	path := filepath.Join(dataDir, "extracts", "src", ".staging", schemas.StreamRun, "items", ev.Part)
 	// What the writer records in a part besides the rows.
 	rewriteWithMeta(t, path, map[string]string{"agnes.seqs": "5:2,6:2", "agnes.key_column": "key"})

@@ -5,7 +5,6 @@ package producers
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,22 +157,23 @@ func (p *Producer) Run(ctx context.Context) error {
 }
 
 func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
-	var req schemas.SyncRequest
-	if err := json.Unmarshal(msg.Data(), &req); err != nil {
-		p.log.Error("sync request is not valid JSON; dropping it", "subject", msg.Subject(), "err", err)
+	req, err := schemas.DecodeSyncRequest(msg.Data())
+	if err != nil {
+		// Nothing of a malformed request is trusted, not even its run id:
+		// it is dropped without an event.
+		p.log.Error("dropping malformed sync request", "subject", msg.Subject(), "err", err)
+		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
 		_ = msg.Term()
 		return
 	}
-	if err := req.Validate(); err != nil {
-		p.log.Error("invalid sync request; dropping it", "err", err)
-		if req.RunID != "" && schemas.ValidateName("source", req.Source) == nil {
-			p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
-		}
+	if want := schemas.SyncSubject(req.Source); msg.Subject() != want {
+		p.log.Error("dropping sync request published on another source's subject", "subject", msg.Subject(), "source", req.Source)
+		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
 		_ = msg.Term()
 		return
 	}
 	locks := p.locks
-	err := schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
+	err = schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
 		metrics.RunsRejected.Inc()
@@ -259,6 +259,13 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 		// schema comes from the first batch.
 		for _, t := range src.Tables {
 			tables = append(tables, connectors.TableInfo{Name: t, Capabilities: caps &^ connectors.Discover})
+		}
+	}
+	// table_options naming a table the source lacks is a mistake in the
+	// config (a typo, a renamed table): refused before anything is read.
+	for name := range src.TableOptions {
+		if _, err := connectors.SelectTables(tables, []string{name}); err != nil {
+			return fmt.Errorf("source %s: table_options.%s: %w; correct or remove the entry", req.Source, name, err)
 		}
 	}
 	want := req.Tables

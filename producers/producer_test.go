@@ -26,6 +26,12 @@ var wide = arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes
 // declared schema.
 type tcon struct{}
 
+// Run ids of the tests.
+const (
+	run1 = "00000000-0000-4000-8000-0000000000a1"
+	run2 = "00000000-0000-4000-8000-0000000000a2"
+)
+
 func (tcon) Capabilities() connectors.Capability { return connectors.Discover | connectors.Read }
 func (tcon) Discover(context.Context) ([]connectors.TableInfo, error) {
 	return []connectors.TableInfo{
@@ -90,8 +96,8 @@ func until(t schemas.EventType) func([]schemas.Event) bool {
 func TestProducerPublishesAndIsolates(t *testing.T) {
 	const limit = 12 << 10 // forces splitting of the batches
 	js := start(t, limit)
-	request(t, js, "r1", "src")
-	evs := natstest.WaitEvents(t, js, "agnes.events.src.r1.>", 20*time.Second, until(schemas.EventRunDone))
+	request(t, js, run1, "src")
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run1+".>", 20*time.Second, until(schemas.EventRunDone))
 	byType := map[schemas.EventType][]schemas.Event{}
 	for _, e := range evs {
 		byType[e.Type] = append(byType[e.Type], e)
@@ -148,8 +154,8 @@ func TestProducerPublishesAndIsolates(t *testing.T) {
 
 func TestProducerRunFailures(t *testing.T) {
 	js := start(t, 1<<20)
-	request(t, js, "r2", "nosuch")
-	evs := natstest.WaitEvents(t, js, "agnes.events.nosuch.r2.>", 10*time.Second, until(schemas.EventRunFailed))
+	request(t, js, run2, "nosuch")
+	evs := natstest.WaitEvents(t, js, "agnes.events.nosuch."+run2+".>", 10*time.Second, until(schemas.EventRunFailed))
 	if e := evs[len(evs)-1]; !strings.Contains(e.Error, `unknown source "nosuch"`) {
 		t.Errorf("run_failed reason %q", e.Error)
 	}

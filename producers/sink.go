@@ -75,11 +75,13 @@ func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 	if s.endSeq > 0 && s.seq+int64(len(chunks)) > s.endSeq {
 		return fmt.Errorf("%w: the rows of %s need more than the %d messages an event may publish per table", connectors.ErrBadEvent, s.table, hookSeqSpan)
 	}
+	if s.fingerprint == "" {
+		// No declared schema: the first batch's schema is the table's.
+		s.fingerprint = schemas.Fingerprint(rec.Schema())
+	}
 	for _, c := range chunks {
 		m := &nats.Msg{Subject: s.subject, Data: c.Data, Header: schemas.DataHeader(s.run, s.source, s.table, s.attempt, s.seq, c.Rows)}
-		if s.fingerprint != "" {
-			m.Header.Set(schemas.HeaderSchema, s.fingerprint)
-		}
+		m.Header.Set(schemas.HeaderSchema, s.fingerprint)
 		for k, v := range s.header {
 			m.Header[k] = v
 		}

@@ -13,3 +13,11 @@ var (
 	// with exactly one record batch, or lacks a required header.
 	ErrBadBatch = errors.New("malformed batch")
 )
+
+var (
+	// ErrBadEvent marks an event that does not decode or whose fields are
+	// malformed; it is skipped, never acted on.
+	ErrBadEvent = errors.New("malformed event")
+	// ErrBadRequest marks a sync request that does not decode or validate.
+	ErrBadRequest = errors.New("malformed sync request")
+)

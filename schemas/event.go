@@ -3,6 +3,7 @@ package schemas
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -22,8 +23,8 @@ type SyncRequest struct {
 
 // Validate checks the request's names before they reach a file path or SQL.
 func (r SyncRequest) Validate() error {
-	if r.RunID == "" {
-		return fmt.Errorf("sync request: run_id is empty")
+	if err := ValidateRunID(r.RunID); err != nil || r.RunID == StreamRun {
+		return fmt.Errorf("sync request: run_id %q is not a UUID", r.RunID)
 	}
 	if err := ValidateName("source", r.Source); err != nil {
 		return fmt.Errorf("sync request: %w", err)
@@ -154,19 +155,145 @@ const (
 	StatusFailed = "failed"
 )
 
+// MaxSyncRequestTables bounds the tables one sync request may name.
+const MaxSyncRequestTables = 10000
+
+// DecodeSyncRequest unmarshals a sync request and validates it; anything
+// malformed is ErrBadRequest.
+func DecodeSyncRequest(b []byte) (SyncRequest, error) {
+	var r SyncRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return SyncRequest{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	if len(r.Tables) > MaxSyncRequestTables {
+		return SyncRequest{}, fmt.Errorf("%w: %d tables, at most %d", ErrBadRequest, len(r.Tables), MaxSyncRequestTables)
+	}
+	if err := r.Validate(); err != nil {
+		return SyncRequest{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return r, nil
+}
+
+var eventTypes = map[EventType]bool{
+	EventRunStarted: true, EventTableStarted: true, EventTableProgress: true, EventTableDone: true, EventTableFailed: true,
+	EventBatchWritten: true, EventBatchFailed: true, EventRunDone: true, EventRunFailed: true, EventRunRejected: true,
+	EventExtractPublished: true, EventStreamPublished: true,
+}
+
 // Encode marshals e as JSON.
 func (e Event) Encode() ([]byte, error) { return json.Marshal(e) }
 
-// DecodeEvent unmarshals an event and checks its envelope.
+// DecodeEvent unmarshals an event and validates every field that may reach
+// a file path, a SQL statement or the finalizer's bookkeeping. Anything
+// malformed is ErrBadEvent: the caller logs, counts and skips it.
 func DecodeEvent(b []byte) (Event, error) {
 	var e Event
 	if err := json.Unmarshal(b, &e); err != nil {
-		return e, fmt.Errorf("decode event: %w", err)
+		return Event{}, fmt.Errorf("%w: %v", ErrBadEvent, err)
 	}
-	if e.Type == "" || e.RunID == "" || e.Source == "" {
-		return e, fmt.Errorf("decode event: missing type, run_id or source")
+	if err := e.Validate(); err != nil {
+		return Event{}, err
 	}
 	return e, nil
+}
+
+// Validate checks an event's fields: a known type, a UUID run id (or
+// StreamRun), identifiers for source and tables, a well-formed part name and
+// month, bounded attempts and sequence numbers.
+func (e Event) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s event: %s", ErrBadEvent, e.Type, fmt.Sprintf(format, args...))
+	}
+	if !eventTypes[e.Type] {
+		return fmt.Errorf("%w: unknown event type %q", ErrBadEvent, e.Type)
+	}
+	if err := ValidateRunID(e.RunID); err != nil {
+		return bad("%v", err)
+	}
+	if err := ValidateName("source", e.Source); err != nil {
+		return bad("%v", err)
+	}
+	if e.Table != "" {
+		if err := ValidateName("table", e.Table); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if e.Attempt != 0 {
+		if err := ValidateAttempt(e.Attempt); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if e.Month != "" {
+		if err := ValidateMonth(e.Month); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if e.Batches < 0 || e.Rows < 0 || e.Seq < 0 || e.Reconcile < 0 {
+		return bad("negative count")
+	}
+	switch e.Type {
+	case EventBatchWritten:
+		if e.Table == "" {
+			return bad("no table")
+		}
+		p, err := ParsePartName(e.Part)
+		if err != nil {
+			return bad("%v", err)
+		}
+		if p.Month != e.Month {
+			return bad("part %q is not of month %q", e.Part, e.Month)
+		}
+		if e.Attempt != 0 && p.Attempt != e.Attempt {
+			return bad("part %q is not of attempt %d", e.Part, e.Attempt)
+		}
+		if len(e.Seqs) == 0 || len(e.Seqs) != len(e.SeqRows) {
+			return bad("%d seqs with %d row counts", len(e.Seqs), len(e.SeqRows))
+		}
+		var rows int64
+		for i, s := range e.Seqs {
+			if s < 0 || e.SeqRows[i] < 0 || (i > 0 && s <= e.Seqs[i-1]) {
+				return bad("seqs must be non-negative and increasing, row counts non-negative")
+			}
+			rows += e.SeqRows[i]
+		}
+		if rows != e.Rows {
+			return bad("seq rows add up to %d, the event says %d", rows, e.Rows)
+		}
+	case EventTableDone, EventTableStarted, EventTableFailed, EventTableProgress, EventBatchFailed:
+		if e.Table == "" {
+			return bad("no table")
+		}
+	case EventStreamPublished:
+		for _, p := range e.Parts {
+			table, name, ok := strings.Cut(p, "/")
+			if !ok || ValidateName("table", table) != nil {
+				return bad("part %q is not table/part", p)
+			}
+			if _, err := ParsePartName(name); err != nil {
+				return bad("%v", err)
+			}
+		}
+	}
+	for _, t := range e.Tables {
+		if err := ValidateName("table", t); err != nil {
+			return bad("%v", err)
+		}
+	}
+	for _, r := range e.Results {
+		if err := ValidateName("table", r.Table); err != nil {
+			return bad("result: %v", err)
+		}
+	}
+	return nil
+}
+
+// CheckEventSubject reports whether subject is where e belongs: a forged
+// event naming another source or run than its subject is refused.
+func CheckEventSubject(subject string, e Event) error {
+	if want := EventSubject(e.Source, e.RunID, e.Type); subject != want {
+		return fmt.Errorf("%w: event on %s belongs on %s", ErrBadEvent, subject, want)
+	}
+	return nil
 }
 
 // MsgID is the deduplication id of an event: events that may be re-sent

@@ -155,16 +155,17 @@ func TestSchemaRoundTrip(t *testing.T) {
 }
 
 func TestParseDataHeader(t *testing.T) {
-	good := DataHeader("run1", "demo", "orders", 1, 7, 100)
+	good := DataHeader(testRun, "demo", "orders", 1, 7, 100)
+	good.Set(HeaderSchema, "fp")
 	ref, err := ParseDataHeader(good)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ref != (BatchRef{Run: "run1", Source: "demo", Table: "orders", Seq: 7, Rows: 100, Attempt: 1}) {
+	if ref != (BatchRef{Run: testRun, Source: "demo", Table: "orders", Seq: 7, Rows: 100, Attempt: 1}) {
 		t.Errorf("got %+v", ref)
 	}
-	if got := good.Get("Nats-Msg-Id"); got != "run1.1.orders.7" {
-		t.Errorf("msg id %q, want run1.1.orders.7", got)
+	if got := good.Get("Nats-Msg-Id"); got != testRun+".1.orders.7" {
+		t.Errorf("msg id %q, want %s.1.orders.7", got, testRun)
 	}
 	for name, mutate := range map[string]func(h nats.Header){
 		"ErrNoRun":      func(h nats.Header) { h.Del(HeaderRun) },
@@ -174,9 +175,15 @@ func TestParseDataHeader(t *testing.T) {
 		"ErrNegSeq":     func(h nats.Header) { h.Set(HeaderSeq, "-1") },
 		"ErrMissingRow": func(h nats.Header) { h.Del(HeaderRows) },
 		"ErrNoAttempt":  func(h nats.Header) { h.Del(HeaderAttempt) },
+		"ErrBigAttempt": func(h nats.Header) { h.Set(HeaderAttempt, "1000000") },
+		"ErrNoSchema":   func(h nats.Header) { h.Del(HeaderSchema) },
+		"ErrRunEscapes": func(h nats.Header) { h.Set(HeaderRun, "../../../../../x") },
+		"ErrRunDots":    func(h nats.Header) { h.Set(HeaderRun, "..") },
+		"ErrRunUpper":   func(h nats.Header) { h.Set(HeaderRun, strings.ToUpper(testRun)) },
 	} {
 		t.Run(name, func(t *testing.T) {
-			h := DataHeader("run1", "demo", "orders", 1, 7, 100)
+			h := DataHeader(testRun, "demo", "orders", 1, 7, 100)
+			h.Set(HeaderSchema, "fp")
 			mutate(h)
 			if _, err := ParseDataHeader(h); !errors.Is(err, ErrBadBatch) {
 				t.Errorf("got %v, want ErrBadBatch", err)
@@ -186,14 +193,16 @@ func TestParseDataHeader(t *testing.T) {
 }
 
 func TestSyncRequestValidate(t *testing.T) {
-	ok := SyncRequest{RunID: "r", Source: "demo", Tables: []string{"orders"}}
+	ok := SyncRequest{RunID: testRun, Source: "demo", Tables: []string{"orders"}}
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	for name, r := range map[string]SyncRequest{
 		"ErrNoRun":     {Source: "demo"},
-		"ErrBadSource": {RunID: "r", Source: "de mo"},
-		"ErrBadTable":  {RunID: "r", Source: "demo", Tables: []string{"x;y"}},
+		"ErrBadSource": {RunID: testRun, Source: "de mo"},
+		"ErrBadTable":  {RunID: testRun, Source: "demo", Tables: []string{"x;y"}},
+		"ErrBadRun":    {RunID: "../../victim", Source: "demo"},
+		"ErrStreamRun": {RunID: StreamRun, Source: "demo"},
 	} {
 		if err := r.Validate(); err == nil {
 			t.Errorf("%s: Validate accepted %+v", name, r)
@@ -216,7 +225,7 @@ func TestEventMsgIDDeterministic(t *testing.T) {
 	if (Event{Type: EventTableDone, RunID: "r", Table: "a"}).MsgID() == (Event{Type: EventTableDone, RunID: "r", Table: "b"}).MsgID() {
 		t.Error("table events of different tables must not deduplicate")
 	}
-	e, err := DecodeEvent([]byte(`{"type":"run_done","run_id":"r","source":"s"}`))
+	e, err := DecodeEvent([]byte(`{"type":"run_done","run_id":"` + testRun + `","source":"s"}`))
 	if err != nil || e.Type != EventRunDone {
 		t.Errorf("DecodeEvent = %+v, %v", e, err)
 	}

@@ -192,11 +192,15 @@ type BatchRef struct {
 }
 
 // ParseDataHeader reads a BatchRef from data message headers; a missing or
-// malformed header is ErrBadBatch.
+// malformed header is ErrBadBatch. Every field is validated (the run id is a
+// UUID or StreamRun, names are identifiers, numbers are bounded), so the
+// result is safe to build paths from; on error, fields that did not validate
+// may be set and must not be used for paths.
 func ParseDataHeader(h nats.Header) (BatchRef, error) {
 	ref := BatchRef{Run: h.Get(HeaderRun), Source: h.Get(HeaderSource), Table: h.Get(HeaderTable)}
-	if ref.Run == "" {
-		return ref, fmt.Errorf("%w: missing header %s", ErrBadBatch, HeaderRun)
+	if err := ValidateRunID(ref.Run); err != nil {
+		ref.Run = ""
+		return ref, fmt.Errorf("%w: header %s: %v", ErrBadBatch, HeaderRun, err)
 	}
 	if err := ValidateName("source", ref.Source); err != nil {
 		return ref, fmt.Errorf("%w: header %s: %v", ErrBadBatch, HeaderSource, err)
@@ -211,8 +215,11 @@ func ParseDataHeader(h nats.Header) (BatchRef, error) {
 	if ref.Rows, err = strconv.ParseInt(h.Get(HeaderRows), 10, 64); err != nil || ref.Rows < 0 {
 		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderRows, h.Get(HeaderRows))
 	}
-	if ref.Attempt, err = strconv.Atoi(h.Get(HeaderAttempt)); err != nil || ref.Attempt < 1 {
-		return ref, fmt.Errorf("%w: header %s=%q is not a positive integer", ErrBadBatch, HeaderAttempt, h.Get(HeaderAttempt))
+	if ref.Attempt, err = strconv.Atoi(h.Get(HeaderAttempt)); err != nil || ValidateAttempt(ref.Attempt) != nil {
+		return ref, fmt.Errorf("%w: header %s=%q is not an integer in 1..%d", ErrBadBatch, HeaderAttempt, h.Get(HeaderAttempt), MaxAttempt)
+	}
+	if h.Get(HeaderSchema) == "" {
+		return ref, fmt.Errorf("%w: missing header %s (the fingerprint of the table's declared schema)", ErrBadBatch, HeaderSchema)
 	}
 	return ref, nil
 }

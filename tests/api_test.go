@@ -17,6 +17,25 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/stack"
 )
 
+// gatedStack starts a stack with a source "slow" whose read waits until
+// the returned gate is closed, besides the given sources.
+func gatedStack(tb testing.TB, dir string, sources ...config.Source) (*stack.Stack, *config.Config, chan struct{}) {
+	tb.Helper()
+	gates := map[string]chan struct{}{"a": make(chan struct{})}
+	reg := connectors.NewRegistry()
+	demo.Register(reg)
+	reg.MustRegisterManifest("tests/gate_a.yaml", []byte("name: gate_a\nversion: \"1.0.0\"\ndescription: gated\ncapabilities: [discover, read]\n"),
+		func(connectors.Config) (connectors.Connector, error) { return &gated{gates: gates, name: "a"}, nil })
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Sources = append(sources, config.Source{Name: "slow", Connector: "gate_a"})
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: reg, DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st, cfg, gates["a"]
+}
+
 func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, strings.NewReader(body))
@@ -36,19 +55,8 @@ func call(t *testing.T, method, url, token, body string) (int, map[string]any) {
 // TestSyncAPI: trigger a sync over HTTP, follow its status to published,
 // get 409 for a source already syncing, and the auth and input errors.
 func TestSyncAPI(t *testing.T) {
-	dir := t.TempDir()
-	gates := map[string]chan struct{}{"a": make(chan struct{})}
-	reg := connectors.NewRegistry()
-	demo.Register(reg)
-	reg.MustRegisterManifest("tests/gate_a.yaml", []byte("name: gate_a\nversion: \"1.0.0\"\ndescription: gated\ncapabilities: [discover, read]\n"),
-		func(connectors.Config) (connectors.Connector, error) { return &gated{gates: gates, name: "a"}, nil })
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.Sources = []config.Source{{Name: "demo", Connector: "demo", Config: map[string]any{"rows": 5000, "customer_rows": 100}}, {Name: "slow", Connector: "gate_a"}}
-	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: reg, DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, cfg, gate := gatedStack(t, t.TempDir(),
+		config.Source{Name: "demo", Connector: "demo", Config: map[string]any{"rows": 5000, "customer_rows": 100}})
 	defer st.Stop()
 	srv := httptest.NewServer(httpapi.New(st.JS, cfg, "s3cret", slog.New(slog.DiscardHandler)).Handler())
 	defer srv.Close()
@@ -69,6 +77,7 @@ func TestSyncAPI(t *testing.T) {
 		{"UnknownField", srv.URL + "/api/sync/trigger", "s3cret", `{"sauce":"demo"}`, 400},
 		{"BadName", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"../x"}`, 400},
 		{"UnknownSource", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"nope"}`, 404},
+		{"TooLarge", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"demo","tables":["` + strings.Repeat("a", 200<<10) + `"]}`, 413},
 		{"BadRunID", srv.URL + "/api/sync/runs/xyz", "s3cret", ``, 400},
 		{"UnknownRun", srv.URL + "/api/sync/runs/7d0f1b8e-0000-4000-8000-000000000000", "s3cret", ``, 404},
 	} {
@@ -121,5 +130,5 @@ func TestSyncAPI(t *testing.T) {
 	if body["run_id"] != slowRun {
 		t.Errorf("409 names run %v, want %s", body["run_id"], slowRun)
 	}
-	close(gates["a"])
+	close(gate)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -95,9 +96,18 @@ func TestSyncDemoEndToEnd(t *testing.T) {
 			if m.Description == "" || m.SizeBytes <= 0 {
 				t.Errorf("%s: description %q size %d", m.Table, m.Description, m.SizeBytes)
 			}
-			wantPath := filepath.Join(dataDir, "extracts", "demo", "data", m.Table+".parquet")
-			if !strings.Contains(x.Views[m.Table], "'"+wantPath+"'") {
-				t.Errorf("view %s does not read the absolute path %s: %s", m.Table, wantPath, x.Views[m.Table])
+			// The view reads the table's published version, an immutable
+			// file of its own; data/<table>.parquet links the same file.
+			versions := filepath.Join(dataDir, "extracts", "demo", "data", ".versions", m.Table)
+			got := regexp.MustCompile(`'(/[^']+)'`).FindStringSubmatch(x.Views[m.Table])
+			if got == nil || filepath.Dir(got[1]) != versions {
+				t.Errorf("view %s does not read an absolute path in %s: %s", m.Table, versions, x.Views[m.Table])
+				continue
+			}
+			v, err1 := os.Stat(got[1])
+			l, err2 := os.Stat(filepath.Join(dataDir, "extracts", "demo", "data", m.Table+".parquet"))
+			if err1 != nil || err2 != nil || !os.SameFile(v, l) {
+				t.Errorf("data/%s.parquet is not the version the view reads (%v, %v)", m.Table, err1, err2)
 			}
 		}
 		if len(x.Remote) != 0 {
@@ -114,8 +124,8 @@ func TestSyncDemoEndToEnd(t *testing.T) {
 		for _, f := range files {
 			names = append(names, f.Name())
 		}
-		if strings.Join(names, ",") != "customers.parquet,orders.parquet" {
-			t.Errorf("data/ holds %v, want exactly customers.parquet and orders.parquet", names)
+		if strings.Join(names, ",") != ".versions,customers.parquet,orders.parquet" {
+			t.Errorf("data/ holds %v, want exactly .versions, customers.parquet and orders.parquet", names)
 		}
 	})
 	t.Run("ArrowRoundTrip", func(t *testing.T) {

@@ -30,11 +30,14 @@ func startFixture(tb testing.TB, f *fixture, dataDir string) *stack.Stack {
 	return st
 }
 
-func syncFixture(tb testing.TB, st *stack.Stack) *stack.Report {
+func syncFixture(tb testing.TB, st *stack.Stack) *stack.Report { return syncSource(tb, st, "fx") }
+
+// syncSource runs one sync of source on st and waits for its extract.
+func syncSource(tb testing.TB, st *stack.Stack, source string) *stack.Report {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "fx", RequestedAt: time.Now().UTC()}, nil)
+	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: source, RequestedAt: time.Now().UTC()}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

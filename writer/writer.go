@@ -10,13 +10,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -44,15 +41,6 @@ const (
 	DefaultMaxBatchBytes = 256 << 20
 )
 
-// SeqsMetaKey is the Parquet key-value metadata entry listing the data
-// message sequence numbers a part holds, with their row counts, in file order:
-// "seq:rows,seq:rows,...".
-const SeqsMetaKey = "agnes.seqs"
-
-// KeyColumnMetaKey names, in a part of a partitioned table, its key-group
-// column, so a part whose announcement expired can still be published.
-const KeyColumnMetaKey = "agnes.key_column"
-
 // Options configure a Writer.
 type Options struct {
 	JS      jetstream.JetStream
@@ -79,6 +67,7 @@ type Options struct {
 // Writer consumes data batches and writes Parquet parts.
 type Writer struct {
 	opts    Options
+	layout  schemas.Layout
 	log     *slog.Logger
 	buffers map[bufferKey]*buffer
 	// Stats, read by tests and the bench after Run returns.
@@ -146,12 +135,13 @@ func New(opts Options) *Writer {
 		h, _ := os.Hostname()
 		opts.Name = fmt.Sprintf("%s-%d", h, os.Getpid())
 	}
-	return &Writer{opts: opts, log: opts.Logger.With("service", "writer", "writer", opts.Name), buffers: map[bufferKey]*buffer{}}
-}
-
-// StagingDir is the folder of one table's parts in one run.
-func StagingDir(dataDir, source, run, table string) string {
-	return filepath.Join(dataDir, "extracts", source, ".staging", run, table)
+	layout, err := schemas.NewLayout(opts.DataDir)
+	if err != nil {
+		// Abs fails only when the working directory is gone; the relative
+		// path then still names the same folder for this process.
+		layout = schemas.LayoutAt(opts.DataDir)
+	}
+	return &Writer{opts: opts, layout: layout, log: opts.Logger.With("service", "writer", "writer", opts.Name), buffers: map[bufferKey]*buffer{}}
 }
 
 // Run consumes batches until ctx ends. On return every buffered batch has
@@ -227,7 +217,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: decodes to %d bytes, the writer's limit is %d", schemas.ErrOversized, n, w.opts.MaxBatchBytes))
 		return
 	}
-	if fp := msg.Headers().Get(schemas.HeaderSchema); fp != "" && fp != schemas.Fingerprint(rec.Schema()) {
+	if fp := msg.Headers().Get(schemas.HeaderSchema); fp != schemas.Fingerprint(rec.Schema()) {
 		got := rec.Schema().String()
 		rec.Release()
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: batch schema does not match the table's declared schema: %s", schemas.ErrBadBatch, got))
@@ -289,7 +279,7 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 		return
 	}
 	metrics.DeadLetters.Inc()
-	if ref.Run != "" && ref.Source != "" && ref.Table != "" {
+	if schemas.ValidateRunID(ref.Run) == nil && schemas.ValidateName("source", ref.Source) == nil && schemas.ValidateName("table", ref.Table) == nil {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
 			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
 		if err := schemas.PublishEvent(ctx, w.opts.JS, ev); err != nil {
@@ -425,16 +415,19 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 		fmt.Fprintf(&meta, "%d:%d", seqs[i], counts[i])
 	}
 	h.Write([]byte(meta.String()))
-	name := fmt.Sprintf("a%d-s%010d-%010d-%s.part", b.key.attempt, seqs[0], seqs[len(seqs)-1], hex.EncodeToString(h.Sum(nil))[:12])
-	if b.key.month != "" {
-		name = "m" + b.key.month + "-" + name
+	pn := schemas.PartName{Month: b.key.month, Attempt: b.key.attempt, First: seqs[0], Last: seqs[len(seqs)-1],
+		Hash: hex.EncodeToString(h.Sum(nil))[:12]}
+	name := pn.String()
+	// The key holds values ParseDataHeader validated; the layout checks again.
+	path, err := w.layout.Part(b.key.source, b.key.run, b.key.table, pn)
+	if err != nil {
+		return schemas.Event{}, fmt.Errorf("%w: %v", schemas.ErrBadBatch, err)
 	}
-	dir := StagingDir(w.opts.DataDir, b.key.source, b.key.run, b.key.table)
-	md := map[string]string{SeqsMetaKey: meta.String()}
+	md := map[string]string{schemas.SeqsMetaKey: meta.String()}
 	if b.keyCol != "" {
-		md[KeyColumnMetaKey] = b.keyCol
+		md[schemas.KeyColumnMetaKey] = b.keyCol
 	}
-	pf, err := parquetfile.Create(filepath.Join(dir, name), b.schema, max(w.opts.RowGroupRows, rows), md, w.opts.Mem)
+	pf, err := parquetfile.Create(path, b.schema, max(w.opts.RowGroupRows, rows), md, w.opts.Mem)
 	if err != nil {
 		return schemas.Event{}, err
 	}
@@ -476,23 +469,6 @@ func keepAlive(entries []entry, period time.Duration) func() {
 		}
 	}()
 	return func() { close(done); <-stopped }
-}
-
-// ParseSeqs parses the SeqsMetaKey value of a part.
-func ParseSeqs(s string) (seqs, rows []int64, err error) {
-	if s == "" {
-		return nil, nil, errors.New("part has no " + SeqsMetaKey + " metadata")
-	}
-	for _, kv := range strings.Split(s, ",") {
-		a, b, ok := strings.Cut(kv, ":")
-		sq, err1 := strconv.ParseInt(a, 10, 64)
-		n, err2 := strconv.ParseInt(b, 10, 64)
-		if !ok || err1 != nil || err2 != nil {
-			return nil, nil, fmt.Errorf("bad %s entry %q", SeqsMetaKey, kv)
-		}
-		seqs, rows = append(seqs, sq), append(rows, n)
-	}
-	return seqs, rows, nil
 }
 
 // recordBytes is the memory held by rec's buffers.

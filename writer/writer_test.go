@@ -22,6 +22,22 @@ import (
 
 var testSchema = arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.PrimitiveTypes.Int64}}, nil)
 
+// Run ids of the tests.
+const (
+	run1 = "00000000-0000-4000-8000-000000000001"
+	run2 = "00000000-0000-4000-8000-000000000002"
+	run3 = "00000000-0000-4000-8000-000000000003"
+)
+
+func stagingDir(tb testing.TB, dataDir, source, run, table string) string {
+	tb.Helper()
+	dir, err := schemas.LayoutAt(dataDir).TableStaging(source, run, table)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return dir
+}
+
 func mustBatch(tb testing.TB, from, n int64) []byte {
 	tb.Helper()
 	b := array.NewInt64Builder(memory.DefaultAllocator)
@@ -43,6 +59,7 @@ func mustBatch(tb testing.TB, from, n int64) []byte {
 func publish(tb testing.TB, js jetstream.JetStream, run string, seq, rows int64, data []byte, msgID string) {
 	tb.Helper()
 	h := schemas.DataHeader(run, "src", "things", 1, seq, rows)
+	h.Set(schemas.HeaderSchema, schemas.Fingerprint(testSchema))
 	if msgID != "" {
 		h.Set(jetstream.MsgIDHeader, msgID)
 	}
@@ -71,13 +88,13 @@ func TestWriterWritesPartsAndAcks(t *testing.T) {
 	dir := t.TempDir()
 	mem := memory.NewCheckedAllocator(memory.NewGoAllocator())
 	for seq := range int64(5) {
-		publish(t, js, "run1", seq, 100, mustBatch(t, seq*100, 100), "")
+		publish(t, js, run1, seq, 100, mustBatch(t, seq*100, 100), "")
 	}
 	// A redelivered copy of batch 2 under another message id.
-	publish(t, js, "run1", 2, 100, mustBatch(t, 200, 100), "copy-of-2")
+	publish(t, js, run1, 2, 100, mustBatch(t, 200, 100), "copy-of-2")
 	w, stop := startWriter(t, js, dir, mem)
 
-	evs := natstest.WaitEvents(t, js, "agnes.events.src.run1.batch_written", 10*time.Second, func(evs []schemas.Event) bool {
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run1+".batch_written", 10*time.Second, func(evs []schemas.Event) bool {
 		seen := map[int64]bool{}
 		for _, e := range evs {
 			for _, s := range e.Seqs {
@@ -93,12 +110,12 @@ func TestWriterWritesPartsAndAcks(t *testing.T) {
 	}
 	var total int64
 	for _, e := range evs {
-		path := filepath.Join(StagingDir(dir, "src", "run1", "things"), e.Part)
+		path := filepath.Join(stagingDir(t, dir, "src", run1, "things"), e.Part)
 		r, err := parquetfile.Open(path, 1000, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		seqs, rows, err := ParseSeqs(r.Meta(SeqsMetaKey))
+		seqs, rows, err := schemas.ParseSeqs(r.Meta(schemas.SeqsMetaKey))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,12 +157,12 @@ func TestWriterWritesPartsAndAcks(t *testing.T) {
 func TestWriterPoison(t *testing.T) {
 	js := natstest.MustStart(t)
 	dir := t.TempDir()
-	publish(t, js, "run2", 0, 10, []byte("definitely not arrow"), "")
-	publish(t, js, "run2", 1, 99, mustBatch(t, 0, 10), "") // header lies about rows
-	publish(t, js, "run2", 2, 10, mustBatch(t, 0, 10), "")
+	publish(t, js, run2, 0, 10, []byte("definitely not arrow"), "")
+	publish(t, js, run2, 1, 99, mustBatch(t, 0, 10), "") // header lies about rows
+	publish(t, js, run2, 2, 10, mustBatch(t, 0, 10), "")
 	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
 	defer stop()
-	evs := natstest.WaitEvents(t, js, "agnes.events.src.run2.>", 10*time.Second, func(evs []schemas.Event) bool {
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run2+".>", 10*time.Second, func(evs []schemas.Event) bool {
 		var failed, written int
 		for _, e := range evs {
 			switch e.Type {
@@ -177,7 +194,7 @@ func TestPartNameDeterministic(t *testing.T) {
 	dir := t.TempDir()
 	w := New(Options{DataDir: dir})
 	mk := func() *buffer {
-		b := &buffer{key: bufferKey{run: "r", source: "s", table: "t", attempt: 1}, schema: testSchema}
+		b := &buffer{key: bufferKey{run: run3, source: "s", table: "t", attempt: 1}, schema: testSchema}
 		for seq := range int64(3) {
 			rec, err := schemas.DecodeBatch(mustBatch(t, seq*10, 10), memory.DefaultAllocator)
 			if err != nil {
@@ -200,7 +217,7 @@ func TestPartNameDeterministic(t *testing.T) {
 	if e1.Part != e2.Part {
 		t.Errorf("the same batches gave parts %s and %s", e1.Part, e2.Part)
 	}
-	files, _ := os.ReadDir(StagingDir(dir, "s", "r", "t"))
+	files, _ := os.ReadDir(stagingDir(t, dir, "s", run3, "t"))
 	if len(files) != 1 {
 		t.Errorf("rewriting the same batches left %d files, want 1", len(files))
 	}
@@ -222,7 +239,7 @@ func TestSlowWriteIsNotRedelivered(t *testing.T) {
 	done := make(chan struct{})
 	go func() { slow.Run(ctx); close(done) }()
 	for seq := range int64(3) {
-		publish(t, js, "slow", seq, 10, mustBatch(t, seq*10, 10), "")
+		publish(t, js, run3, seq, 10, mustBatch(t, seq*10, 10), "")
 	}
 	// Wait until the slow writer holds them, then start a second writer.
 	deadline := time.Now().Add(10 * time.Second)
@@ -234,7 +251,7 @@ func TestSlowWriteIsNotRedelivered(t *testing.T) {
 	}
 	fast := New(Options{JS: js, DataDir: dir, Name: "fast", AckWait: time.Second, FlushAfter: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	go func() { fast.Run(ctx) }()
-	evs := natstest.WaitEvents(t, js, "agnes.events.src.slow.batch_written", 20*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run3+".batch_written", 20*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
 	cancel()
 	<-done
 	if len(evs) != 1 || evs[0].Writer != "slow" || len(evs[0].Seqs) != 3 {

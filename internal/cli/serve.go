@@ -49,6 +49,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ackWait := fs.Duration("ack-wait", 0, "how long a writer may hold a batch without signalling progress before it is redelivered (default 60s)")
 	maxDeliver := fs.Int("max-deliver", 0, "deliveries of a batch before it is dead-lettered (default 10)")
 	producerAckWait := fs.Duration("producer-ack-wait", 0, "how long a producer may go silent before its sync request is redelivered (default 30s)")
+	retireGrace := fs.Duration("retire-grace", 0, "how long a file the live extract no longer reads is kept for readers of an older extract (default 5m)")
 	name := fs.String("name", "", "name of this process's writers in events and logs (default writer)")
 	metricsListen := fs.String("metrics-listen", "", "address serving Prometheus metrics at /metrics; empty: off")
 	httpListen := fs.String("http-listen", "", "address of the sync API (POST /api/sync/trigger, GET /api/sync/runs/{id}); empty: off. Needs $"+httpapi.TokenEnv)
@@ -78,7 +79,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
 		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
 		GatewayListen: *webhookListen,
-		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name})
+		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name,
+		RetireGrace: *retireGrace})
 	if err != nil {
 		return err
 	}

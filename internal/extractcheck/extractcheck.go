@@ -48,7 +48,9 @@ var (
 	pathRE  = regexp.MustCompile(`read_parquet\((?:main\.list_value\(|\[)?('[^)\]]*)`)
 	// partFileRE is a partitioned table's file below data/<table>/.
 	partFileRE = regexp.MustCompile(`^month=[0-9]{4}-(0[1-9]|1[0-2])/[^/]+\.parquet$`)
-	quotedRE   = regexp.MustCompile(`'((?:[^']|'')*)'`)
+	// versionRE is a batch table's published version below data/.versions/<table>/.
+	versionRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.parquet$`)
+	quotedRE  = regexp.MustCompile(`'((?:[^']|'')*)'`)
 
 	// AllowedExtensions are the extensions the consumer attaches.
 	AllowedExtensions = []string{"keboola", "bigquery", "uc_catalog", "delta", "snowflake"}
@@ -179,7 +181,7 @@ func Verify(ctx context.Context, path string, opts ...Option) (*Extract, error) 
 				bad("remote table %s has rows=%d size_bytes=%d, want 0 and 0", m.Table, m.Rows, m.SizeBytes)
 			}
 		case "local":
-			verifyLocal(ctx, conn, x, m, dataDir, bad)
+			verifyLocal(ctx, conn, x, m, dataDir, o, bad)
 		case "materialized":
 		default:
 			bad("_meta query_mode of %s is %q, want local, remote or materialized", m.Table, m.QueryMode)
@@ -262,7 +264,7 @@ func Verify(ctx context.Context, path string, opts ...Option) (*Extract, error) 
 	return x, errors.Join(errs...)
 }
 
-func verifyLocal(ctx context.Context, conn *sql.Conn, x *Extract, m MetaRow, dataDir string, bad func(string, ...any)) {
+func verifyLocal(ctx context.Context, conn *sql.Conn, x *Extract, m MetaRow, dataDir string, o options, bad func(string, ...any)) {
 	sqlText, ok := x.Views[m.Table]
 	if !ok {
 		bad("local table %s has no view", m.Table)
@@ -279,6 +281,7 @@ func verifyLocal(ctx context.Context, conn *sql.Conn, x *Extract, m MetaRow, dat
 	}
 	batch := filepath.Join(dataDir, m.Table+".parquet")
 	partDir := filepath.Join(dataDir, m.Table)
+	versionDir := filepath.Join(dataDir, ".versions", m.Table)
 	var size int64
 	for _, p := range paths {
 		if !filepath.IsAbs(p) {
@@ -293,6 +296,23 @@ func verifyLocal(ctx context.Context, conn *sql.Conn, x *Extract, m MetaRow, dat
 				continue
 			}
 			size += st.Size()
+		case filepath.Dir(p) == versionDir:
+			if !versionRE.MatchString(filepath.Base(p)) {
+				bad("view %s reads %s, not a <run id>.parquet version of %s/", m.Table, p, versionDir)
+			}
+			st, err := os.Stat(p)
+			if err != nil {
+				bad("view %s reads %s: %v", m.Table, p, err)
+				continue
+			}
+			size += st.Size()
+			// data/<table>.parquet links the newest version; while a sync
+			// publishes, the link may already name the next one.
+			if !o.allowTemp {
+				if lt, err := os.Stat(batch); err != nil || !os.SameFile(st, lt) {
+					bad("%s is not a link to the version %s the view reads", batch, p)
+				}
+			}
 		case strings.HasPrefix(p, partDir+string(filepath.Separator)):
 			if rel, _ := filepath.Rel(partDir, p); !partFileRE.MatchString(filepath.ToSlash(rel)) {
 				bad("view %s reads %s, not a month=YYYY-MM/*.parquet file of %s/", m.Table, p, partDir)
@@ -304,7 +324,7 @@ func verifyLocal(ctx context.Context, conn *sql.Conn, x *Extract, m MetaRow, dat
 			}
 			size += st.Size()
 		default:
-			bad("view %s reads %s, outside %s and %s/", m.Table, p, batch, partDir)
+			bad("view %s reads %s, outside %s, %s/ and %s/", m.Table, p, batch, partDir, versionDir)
 		}
 	}
 	if _, err := os.Stat(batch); err == nil {

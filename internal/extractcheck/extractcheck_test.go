@@ -122,3 +122,33 @@ func TestVerifyTempFiles(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+// TestVerifyVersions: a view may read a published version under
+// data/.versions/<table>/, and data/<table>.parquet must link that version.
+func TestVerifyVersions(t *testing.T) {
+	dir := t.TempDir()
+	run := "0b9f3c1e-5d7a-4e2b-9c61-3f8a2d4e6b10"
+	version := filepath.Join(dir, "data", ".versions", "t", run+".parquet")
+	mustParquet(t, version, 10)
+	st, _ := os.Stat(version)
+	link := filepath.Join(dir, "data", "t.parquet")
+	if err := os.Link(version, link); err != nil {
+		t.Fatal(err)
+	}
+	path := mustExtract(t, dir, metaDDL,
+		"INSERT INTO _meta VALUES ('t', 'd', 10, "+strconv.FormatInt(st.Size(), 10)+", TIMESTAMP '2026-01-01 00:00:00', 'local')",
+		"CREATE VIEW t AS SELECT * FROM read_parquet('"+version+"')")
+	if _, err := Verify(context.Background(), path); err != nil {
+		t.Fatalf("OK: %v", err)
+	}
+	// The link names another file: consumers scanning data/ would read
+	// something else than the extract.
+	os.Remove(link)
+	mustParquet(t, link, 10)
+	if _, err := Verify(context.Background(), path); err == nil || !strings.Contains(err.Error(), "is not a link to the version") {
+		t.Errorf("ErrStaleLink: got %v", err)
+	}
+	if _, err := Verify(context.Background(), path, WhileWriting()); err != nil {
+		t.Errorf("while a sync publishes, a link ahead of the extract is allowed: %v", err)
+	}
+}

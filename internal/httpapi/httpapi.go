@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/config"
@@ -39,8 +40,12 @@ type API struct {
 	js    jetstream.JetStream
 	cfg   *config.Config
 	token string
-	locks jetstream.KeyValue
 	log   *slog.Logger
+
+	// mu guards the handles below, opened on first use.
+	mu     sync.Mutex
+	locks  jetstream.KeyValue
+	events jetstream.Stream
 }
 
 // New returns the API; token empty disables the /api routes (503).
@@ -110,6 +115,10 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 	dec.DisallowUnknownFields()
 	// An empty body triggers every source.
 	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+			fail(w, http.StatusRequestEntityTooLarge, "request body over %d bytes", maxBody)
+			return
+		}
 		fail(w, http.StatusBadRequest, "invalid JSON body: %v", err)
 		return
 	}
@@ -148,16 +157,25 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 			fail(w, http.StatusBadRequest, "%v", err)
 			return
 		}
-		if e, err := locks.Get(ctx, src); err == nil {
+		// Taking the source's lock for the new run and publishing are one
+		// step: of concurrent triggers exactly one creates the lock (the
+		// producer then finds it held by its own run), the others get 409.
+		running, err := claim(ctx, locks, src, sr.RunID)
+		if err != nil {
+			fail(w, http.StatusServiceUnavailable, "lock source %s: %v", src, err)
+			return
+		}
+		if running != "" {
 			if len(sources) == 1 {
-				writeJSON(w, http.StatusConflict, map[string]string{"error": "a sync of this source is already running", "source": src, "run_id": string(e.Value())})
+				writeJSON(w, http.StatusConflict, map[string]string{"error": "a sync of this source is already running", "source": src, "run_id": running})
 				return
 			}
-			out = append(out, triggered{RunID: string(e.Value()), Source: src, Status: "already_running"})
+			out = append(out, triggered{RunID: running, Source: src, Status: "already_running"})
 			continue
 		}
 		b, _ := json.Marshal(sr)
 		if _, err := a.js.Publish(ctx, schemas.SyncSubject(src), b, jetstream.WithMsgID(sr.RunID)); err != nil {
+			_ = schemas.ReleaseRun(context.WithoutCancel(ctx), locks, src, sr.RunID)
 			fail(w, http.StatusServiceUnavailable, "publish sync request: %v", err)
 			return
 		}
@@ -171,7 +189,31 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"runs": out})
 }
 
+// claim creates the source's lock for run. It returns the running run's id
+// when another run holds the lock.
+func claim(ctx context.Context, locks jetstream.KeyValue, source, run string) (string, error) {
+	for {
+		_, err := locks.Create(ctx, source, []byte(run))
+		if err == nil {
+			return "", nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return "", err
+		}
+		e, err := locks.Get(ctx, source)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released in between
+		}
+		if err != nil {
+			return "", err
+		}
+		return string(e.Value()), nil
+	}
+}
+
 func (a *API) lockBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.locks != nil {
 		return a.locks, nil
 	}
@@ -194,42 +236,66 @@ type RunStatus struct {
 	Path    string                `json:"path,omitempty"`
 }
 
-// status reads the run's events so far.
+// statusEvents are the events that decide a run's status, in the order a
+// run normally makes them.
+var statusEvents = []schemas.EventType{schemas.EventRunStarted, schemas.EventRunDone,
+	schemas.EventExtractPublished, schemas.EventRunFailed, schemas.EventRunRejected}
+
+// status answers with the run's status from the last event of each kind
+// that decides it, read with direct gets: no request creates a consumer.
 func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if _, err := uuid.Parse(id); err != nil {
+	if err := schemas.ValidateRunID(id); err != nil || id == schemas.StreamRun {
 		fail(w, http.StatusBadRequest, "run id %q is not a UUID", id)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	cons, err := a.js.OrderedConsumer(ctx, schemas.EventStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"agnes.events.*." + id + ".>"}})
+	stream, err := a.eventStream(ctx)
 	if err != nil {
 		fail(w, http.StatusServiceUnavailable, "the bus is unavailable: %v", err)
 		return
 	}
 	st := RunStatus{RunID: id, Status: "queued"}
-	seen := 0
-	for {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(300*time.Millisecond))
+	var terminal uint64
+	seen := false
+	for _, t := range statusEvents {
+		m, err := stream.GetLastMsgForSubject(ctx, "agnes.events.*."+id+"."+string(t))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
 		if err != nil {
 			fail(w, http.StatusServiceUnavailable, "read run events: %v", err)
 			return
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			ev, err := schemas.DecodeEvent(m.Data())
-			if err != nil {
+		ev, err := schemas.DecodeEvent(m.Data)
+		if err == nil {
+			err = schemas.CheckEventSubject(m.Subject, ev)
+		}
+		if err != nil || ev.RunID != id {
+			a.log.Warn("skipping malformed event", "subject", m.Subject, "err", err)
+			continue
+		}
+		seen = true
+		st.Source = ev.Source
+		switch t {
+		case schemas.EventRunStarted:
+			st.Tables = ev.Tables
+			if terminal == 0 && st.Status == "queued" {
+				st.Status = "running"
+			}
+		case schemas.EventRunDone:
+			if terminal == 0 {
+				st.Status, st.Results = "writing", ev.Results
+			}
+		default:
+			// The latest terminal event wins.
+			if m.Sequence < terminal {
 				continue
 			}
-			st.Source = ev.Source
-			switch ev.Type {
-			case schemas.EventRunStarted:
-				st.Status, st.Tables = "running", ev.Tables
-			case schemas.EventRunDone:
-				st.Status, st.Results = "writing", ev.Results
+			terminal = m.Sequence
+			st.Error, st.Path = "", ""
+			switch t {
 			case schemas.EventExtractPublished:
 				st.Status, st.Results, st.Path = "published", ev.Results, ev.Path
 			case schemas.EventRunFailed:
@@ -238,14 +304,24 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 				st.Status, st.Error = "rejected", ev.Error
 			}
 		}
-		seen += n
-		if n == 0 {
-			break
-		}
 	}
-	if seen == 0 {
+	if !seen {
 		fail(w, http.StatusNotFound, "no run %s (runs are kept 7 days; a run just triggered may still be queued)", id)
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *API) eventStream(ctx context.Context) (jetstream.Stream, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.events != nil {
+		return a.events, nil
+	}
+	s, err := a.js.Stream(ctx, schemas.EventStream)
+	if err != nil {
+		return nil, err
+	}
+	a.events = s
+	return s, nil
 }

@@ -22,6 +22,10 @@ var (
 	RowsRead     = counter("agnes_producer_rows_total", "Rows published on the bus.")
 	BatchesSent  = counter("agnes_producer_batches_total", "Data messages published on the bus.")
 
+	// ConnectorFallbacks counts webhooks whose issue could not be fetched
+	// again, published from the event's own copy instead (by HTTP status).
+	ConnectorFallbacks = counterVec("agnes_connector_refetch_fallbacks_total", "Pushed events whose entity could not be fetched again and was published from the event's own copy, by connector and status.", "connector", "status")
+
 	HooksProcessed = counter("agnes_producer_webhooks_processed_total", "Webhook bodies turned into data batches.")
 
 	// Gateway.
@@ -42,6 +46,10 @@ var (
 	PublishSeconds    = histogram("agnes_finalizer_publish_seconds", "Time to assemble tables and swap an extract.")
 	StreamPublishes   = counter("agnes_finalizer_stream_publishes_total", "Extracts published for streamed parts.")
 	Compactions       = counter("agnes_finalizer_compactions_total", "Partition compactions published.")
+
+	// Every service: input read from the bus that did not validate and was
+	// skipped (kind: event, sync_request, staged_part).
+	MalformedInput = counterVec("agnes_malformed_input_total", "Messages or files that failed validation and were skipped, by kind.", "kind")
 )
 
 func init() {

@@ -169,7 +169,8 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, fromSeq uint64, fn func(jetstream.Msg) bool) error {
 	next := fromSeq
 	for {
-		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverAllPolicy}
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverAllPolicy,
+			InactiveThreshold: FollowInactiveThreshold}
 		if next > 0 {
 			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
 		}
@@ -180,6 +181,9 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, 
 			if err != nil {
 				return err
 			}
+			// The consumer is deleted when following ends; one left by a
+			// crashed process goes after FollowInactiveThreshold.
+			defer deleteConsumer(js, stream, cons)
 			it, err := cons.Messages()
 			if err != nil {
 				return err
@@ -250,6 +254,22 @@ func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, 
 }
 
 var errStop = errors.New("stop following")
+
+// FollowInactiveThreshold is how long the server keeps a follower's consumer
+// after its client stopped asking for messages.
+const FollowInactiveThreshold = 2 * time.Minute
+
+// deleteConsumer removes the server-side consumer behind cons, if it still
+// exists.
+func deleteConsumer(js jetstream.JetStream, stream string, cons jetstream.Consumer) {
+	info := cons.CachedInfo()
+	if info == nil || info.Name == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = js.DeleteConsumer(ctx, stream, info.Name)
+}
 
 // KeyValue opens a bucket, retrying while the bus is unavailable (up to a
 // minute); the handle stays valid across reconnects.
