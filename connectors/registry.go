@@ -18,6 +18,9 @@ type Registration struct {
 	// without opening the connector (no credentials needed): the gateway
 	// answers 400 with its error before the event reaches the bus.
 	ValidateEvent func(event []byte) error
+	// SampleEvent, for streaming connectors, is a pushed event the contract
+	// suite streams when the caller gives none ("da connector test").
+	SampleEvent []byte
 }
 
 // Registry maps connector names to registrations.
@@ -51,6 +54,16 @@ func (r *Registry) MustRegisterManifest(path string, manifest []byte, f Factory)
 	if err := r.Register(Registration{Manifest: m, New: f}); err != nil {
 		panic(err)
 	}
+}
+
+// SetSampleEvent sets the sample event of a registered connector.
+func (r *Registry) SetSampleEvent(name string, event []byte) {
+	reg, ok := r.byName[name]
+	if !ok {
+		panic("SetSampleEvent: unknown connector " + name)
+	}
+	reg.SampleEvent = event
+	r.byName[name] = reg
 }
 
 // SetEventValidator sets the event check of a registered connector.

@@ -49,6 +49,10 @@ type Change struct {
 	// missing here has no rows for the key any more. The runtime releases the
 	// batches.
 	Tables map[string]arrow.RecordBatch
+	// Keep names tables the change says nothing about: the key's rows there
+	// stay as they are (an event that cannot vouch for the comments
+	// keeps the stored ones). A table in Keep must not be in Tables.
+	Keep []string
 }
 
 // Release frees the change's batches.
@@ -67,6 +71,14 @@ func (c Change) Validate() error {
 	}
 	if c.Time.IsZero() {
 		return fmt.Errorf("change of key %s has no data time (it picks the month partition)", c.Key)
+	}
+	for _, k := range c.Keep {
+		if c.Tables[k] != nil {
+			return fmt.Errorf("change of key %s both keeps and replaces the rows of %s", c.Key, k)
+		}
+		if c.Deleted {
+			return fmt.Errorf("change of key %s deletes the key but keeps the rows of %s", c.Key, k)
+		}
 	}
 	return nil
 }

@@ -3,8 +3,10 @@ package producers
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
@@ -55,6 +57,9 @@ func (cs *changeSet) add(ch connectors.Change, event int64) ([]partKey, error) {
 	month := schemas.Month(ch.Time)
 	var touched []partKey
 	for name, t := range cs.tables {
+		if slices.Contains(ch.Keep, name) {
+			continue // no rows and no marker: the key's rows stay as published
+		}
 		rec, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, ch.Deleted, event, ch.Tables[name], cs.mem)
 		if err != nil {
 			return nil, fmt.Errorf("table %s, key %s: %w", name, ch.Key, err)
@@ -147,6 +152,7 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 	}
 	first := tables[group[0]]
 	var since string
+	var prevBoundary []string
 	var cursorRev uint64
 	if c, rev, err := loadCursor(ctx, state, req.Source, first.Name); err != nil {
 		for _, i := range group {
@@ -154,7 +160,7 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 		}
 		return results
 	} else if c != nil && c.Column == schemas.VersionColumn && !req.FullRefresh {
-		since, cursorRev = c.Value, rev
+		since, cursorRev, prevBoundary = c.Value, rev, c.Boundary
 	} else {
 		cursorRev = rev
 	}
@@ -172,7 +178,7 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 		sinks[t.Name] = p.newSink(req.RunID, req.Source, t.Name, req.Attempt, schemas.PartitionedSchema(t.Schema), log.With("table", t.Name))
 	}
 	started := time.Now()
-	maxVersion, err := p.backfillChanges(ctx, req, cr, since, inGroup, sinks, log)
+	maxVersion, boundary, err := p.backfillChanges(ctx, req, cr, since, prevBoundary, inGroup, sinks, log)
 	for _, s := range sinks {
 		if werr := s.wait(ctx, 0); err == nil && werr != nil {
 			err = werr
@@ -195,9 +201,9 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 			done.CursorRevision = cursorRev
 			if maxVersion != 0 {
 				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp",
-					Value: time.UnixMicro(maxVersion).UTC().Format(time.RFC3339Nano)}
+					Value: time.UnixMicro(maxVersion).UTC().Format(time.RFC3339Nano), Boundary: boundary}
 			} else if since != "" {
-				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp", Value: since}
+				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp", Value: since, Boundary: prevBoundary}
 			}
 		}
 		if since == "" && t.Partition.FullBackfillDeletes {
@@ -212,9 +218,12 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 }
 
 // backfillChanges reads every change and publishes its rows; it returns the
-// newest version read.
-func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest, cr connectors.ChangeReader, since string,
-	tables []connectors.TableInfo, sinks map[string]*sink, log *slog.Logger) (maxVersion int64, err error) {
+// newest version read and the identities of the keys at that version (the
+// cursor's boundary). An incremental read (since set) drops changes older
+// than the cursor and the boundary keys at exactly the cursor: they are
+// published already, so a read that finds nothing new publishes nothing.
+func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest, cr connectors.ChangeReader, since string, prevBoundary []string,
+	tables []connectors.TableInfo, sinks map[string]*sink, log *slog.Logger) (maxVersion int64, boundary []string, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("connector panicked reading changes: %v\n%s", v, debug.Stack())
@@ -244,28 +253,52 @@ func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest,
 	// Event numbers of a backfill: unique per change, and distinct from the
 	// stream's (the bus sequence of a webhook, far below this base).
 	base := time.Now().UnixMicro() * 1000
-	var n int64
+	var n, skipped int64
 	last := time.Now()
+	var sinceV int64 = -1 << 63
+	published := map[string]bool{}
+	if since != "" {
+		t, err := time.Parse(time.RFC3339Nano, since)
+		if err != nil {
+			return 0, nil, fmt.Errorf("cursor %q is not an RFC 3339 time", since)
+		}
+		sinceV = t.UnixMicro()
+		for _, b := range prevBoundary {
+			published[b] = true
+		}
+	}
+	var atMax []string
 	for ch, rerr := range cr.Changes(ctx, connectors.ReadOptions{IncrementalKey: schemas.VersionColumn, IncrementalValue: since, BatchSize: int(batch)}) {
 		if rerr != nil {
-			return 0, fmt.Errorf("read changes: %w", rerr)
+			return 0, nil, fmt.Errorf("read changes: %w", rerr)
 		}
-		maxVersion = max(maxVersion, ch.Version)
+		id := keyIdentity(ch.Key)
+		if ch.Version < sinceV || (ch.Version == sinceV && published[id]) {
+			ch.Release()
+			skipped++
+			continue
+		}
+		if ch.Version > maxVersion {
+			maxVersion, atMax = ch.Version, atMax[:0]
+		}
+		if ch.Version == maxVersion && !slices.Contains(atMax, id) {
+			atMax = append(atMax, id)
+		}
 		touched, err := cs.add(ch, base+n)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		n++
 		for _, k := range touched {
 			if cs.rows[k] >= batch {
 				if err := flush(k); err != nil {
-					return 0, err
+					return 0, nil, err
 				}
 			}
 		}
 		if cs.total >= 4*batch {
 			if err := flushAll(); err != nil {
-				return 0, err
+				return 0, nil, err
 			}
 		}
 		if time.Since(last) >= progressEvery {
@@ -277,8 +310,25 @@ func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest,
 		}
 	}
 	if err := flushAll(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	log.Debug("changes read", "changes", n)
-	return maxVersion, nil
+	log.Debug("changes read", "changes", n, "already_published", skipped)
+	if maxVersion == sinceV {
+		// Nothing newer than the cursor: its boundary grows by the keys
+		// first seen at it now.
+		for _, b := range prevBoundary {
+			if !slices.Contains(atMax, b) {
+				atMax = append(atMax, b)
+			}
+		}
+	}
+	slices.Sort(atMax)
+	return maxVersion, atMax, nil
+}
+
+// keyIdentity is the cursor-boundary identity of a key group.
+func keyIdentity(key string) string {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return fmt.Sprintf("%016x", h.Sum64())
 }

@@ -352,10 +352,14 @@ func (s Suite) stream(ctx context.Context) error {
 	if !ok || !c.Capabilities().Has(connectors.Stream) {
 		return nil
 	}
-	if s.StreamEvent == nil {
-		return errors.New("the connector declares stream: set Suite.StreamEvent to a sample event")
+	event := s.StreamEvent
+	if event == nil {
+		event = s.Registration.SampleEvent
 	}
-	out, err := st.Stream(ctx, s.StreamEvent)
+	if event == nil {
+		return errors.New("the connector declares stream but ships no sample event: register one with Registry.SetSampleEvent (or set Suite.StreamEvent)")
+	}
+	out, err := st.Stream(ctx, event)
 	if err != nil {
 		return fmt.Errorf("stream: %w", err)
 	}

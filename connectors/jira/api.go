@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -43,6 +44,22 @@ type Comment struct {
 	Created   string          `json:"created"`
 	Updated   string          `json:"updated,omitempty"`
 	JSDPublic *bool           `json:"jsdPublic,omitempty"`
+	// Visibility restricts the comment to a project role or a group.
+	Visibility *Visibility `json:"visibility,omitempty"`
+}
+
+// Visibility is a comment's restriction: {"type": "role"|"group", "value": ...}.
+type Visibility struct {
+	Type       string `json:"type"`
+	Value      string `json:"value"`
+	Identifier string `json:"identifier,omitempty"`
+}
+
+// Public reports whether everyone who can see the issue can see the
+// comment: no role or group restriction, and not a Service Management
+// internal note.
+func (c Comment) Public() bool {
+	return c.Visibility == nil && (c.JSDPublic == nil || *c.JSDPublic)
 }
 
 // CommentPage is a page of comments (the issue's comment field, or
@@ -183,11 +200,15 @@ type SearchResponse struct {
 	IsLast        bool    `json:"isLast"`
 }
 
-// WebhookEvent is a Jira webhook body.
+// WebhookEvent is a Jira webhook body. Some events (comment and worklog
+// events of some sites) carry "issue": null and name the issue by a
+// top-level issue_key (and issue_id) instead.
 type WebhookEvent struct {
 	Timestamp    int64  `json:"timestamp"`
 	WebhookEvent string `json:"webhookEvent"`
 	Issue        *Issue `json:"issue,omitempty"`
+	IssueKey     string `json:"issue_key,omitempty"`
+	IssueID      string `json:"issue_id,omitempty"`
 }
 
 // Webhook event names with a special meaning.
@@ -225,8 +246,12 @@ func ParseEvent(body []byte) (WebhookEvent, error) {
 	if ev.WebhookEvent == "" {
 		return ev, fmt.Errorf("body has no webhookEvent")
 	}
+	if ev.Issue == nil && ev.IssueKey != "" {
+		// Only the key is known: the issue is fetched from Jira.
+		ev.Issue = &Issue{Key: ev.IssueKey, ID: ev.IssueID}
+	}
 	if ev.Issue == nil {
-		return ev, fmt.Errorf("event %s carries no issue", ev.WebhookEvent)
+		return ev, fmt.Errorf("event %s carries no issue and no issue_key", ev.WebhookEvent)
 	}
 	if !IssueKeyRE.MatchString(ev.Issue.Key) {
 		return ev, fmt.Errorf("issue key %q does not match %s", truncate(ev.Issue.Key, 80), IssueKeyRE)
@@ -241,11 +266,18 @@ func truncate(s string, n int) string {
 	return s
 }
 
+// ADFPresent reports whether a document field holds a document (possibly
+// empty), as opposed to being absent or null.
+func ADFPresent(raw json.RawMessage) bool {
+	return len(raw) > 0 && string(raw) != "null"
+}
+
 // ADFText turns an Atlassian Document Format node into plain text: text
-// nodes joined, blocks separated by newlines. A JSON string (API v2) is
-// returned as it is.
+// nodes joined, blocks separated by newlines, inline nodes (date, status,
+// mention, emoji, cards, media) rendered as the text they show. A JSON
+// string (API v2) is returned as it is.
 func ADFText(raw json.RawMessage) string {
-	if len(raw) == 0 || string(raw) == "null" {
+	if !ADFPresent(raw) {
 		return ""
 	}
 	var s string
@@ -259,6 +291,18 @@ func ADFText(raw json.RawMessage) string {
 	var b strings.Builder
 	n.write(&b)
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// attrString reads a string attribute (numbers are formatted, so a
+// timestamp sent as a JSON number still reads).
+func attrString(attrs map[string]any, k string) string {
+	switch v := attrs[k].(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return ""
 }
 
 type adfNode struct {
@@ -276,25 +320,48 @@ func (n adfNode) write(b *strings.Builder) {
 	case "hardBreak":
 		b.WriteByte('\n')
 		return
-	case "mention", "emoji", "status", "date":
-		for _, k := range []string{"text", "shortName"} {
-			if v, ok := n.Attrs[k].(string); ok {
-				b.WriteString(v)
-				return
-			}
+	case "date":
+		// attrs.timestamp: milliseconds since the epoch, as a string (UTC day).
+		if ms, err := strconv.ParseInt(attrString(n.Attrs, "timestamp"), 10, 64); err == nil {
+			b.WriteString(time.UnixMilli(ms).UTC().Format("2006-01-02"))
 		}
 		return
-	case "inlineCard", "blockCard":
-		if v, ok := n.Attrs["url"].(string); ok {
-			b.WriteString(v)
+	case "status":
+		b.WriteString(attrString(n.Attrs, "text"))
+		return
+	case "mention":
+		if t := attrString(n.Attrs, "text"); t != "" {
+			b.WriteString(t)
+		} else if id := attrString(n.Attrs, "id"); id != "" {
+			b.WriteString("@" + id)
 		}
 		return
+	case "emoji":
+		if t := attrString(n.Attrs, "text"); t != "" {
+			b.WriteString(t)
+		} else {
+			b.WriteString(attrString(n.Attrs, "shortName"))
+		}
+		return
+	case "inlineCard", "blockCard", "embedCard":
+		b.WriteString(attrString(n.Attrs, "url"))
+		return
+	case "media", "mediaInline":
+		if alt := attrString(n.Attrs, "alt"); alt != "" {
+			b.WriteString(alt)
+		} else {
+			b.WriteString("[attachment]")
+		}
+		return
+	case "placeholder":
+		return // editor hint text, not content
 	}
 	for _, c := range n.Content {
 		c.write(b)
 	}
 	switch n.Type {
-	case "paragraph", "heading", "codeBlock", "blockquote", "rule", "listItem", "tableRow", "panel":
+	case "paragraph", "heading", "codeBlock", "blockquote", "rule", "listItem", "tableRow", "panel",
+		"taskItem", "decisionItem", "mediaSingle", "mediaGroup", "expand", "nestedExpand":
 		if s := b.String(); s != "" && !strings.HasSuffix(s, "\n") {
 			b.WriteByte('\n')
 		}

@@ -196,29 +196,58 @@ func (c *client) getIssue(ctx context.Context, key string) (*Issue, []RemoteLink
 		cp.Comments = all
 	}
 	if cl := is.Changelog; cl != nil && len(cl.Histories) < cl.Total {
-		all := cl.Histories
-		for len(all) < cl.Total {
-			var page ChangelogPage
-			q := url.Values{"startAt": {strconv.Itoa(len(all))}, "maxResults": {"100"}}
-			if err := c.do(ctx, http.MethodGet, esc+"/changelog", q, nil, &page); err != nil {
-				return nil, nil, err
-			}
-			if len(page.Values) == 0 {
-				break
-			}
-			all = append(all, page.Values...)
-			cl.Total = page.Total
-			if page.IsLast {
-				break
+		// The embedded page holds the newest histories, newest first; the
+		// changelog endpoint pages oldest first. Page it from the start and
+		// keep each history once, by id.
+		all, err := c.changelog(ctx, esc)
+		if err != nil {
+			return nil, nil, err
+		}
+		seen := map[string]bool{}
+		merged := make([]History, 0, len(all)+len(cl.Histories))
+		for _, h := range append(all, cl.Histories...) {
+			if !seen[h.ID] {
+				seen[h.ID] = true
+				merged = append(merged, h)
 			}
 		}
-		cl.Histories = all
+		cl.Histories, cl.Total = merged, len(merged)
 	}
 	var links []RemoteLink
 	if err := c.do(ctx, http.MethodGet, esc+"/remotelink", nil, nil, &links); err != nil {
 		return nil, nil, err
 	}
 	return &is, links, nil
+}
+
+// changelog pages GET /issue/{key}/changelog from the start.
+func (c *client) changelog(ctx context.Context, esc string) ([]History, error) {
+	var all []History
+	for {
+		var page ChangelogPage
+		q := url.Values{"startAt": {strconv.Itoa(len(all))}, "maxResults": {"100"}}
+		if err := c.do(ctx, http.MethodGet, esc+"/changelog", q, nil, &page); err != nil {
+			return nil, err
+		}
+		all = append(all, page.Values...)
+		if len(page.Values) == 0 || page.IsLast || len(all) >= page.Total {
+			return all, nil
+		}
+	}
+}
+
+// Myself is the part of GET /rest/api/3/myself the connector reads.
+type Myself struct {
+	AccountID    string `json:"accountId"`
+	EmailAddress string `json:"emailAddress,omitempty"`
+	TimeZone     string `json:"timeZone"`
+}
+
+// myself returns the API user, whose time zone JQL dates are read in.
+func (c *client) myself(ctx context.Context) (Myself, error) {
+	var m Myself
+	err := c.do(ctx, http.MethodGet, "/rest/api/3/myself", nil, nil, &m)
+	return m, err
 }
 
 // search returns one page of issue keys matching jql.

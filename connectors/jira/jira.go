@@ -10,20 +10,30 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 )
 
 //go:embed connector.yaml
 var manifest []byte
+
+// SampleEvent is a webhook body the contract suite streams ("da connector
+// test"): an update of an issue that Jira does not have, so the connector
+// falls back to the event's own issue.
+//
+//go:embed sample_event.json
+var SampleEvent []byte
 
 // Register adds the jira connector to r.
 func Register(r *connectors.Registry) {
@@ -36,13 +46,14 @@ func Register(r *connectors.Registry) {
 		return New(Options{
 			URL: cfg.String("url"), Email: cfg.String("email"), Token: token, JQL: cfg.String("jql"),
 			PageSize: int(cfg.Int("page_size")), FetchConcurrency: int(cfg.Int("fetch_concurrency")),
-			MaxRetries: int(cfg.Int("max_retries")),
+			MaxRetries: int(cfg.Int("max_retries")), IncludeRestricted: cfg.Bool("include_restricted_comments"),
 		})
 	})
 	r.SetEventValidator("jira", func(body []byte) error {
 		_, err := ParseEvent(body)
 		return err
 	})
+	r.SetSampleEvent("jira", SampleEvent)
 }
 
 // Options configure a Connector.
@@ -57,12 +68,21 @@ type Options struct {
 	MaxRetryWait time.Duration
 	HTTPClient   *http.Client
 	Mem          memory.Allocator
+	// IncludeRestricted exports the bodies of comments restricted to a
+	// role or group (their visibility is exported either way).
+	IncludeRestricted bool
+	Logger            *slog.Logger
 }
 
 // Connector reads Jira.
 type Connector struct {
 	opts Options
 	c    *client
+	log  *slog.Logger
+
+	zoneOnce sync.Once
+	zone     *time.Location
+	zoneErr  error
 }
 
 var (
@@ -96,8 +116,11 @@ func New(opts Options) (*Connector, error) {
 	if opts.Mem == nil {
 		opts.Mem = memory.DefaultAllocator
 	}
-	return &Connector{opts: opts, c: &client{base: u, email: opts.Email, token: opts.Token, http: opts.HTTPClient,
-		maxRetries: opts.MaxRetries, maxWait: opts.MaxRetryWait}}, nil
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Connector{opts: opts, log: opts.Logger.With("connector", "jira"), c: &client{base: u, email: opts.Email, token: opts.Token,
+		http: opts.HTTPClient, maxRetries: opts.MaxRetries, maxWait: opts.MaxRetryWait}}, nil
 }
 
 // Capabilities implements connectors.Connector.
@@ -118,7 +141,7 @@ func (c *Connector) change(ctx context.Context, key string) (connectors.Change, 
 }
 
 func (c *Connector) issueChange(is *Issue, remote []RemoteLink) (connectors.Change, error) {
-	recs, created, err := issueRows(is, remote, c.opts.URL, c.opts.Mem)
+	recs, created, err := issueRows(is, remote, c.opts.URL, c.opts.IncludeRestricted, c.opts.Mem)
 	if err != nil {
 		return connectors.Change{}, err
 	}
@@ -131,8 +154,10 @@ func (c *Connector) issueChange(is *Issue, remote []RemoteLink) (connectors.Chan
 
 // Stream turns one webhook into a change of its issue: the issue as Jira has
 // it now (so events arriving out of order all give the newest state), or,
-// when the fetch fails, the issue the event carries. jira:issue_deleted
-// deletes the issue's rows.
+// when the fetch fails, the issue the event carries, keeping the child rows
+// it cannot vouch for. jira:issue_deleted deletes the issue's rows and
+// refreshes the issues it was linked to (Jira removes their links without
+// touching them).
 func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Change, error) {
 	ev, err := ParseEvent(body)
 	if err != nil {
@@ -140,16 +165,7 @@ func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Chang
 	}
 	is := ev.Issue
 	if ev.WebhookEvent == EventIssueDeleted {
-		created, err := ParseTime(is.Fields.Created)
-		if err != nil {
-			return nil, fmt.Errorf("%w: deleted issue %s: created (its partition): %v", connectors.ErrBadEvent, is.Key, err)
-		}
-		// A delete outranks every state of the issue up to the event.
-		version := ev.Timestamp * 1000
-		if u, err := ParseTime(is.Fields.Updated); err == nil {
-			version = max(version, u.UnixMicro()+1)
-		}
-		return []connectors.Change{{Key: is.Key, Time: created, Version: version, Deleted: true}}, nil
+		return c.deleted(ctx, ev)
 	}
 	ch, err := c.change(ctx, is.Key)
 	if err == nil {
@@ -158,8 +174,6 @@ func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Chang
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	// The embedded issue has no remote links and at most the comments Jira
-	// put into the event; it is still the best state we have.
 	fb, ferr := c.issueChange(is, nil)
 	if ferr != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -169,14 +183,121 @@ func (c *Connector) Stream(ctx context.Context, body []byte) ([]connectors.Chang
 		}
 		return nil, fmt.Errorf("fetch issue %s: %w; the event's own issue is unusable: %v", is.Key, err, ferr)
 	}
+	// The event's issue has no remote links and at most some comments: the
+	// tables it cannot vouch for keep their rows.
+	fb.Keep = unvouched(is)
+	for _, t := range fb.Keep {
+		if r := fb.Tables[t]; r != nil {
+			r.Release()
+			delete(fb.Tables, t)
+		}
+	}
+	status := fetchStatus(err)
+	metrics.ConnectorFallbacks.WithLabelValues("jira", status).Inc()
+	c.log.Warn("re-fetching a webhook's issue failed; published the event's own issue and kept the rows it cannot vouch for",
+		"issue", is.Key, "status", status, "kept", strings.Join(fb.Keep, ","), "err", err)
 	return []connectors.Change{fb}, nil
 }
 
+// deleted is the change of jira:issue_deleted: the issue's rows go, and the
+// issues it linked to are fetched again, since Jira removed their links to
+// it without changing their updated time. Their version is at least the
+// delete's, so the refreshed rows outrank the published ones.
+func (c *Connector) deleted(ctx context.Context, ev WebhookEvent) ([]connectors.Change, error) {
+	is := ev.Issue
+	created, err := ParseTime(is.Fields.Created)
+	if err != nil {
+		return nil, fmt.Errorf("%w: deleted issue %s: created (its partition): %v", connectors.ErrBadEvent, is.Key, err)
+	}
+	// A delete outranks every state of the issue up to the event.
+	version := ev.Timestamp * 1000
+	if u, err := ParseTime(is.Fields.Updated); err == nil {
+		version = max(version, u.UnixMicro()+1)
+	}
+	out := []connectors.Change{{Key: is.Key, Time: created, Version: version, Deleted: true}}
+	seen := map[string]bool{is.Key: true}
+	for _, l := range is.Fields.IssueLinks {
+		other := l.OutwardIssue
+		if other == nil {
+			other = l.InwardIssue
+		}
+		if other == nil || seen[other.Key] || !IssueKeyRE.MatchString(other.Key) {
+			continue
+		}
+		seen[other.Key] = true
+		ch, err := c.change(ctx, other.Key)
+		if errors.Is(err, ErrNotFound) {
+			continue // gone too: its own delete removes it
+		}
+		if err != nil {
+			for _, o := range out {
+				o.Release()
+			}
+			return nil, fmt.Errorf("refresh issue %s, linked to the deleted %s: %w", other.Key, is.Key, err)
+		}
+		ch.Version = max(ch.Version, version)
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
+// unvouched lists the child tables whose rows an issue taken from a webhook
+// cannot replace: remote links (never in an event), comments when the thread
+// is absent or incomplete, and changelog, attachments and links when absent.
+func unvouched(is *Issue) []string {
+	keep := []string{TableRemoteLinks}
+	if cp := is.Fields.Comment; cp == nil || cp.Total > len(cp.Comments) {
+		keep = append(keep, TableComments)
+	}
+	if cl := is.Changelog; cl == nil || cl.Total > len(cl.Histories) {
+		keep = append(keep, TableChangelog)
+	}
+	if is.Fields.Attachment == nil {
+		keep = append(keep, TableAttachments)
+	}
+	if is.Fields.IssueLinks == nil {
+		keep = append(keep, TableIssueLinks)
+	}
+	return keep
+}
+
+// fetchStatus names why a fetch failed, for logs and metrics: the HTTP
+// status, or "network".
+func fetchStatus(err error) string {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return strconv.Itoa(ae.Status)
+	}
+	return "network"
+}
+
+// userZone is the API user's time zone (GET /myself), in which Jira reads
+// the minute dates of JQL. It is asked once.
+func (c *Connector) userZone(ctx context.Context) (*time.Location, error) {
+	c.zoneOnce.Do(func() {
+		var me Myself
+		if me, c.zoneErr = c.c.myself(ctx); c.zoneErr != nil {
+			return
+		}
+		if me.TimeZone == "" {
+			c.zone = time.UTC
+			return
+		}
+		c.zone, c.zoneErr = time.LoadLocation(me.TimeZone)
+	})
+	return c.zone, c.zoneErr
+}
+
+// unboundedFloor bounds a search with no other restriction: Jira Cloud
+// refuses unbounded JQL on /search/jql, and every issue was updated after it.
+const unboundedFloor = `updated >= "1970/01/01 00:00"`
+
 // backfillJQL builds the search: the configured filter, issues updated since
 // the cursor, oldest first. JQL dates are minutes in the API user's time
-// zone, so the cursor is moved back 14 hours (the largest UTC offset);
-// reading an issue again is harmless, the newest version wins.
-func (c *Connector) backfillJQL(since string) (string, error) {
+// zone: the cursor is written in that zone, so only the cursor's minute is
+// read again. If the zone cannot be read, the cursor goes back 14 hours (the
+// largest UTC offset) instead.
+func (c *Connector) backfillJQL(ctx context.Context, since string) (string, error) {
 	var conds []string
 	if q := strings.TrimSpace(c.opts.JQL); q != "" {
 		conds = append(conds, "("+q+")")
@@ -186,7 +307,18 @@ func (c *Connector) backfillJQL(since string) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("jira: cursor %q is not an RFC 3339 time", since)
 		}
-		conds = append(conds, fmt.Sprintf(`updated >= "%s"`, t.Add(-14*time.Hour).UTC().Format("2006/01/02 15:04")))
+		zone, err := c.userZone(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
+			c.log.Warn("cannot read the API user's time zone; reading the last 14 hours again", "err", err)
+			zone, t = time.UTC, t.Add(-14*time.Hour)
+		}
+		conds = append(conds, fmt.Sprintf(`updated >= "%s"`, t.In(zone).Format("2006/01/02 15:04")))
+	}
+	if len(conds) == 0 {
+		conds = append(conds, unboundedFloor)
 	}
 	return strings.Join(conds, " AND ") + " ORDER BY updated ASC", nil
 }
@@ -195,7 +327,11 @@ func (c *Connector) backfillJQL(since string) (string, error) {
 // yielding one change per issue.
 func (c *Connector) Changes(ctx context.Context, opts connectors.ReadOptions) iter.Seq2[connectors.Change, error] {
 	return func(yield func(connectors.Change, error) bool) {
-		jql, err := c.backfillJQL(opts.IncrementalValue)
+		jql, err := c.backfillJQL(ctx, opts.IncrementalValue)
+		var since time.Time
+		if opts.IncrementalValue != "" {
+			since, _ = time.Parse(time.RFC3339Nano, opts.IncrementalValue)
+		}
 		if err != nil {
 			yield(connectors.Change{}, err)
 			return
@@ -252,6 +388,11 @@ func (c *Connector) Changes(ctx context.Context, opts connectors.ReadOptions) it
 					return
 				}
 				for _, is := range page.Issues {
+					// The search's minute overlap returns issues older than
+					// the cursor: published already, not fetched again.
+					if u, err := ParseTime(is.Fields.Updated); err == nil && u.Before(since) {
+						continue
+					}
 					out := make(chan result, 1)
 					select {
 					case order <- out:

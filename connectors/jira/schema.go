@@ -56,7 +56,7 @@ var Schemas = map[string]*arrow.Schema{
 	TableComments: arrow.NewSchema([]arrow.Field{
 		keyField, createdField,
 		str("comment_id"), str("author_email"), str("author_name"), str("body"),
-		tsf("created"), tsf("updated"), boolf("public"),
+		tsf("created"), tsf("updated"), boolf("public"), str("visibility_type"), str("visibility_value"),
 	}, nil),
 	TableChangelog: arrow.NewSchema([]arrow.Field{
 		keyField, createdField,
@@ -81,7 +81,7 @@ var Schemas = map[string]*arrow.Schema{
 
 var descriptions = map[string]string{
 	TableIssues:      "Jira issues, one row per issue (latest state)",
-	TableComments:    "Jira issue comments",
+	TableComments:    "Jira issue comments (restricted ones have public = false and a null body unless include_restricted_comments)",
 	TableChangelog:   "Jira issue history, one row per changed field",
 	TableAttachments: "Jira issue attachments (metadata and content URL)",
 	TableIssueLinks:  "Links between Jira issues, seen from each issue",

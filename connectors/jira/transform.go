@@ -35,6 +35,17 @@ func (r *rows) str(col, v string) {
 	b.Append(v)
 }
 
+// text writes v as it is: "" stays the empty string (a present but empty
+// document), where str would write null.
+func (r *rows) text(col, v string, present bool) {
+	b := r.b.Field(r.idx[col]).(*array.StringBuilder)
+	if !present {
+		b.AppendNull()
+		return
+	}
+	b.Append(v)
+}
+
 func (r *rows) i64(col string, v int64) { r.b.Field(r.idx[col]).(*array.Int64Builder).Append(v) }
 func (r *rows) boolean(col string, v bool) {
 	r.b.Field(r.idx[col]).(*array.BooleanBuilder).Append(v)
@@ -83,8 +94,9 @@ func named(n *Named) string {
 
 // issueRows turns a fully fetched issue into its rows in every table. An
 // empty table is left out of the map. site is the Jira base URL for the
-// issue's browse link.
-func issueRows(is *Issue, remote []RemoteLink, site string, mem memory.Allocator) (map[string]arrow.RecordBatch, time.Time, error) {
+// issue's browse link. The body of a comment restricted to a role or group
+// is left null unless restricted is set; its visibility is always exported.
+func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem memory.Allocator) (map[string]arrow.RecordBatch, time.Time, error) {
 	f := is.Fields
 	created, err := ParseTime(f.Created)
 	if err != nil {
@@ -113,7 +125,7 @@ func issueRows(is *Issue, remote []RemoteLink, site string, mem memory.Allocator
 	r.str("issue_id", is.ID)
 	r.str("url", strings.TrimRight(site, "/")+"/browse/"+is.Key)
 	r.str("summary", f.Summary)
-	r.str("description", ADFText(f.Description))
+	r.text("description", ADFText(f.Description), ADFPresent(f.Description))
 	r.str("issue_type", named(f.IssueType))
 	status, category := "", ""
 	if f.Status != nil {
@@ -152,7 +164,12 @@ func issueRows(is *Issue, remote []RemoteLink, site string, mem memory.Allocator
 	if f.Comment != nil && int64(f.Comment.Total) > total {
 		total = int64(f.Comment.Total)
 	}
-	r.i64("comment_count", total)
+	if f.Comment == nil {
+		// An event's copy without the comment field: the count is unknown.
+		r.b.Field(r.idx["comment_count"]).AppendNull()
+	} else {
+		r.i64("comment_count", total)
+	}
 	r.i64("link_count", int64(len(f.IssueLinks)))
 	add(TableIssues, r, 1)
 
@@ -162,10 +179,19 @@ func issueRows(is *Issue, remote []RemoteLink, site string, mem memory.Allocator
 		r.str("comment_id", c.ID)
 		r.str("author_email", email(c.Author))
 		r.str("author_name", name(c.Author))
-		r.str("body", ADFText(c.Body))
+		public := c.Public()
+		r.text("body", ADFText(c.Body), ADFPresent(c.Body) && (public || restricted))
 		r.tsText("created", c.Created)
 		r.tsText("updated", c.Updated)
-		r.boolean("public", c.JSDPublic == nil || *c.JSDPublic)
+		r.boolean("public", public)
+		vt, vv := "", ""
+		if c.Visibility != nil {
+			vt, vv = c.Visibility.Type, c.Visibility.Value
+		} else if c.JSDPublic != nil && !*c.JSDPublic {
+			vt = "internal"
+		}
+		r.str("visibility_type", vt)
+		r.str("visibility_value", vv)
 	}
 	add(TableComments, r, len(comments))
 

@@ -110,7 +110,11 @@ func (g *Gateway) webhook(w http.ResponseWriter, r *http.Request) {
 
 	src, reg, err := g.lookup(source)
 	if err != nil {
-		reject(http.StatusNotFound, "%v", err)
+		// The caller is not authenticated yet: the reason (config path,
+		// configured sources) goes to the log only.
+		code = http.StatusNotFound
+		g.log.Warn("webhook rejected", "source", source, "status", code, "reason", err.Error(), "remote", r.RemoteAddr)
+		writeJSON(w, code, map[string]string{"error": "no webhook endpoint for this source"})
 		return
 	}
 	if src.WebhookSecret == "" {

@@ -1,9 +1,12 @@
 // Package jiratest is a fake Jira Cloud server for tests. It speaks the REST
 // v3 shapes the connector uses: POST /rest/api/3/search/jql paged by
-// nextPageToken, GET /rest/api/3/issue/{key} with the changelog and the first
-// comment page, comment and changelog paging, remote links, basic auth
-// (401), 404 for unknown issues, and injected 429 (with Retry-After) and 5xx
-// answers.
+// nextPageToken (refusing unbounded JQL, reading JQL dates in the API user's
+// time zone), GET /rest/api/3/issue/{key} with the newest histories of the
+// changelog (newest first, as Jira embeds them) and the first comment page,
+// comment paging, changelog paging (oldest first), remote links,
+// GET /rest/api/3/myself, basic auth (401), 404 for unknown issues, deletes
+// that remove the links other issues had to the deleted one (without
+// changing them), and injected 429 (with Retry-After) and 5xx answers.
 package jiratest
 
 import (
@@ -32,6 +35,8 @@ type Server struct {
 	// CommentPage and ChangelogPage are the page sizes of embedded comments
 	// and histories (small values force the connector to page).
 	CommentPage, ChangelogPage int
+	// TimeZone is the API user's zone (GET /myself); JQL dates are read in it.
+	TimeZone string
 	// MaxSearchPage caps maxResults of a search.
 	MaxSearchPage int
 	// IssueDelay slows every issue GET down (a slow Jira).
@@ -58,7 +63,7 @@ type fault struct {
 
 // New starts a fake Jira with basic-auth credentials email and token.
 func New(email, token string) *Server {
-	s := &Server{Email: email, Token: token, CommentPage: 5, ChangelogPage: 100, MaxSearchPage: 100,
+	s := &Server{Email: email, Token: token, CommentPage: 5, ChangelogPage: 100, MaxSearchPage: 100, TimeZone: "UTC",
 		issues: map[string]*jira.Issue{}, remote: map[string][]jira.RemoteLink{}, requests: map[string]int{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
@@ -84,12 +89,24 @@ func (s *Server) Get(key string) (jira.Issue, bool) {
 	return *is, true
 }
 
-// Delete removes an issue.
+// Delete removes an issue. As Jira does, the links other issues had to it
+// go too, without changing those issues' updated time (and no webhook tells
+// of them).
 func (s *Server) Delete(key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.issues, key)
 	delete(s.remote, key)
+	for k, is := range s.issues {
+		kept := slices.DeleteFunc(slices.Clone(is.Fields.IssueLinks), func(l jira.IssueLink) bool {
+			return (l.OutwardIssue != nil && l.OutwardIssue.Key == key) || (l.InwardIssue != nil && l.InwardIssue.Key == key)
+		})
+		if len(kept) != len(is.Fields.IssueLinks) {
+			c := *is
+			c.Fields.IssueLinks = kept
+			s.issues[k] = &c
+		}
+	}
 }
 
 // Fail makes the next n requests whose path starts with prefix answer
@@ -148,6 +165,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	if r.URL.Path == "/rest/api/3/search/jql" && r.Method == http.MethodPost {
 		s.search(w, r)
+		return
+	}
+	if r.URL.Path == "/rest/api/3/myself" && r.Method == http.MethodGet {
+		writeJSON(w, http.StatusOK, jira.Myself{AccountID: "u-api", EmailAddress: s.Email, TimeZone: s.TimeZone})
 		return
 	}
 	m := issuePath.FindStringSubmatch(r.URL.Path)
@@ -226,32 +247,49 @@ func (s *Server) render(is jira.Issue) jira.Issue {
 		is.Fields.Comment = &jira.CommentPage{Comments: []jira.Comment{}}
 	}
 	if is.Changelog != nil {
+		// Jira embeds the newest histories, newest first.
 		all := is.Changelog.Histories
-		is.Changelog = &jira.Changelog{StartAt: 0, MaxResults: s.ChangelogPage, Total: len(all), Histories: page(all, 0, s.ChangelogPage)}
+		newest := slices.Clone(all[max(0, len(all)-s.ChangelogPage):])
+		slices.Reverse(newest)
+		is.Changelog = &jira.Changelog{StartAt: 0, MaxResults: s.ChangelogPage, Total: len(all), Histories: newest}
 	}
 	is.Self = s.URL + "/rest/api/3/issue/" + is.ID
 	return is
 }
 
-var updatedSince = regexp.MustCompile(`updated >= "([0-9/: ]+)"`)
+var (
+	updatedSince = regexp.MustCompile(`updated >= "([0-9/: ]+)"`)
+	orderBy      = regexp.MustCompile(`(?i)\s*ORDER BY .*$`)
+)
 
-// search supports the JQL the connector writes: an optional
-// `updated >= "yyyy/MM/dd HH:mm"` (UTC), ORDER BY updated ASC. Timestamps of
-// one format compare as text.
+// search supports the JQL the connector writes: optional
+// `updated >= "yyyy/MM/dd HH:mm"` clauses (in the user's TimeZone; the
+// latest bound wins), ORDER BY updated ASC. A query with no restriction is
+// refused, as Jira Cloud refuses it. Timestamps of one format compare as text.
 func (s *Server) search(w http.ResponseWriter, r *http.Request) {
 	var req jira.SearchRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		jiraError(w, http.StatusBadRequest, "Invalid request payload: "+err.Error())
 		return
 	}
+	if strings.TrimSpace(orderBy.ReplaceAllString(req.JQL, "")) == "" {
+		jiraError(w, http.StatusBadRequest, "Unbounded JQL queries are not allowed here. Please add a search restriction to your query.")
+		return
+	}
+	loc, err := time.LoadLocation(s.TimeZone)
+	if err != nil {
+		loc = time.UTC
+	}
 	var since time.Time
-	if m := updatedSince.FindStringSubmatch(req.JQL); m != nil {
-		t, err := time.Parse("2006/01/02 15:04", m[1])
+	for _, m := range updatedSince.FindAllStringSubmatch(req.JQL, -1) {
+		t, err := time.ParseInLocation("2006/01/02 15:04", m[1], loc)
 		if err != nil {
 			jiraError(w, http.StatusBadRequest, "Error in the JQL Query: "+err.Error())
 			return
 		}
-		since = t
+		if t.After(since) {
+			since = t
+		}
 	}
 	s.mu.Lock()
 	var list []*jira.Issue
