@@ -1,6 +1,7 @@
 package connectors
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sort"
@@ -138,4 +139,19 @@ func SelectTables(tables []TableInfo, want []string) ([]TableInfo, error) {
 		out = append(out, tables[i])
 	}
 	return out, nil
+}
+
+// Health runs the health check of connector name, opened as c from cfg
+// (see Check). The HTTP client of the manifest's request retries nothing:
+// a check says how the source answers now.
+func (r *Registry) Health(ctx context.Context, name string, cfg map[string]any, c Connector) error {
+	reg, err := r.Lookup(name)
+	if err != nil {
+		return err
+	}
+	valid, err := reg.Manifest.ValidateConfig(cfg)
+	if err != nil {
+		return err
+	}
+	return Check(ctx, reg.Manifest, valid, c, nil)
 }

@@ -248,6 +248,11 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	if err != nil {
 		return fmt.Errorf("source %s: %w", req.Source, err)
 	}
+	// A source that cannot be reached or refuses the credentials fails the
+	// run before anything is read, with the reason.
+	if err := p.opts.Registry.Health(ctx, src.Connector, src.Config, conn); err != nil {
+		return fmt.Errorf("source %s: %w", req.Source, err)
+	}
 	caps := conn.Capabilities()
 	var tables []connectors.TableInfo
 	if d, ok := conn.(connectors.Discoverer); ok && caps.Has(connectors.Discover) {

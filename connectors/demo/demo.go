@@ -50,6 +50,7 @@ type Connector struct {
 var (
 	_ connectors.Discoverer = (*Connector)(nil)
 	_ connectors.Reader     = (*Connector)(nil)
+	_ connectors.Checker    = (*Connector)(nil)
 )
 
 // New returns a demo connector.
@@ -67,6 +68,10 @@ func New(opts Options) *Connector {
 func (c *Connector) Capabilities() connectors.Capability {
 	return connectors.Discover | connectors.Read
 }
+
+// Check implements connectors.Checker: the data is generated in process,
+// so there is nothing to reach and the check always passes.
+func (c *Connector) Check(context.Context) error { return nil }
 
 // PriceType is the decimal type of orders.price.
 var PriceType = &arrow.Decimal128Type{Precision: 18, Scale: 2}

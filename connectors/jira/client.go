@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // ErrNotFound is a 404 from Jira: the issue does not exist or the user may
@@ -47,112 +46,60 @@ func (e *APIError) Unwrap() error {
 	return nil
 }
 
-// client calls Jira Cloud REST v3 with basic auth and retries 429 and 5xx
-// answers with backoff, honouring Retry-After.
+// client calls Jira Cloud REST v3 with basic auth through the SDK's
+// retrying HTTP client (429 and 5xx retried with backoff, Retry-After
+// honoured).
 type client struct {
-	base       *url.URL
-	email      string
-	token      string
-	http       *http.Client
-	maxRetries int
-	// maxWait caps one backoff sleep (a Retry-After of an hour is not waited).
-	maxWait time.Duration
+	base  *url.URL
+	email string
+	token string
+	http  *http.Client
 }
 
 func (c *client) do(ctx context.Context, method, path string, query url.Values, body, out any) error {
 	u := *c.base
 	u.Path = strings.TrimRight(u.Path, "/") + path
 	u.RawQuery = query.Encode()
-	var payload []byte
+	var rd io.Reader
 	if body != nil {
-		var err error
-		if payload, err = json.Marshal(body); err != nil {
-			return err
-		}
-	}
-	delay := 500 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		var rd io.Reader
-		if payload != nil {
-			rd = bytes.NewReader(payload)
-		}
-		req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+		payload, err := json.Marshal(body)
 		if err != nil {
 			return err
 		}
-		req.SetBasicAuth(c.email, c.token)
-		req.Header.Set("Accept", "application/json")
-		if payload != nil {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		resp, err := c.http.Do(req)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			// Network errors are retried like 5xx. The URL has no secret in it.
-			if attempt >= c.maxRetries {
-				return fmt.Errorf("jira %s %s: %w", method, path, err)
-			}
-			if err := sleep(ctx, delay); err != nil {
-				return err
-			}
-			delay = min(delay*2, c.maxWait)
-			continue
-		}
-		data, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		resp.Body.Close()
-		if resp.StatusCode/100 == 2 {
-			if rerr != nil {
-				return fmt.Errorf("jira %s %s: read body: %w", method, path, rerr)
-			}
-			if out == nil {
-				return nil
-			}
-			if err := json.Unmarshal(data, out); err != nil {
-				return fmt.Errorf("jira %s %s: decode answer: %w", method, path, err)
-			}
-			return nil
-		}
-		apiErr := &APIError{Method: method, Path: path, Status: resp.StatusCode, Messages: errorMessages(data)}
-		retry := resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
-		if !retry || attempt >= c.maxRetries {
-			return apiErr
-		}
-		wait := delay
-		if ra := retryAfter(resp.Header.Get("Retry-After")); ra > 0 {
-			wait = ra
-		}
-		if err := sleep(ctx, min(wait, c.maxWait)); err != nil {
-			return err
-		}
-		delay = min(delay*2, c.maxWait)
+		rd = bytes.NewReader(payload)
 	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth(c.email, c.token)
+	req.Header.Set("Accept", "application/json")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The URL has no secret in it.
+		return fmt.Errorf("jira %s %s: %w", method, path, err)
+	}
+	data, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return &APIError{Method: method, Path: path, Status: resp.StatusCode, Messages: errorMessages(data)}
+	}
+	if rerr != nil {
+		return fmt.Errorf("jira %s %s: read body: %w", method, path, rerr)
+	}
+	if out == nil {
 		return nil
 	}
-}
-
-// retryAfter parses a Retry-After header: seconds or an HTTP date.
-func retryAfter(h string) time.Duration {
-	if h == "" {
-		return 0
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("jira %s %s: decode answer: %w", method, path, err)
 	}
-	if n, err := strconv.Atoi(strings.TrimSpace(h)); err == nil && n >= 0 {
-		return time.Duration(n) * time.Second
-	}
-	if t, err := http.ParseTime(h); err == nil {
-		return max(time.Until(t), 0)
-	}
-	return 0
+	return nil
 }
 
 // errorMessages extracts Jira's {"errorMessages": [...], "errors": {...}}.

@@ -3,6 +3,7 @@ package jira_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -298,5 +299,24 @@ func TestIncrementalReadsOnlyTheCursorMinute(t *testing.T) {
 	srv.Put(is, nil)
 	if got := read(); !slices.Contains(got, "OPS-5") {
 		t.Errorf("a change a minute after the cursor was not read: %v", got)
+	}
+}
+
+// TestCheck: the health check reads no issue, passes with good credentials
+// and names the 401 with bad ones.
+func TestCheck(t *testing.T) {
+	srv := fakeWith(1)
+	defer srv.Close()
+	before := srv.Requests("/rest/api/3/issue")
+	if err := open(t, srv, token).Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if srv.Requests("/rest/api/3/issue") != before {
+		t.Error("the check read issues")
+	}
+	err := open(t, srv, "rotated").Check(context.Background())
+	var apiErr *jira.APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != http.StatusUnauthorized {
+		t.Errorf("got %v, want a 401", err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
+	"github.com/agnes-ai/connector-kit/connectors/httpclient"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -66,8 +67,10 @@ type Options struct {
 	MaxRetries       int
 	// MaxRetryWait caps one wait between retries; default 30s.
 	MaxRetryWait time.Duration
-	HTTPClient   *http.Client
-	Mem          memory.Allocator
+	// HTTPClient's transport carries the requests (default
+	// http.DefaultTransport); retries are the SDK client's.
+	HTTPClient *http.Client
+	Mem        memory.Allocator
 	// IncludeRestricted exports the bodies of comments restricted to a
 	// role or group (their visibility is exported either way).
 	IncludeRestricted bool
@@ -90,6 +93,7 @@ var (
 	_ connectors.Reader       = (*Connector)(nil)
 	_ connectors.Streamer     = (*Connector)(nil)
 	_ connectors.ChangeReader = (*Connector)(nil)
+	_ connectors.Checker      = (*Connector)(nil)
 )
 
 // New returns a Jira connector.
@@ -110,9 +114,11 @@ func New(opts Options) (*Connector, error) {
 	if opts.MaxRetryWait <= 0 {
 		opts.MaxRetryWait = 30 * time.Second
 	}
-	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{Timeout: 60 * time.Second}
+	transport := http.DefaultTransport
+	if opts.HTTPClient != nil && opts.HTTPClient.Transport != nil {
+		transport = opts.HTTPClient.Transport
 	}
+	retrying := httpclient.New(httpclient.Options{MaxRetries: opts.MaxRetries, MaxWait: opts.MaxRetryWait, Transport: transport})
 	if opts.Mem == nil {
 		opts.Mem = memory.DefaultAllocator
 	}
@@ -120,12 +126,21 @@ func New(opts Options) (*Connector, error) {
 		opts.Logger = slog.Default()
 	}
 	return &Connector{opts: opts, log: opts.Logger.With("connector", "jira"), c: &client{base: u, email: opts.Email, token: opts.Token,
-		http: opts.HTTPClient, maxRetries: opts.MaxRetries, maxWait: opts.MaxRetryWait}}, nil
+		http: retrying}}, nil
 }
 
 // Capabilities implements connectors.Connector.
 func (c *Connector) Capabilities() connectors.Capability {
 	return connectors.Discover | connectors.Read | connectors.Stream
+}
+
+// Check implements connectors.Checker: GET /rest/api/3/myself proves the
+// site answers and the email and token are accepted, reading no issue.
+func (c *Connector) Check(ctx context.Context) error {
+	if _, err := c.c.myself(ctx); err != nil {
+		return err
+	}
+	return nil
 }
 
 // Discover returns the six fixed tables.

@@ -24,6 +24,7 @@ Usage:
   da connector list             list the built-in connectors
   da connector discover <src>   show a source's tables and Arrow schemas
   da connector test <src>       run the contract checks against a source
+  da connector check <src>      test a source's connection and credentials (reads no data)
   da connector new <name>       scaffold a connector (--caps discover,read,...)
   da verify <source>            check a published extract against the contract
   da dead-letters [--source s]  list batches that could not be written, with the reason

@@ -166,6 +166,9 @@ func TestConnectorDiscoverAndTest(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "FAIL  ManifestMatchesConnector") || !strings.Contains(out, "checks failed") {
 		t.Errorf("test with bad config: code %d\n%s", code, out)
 	}
+	if code, out, errs := run(t, "connector", "check", "demo"); code != 0 || !strings.Contains(out, "source demo (connector demo) is healthy") {
+		t.Errorf("check: code %d\n%s%s", code, out, errs)
+	}
 	if code, _, _ := run(t, "connector", "frob"); code != 2 {
 		t.Errorf("unknown subcommand: %d", code)
 	}

@@ -25,6 +25,7 @@ const connectorUsage = `usage:
   da connector list
   da connector discover <source> [--config FILE]
   da connector test <source> [--config FILE]
+  da connector check <source> [--config FILE]
   da connector new <name> [--caps discover,read,...] [--dir connectors]`
 
 func runConnector(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -38,6 +39,8 @@ func runConnector(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return connectorDiscover(ctx, args[1:], stdout, stderr)
 	case "test":
 		return connectorTest(ctx, args[1:], stdout, stderr)
+	case "check":
+		return connectorCheck(ctx, args[1:], stdout, stderr)
 	case "new":
 		return connectorNew(args[1:], stdout, stderr)
 	}
@@ -113,6 +116,28 @@ func connectorDiscover(ctx context.Context, args []string, stdout, stderr io.Wri
 			}
 		}
 	}
+	return nil
+}
+
+// connectorCheck runs a source's health check: a cheap connection test
+// that reads no data. Exit code 1 when it fails.
+func connectorCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	src, err := sourceArg("check", args, stderr)
+	if err != nil {
+		return err
+	}
+	reg := builtin.Registry()
+	conn, _, err := reg.Open(src.Connector, src.Config)
+	if err != nil {
+		return fmt.Errorf("source %s: %w", src.Name, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := reg.Health(ctx, src.Connector, src.Config, conn); err != nil {
+		return fmt.Errorf("source %s: %w", src.Name, err)
+	}
+	fmt.Fprintf(stdout, "source %s (connector %s) is healthy (%s)\n", src.Name, src.Connector, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
