@@ -114,3 +114,15 @@ func CheckImplements(name string, c Connector) error {
 }
 
 func is[T any](c Connector) bool { _, ok := c.(T); return ok }
+
+// SourceCursorReader is implemented by connectors whose incremental
+// position is kept by the source (Keboola's change time) rather than a
+// column. ReadChanged reads the rows of table changed since cursor (every
+// row when cursor is empty; rows at the boundary may come again: the
+// runtime merges by primary key) and returns with the batches a function
+// giving the cursor of the next read, to call once the batches ended
+// without error. The runtime commits that cursor only after the rows are
+// published.
+type SourceCursorReader interface {
+	ReadChanged(ctx context.Context, table, cursor string, opts ReadOptions) (iter.Seq2[arrow.RecordBatch, error], func() string)
+}

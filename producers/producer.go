@@ -299,7 +299,8 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 		names[i] = t.Name
 	}
 	var remote *schemas.RemoteAttach
-	if r, ok := conn.(connectors.Remoter); ok && caps.Has(connectors.Remote) {
+	anyRemote := slices.ContainsFunc(tables, func(t connectors.TableInfo) bool { return remoteTable(src, conn, t) })
+	if r, ok := conn.(connectors.Remoter); ok && caps.Has(connectors.Remote) && anyRemote {
 		info, err := r.Remote(ctx)
 		if err != nil {
 			return fmt.Errorf("remote info of %s: %w", req.Source, err)
@@ -388,6 +389,21 @@ func remoteRow(info connectors.RemoteAttachInfo) (*schemas.RemoteAttach, error) 
 	return r, nil
 }
 
+// remoteTable reports whether t is published as a remote view: the source
+// asks for it (table_options.<t>.query_mode: remote), or the connector
+// offers the table only remotely.
+func remoteTable(src config.Source, conn connectors.Connector, t connectors.TableInfo) bool {
+	caps := t.Capabilities
+	if caps == 0 {
+		caps = conn.Capabilities()
+	}
+	if src.Table(t.Name).QueryMode == "remote" {
+		return true
+	}
+	_, canRead := conn.(connectors.Reader)
+	return caps.Has(connectors.Remote) && (!caps.Has(connectors.Read) || !canRead)
+}
+
 // table reads one table and publishes its batches; it never returns an error,
 // only a result with status failed.
 func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src config.Source, state jetstream.KeyValue, conn connectors.Connector, t connectors.TableInfo) (res schemas.TableResult) {
@@ -405,7 +421,10 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 		caps = conn.Capabilities()
 	}
 	reader, canRead := conn.(connectors.Reader)
-	if !caps.Has(connectors.Read) || !canRead {
+	if remoteTable(src, conn, t) || !caps.Has(connectors.Read) || !canRead {
+		if src.Table(t.Name).QueryMode == "remote" && (!caps.Has(connectors.Remote) || len(t.RemotePath) == 0) {
+			return fail(fmt.Errorf("table %s: table_options.%s.query_mode is remote, but connector %s offers it only locally", t.Name, t.Name, src.Connector))
+		}
 		if caps.Has(connectors.Remote) {
 			res.QueryMode = schemas.ModeRemote
 			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
@@ -431,13 +450,27 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 	}
 	var cursor *schemas.Cursor
 	var cursorRev uint64
-	if opts.IncrementalKey != "" {
+	if opts.IncrementalKey != "" || opts.Incremental {
 		if cursor, cursorRev, err = loadCursor(ctx, state, req.Source, t.Name); err != nil {
 			return fail(err)
 		}
 	}
 	plan := tablePlan{prevSchema: prevSchema, policy: opts.SchemaPolicy, incrementalKey: opts.IncrementalKey, pk: pk, mode: schemas.WriteReplace}
-	if cursor != nil && cursor.Column == opts.IncrementalKey && !req.FullRefresh {
+	if opts.Incremental {
+		sr, ok := conn.(connectors.SourceCursorReader)
+		if !ok {
+			return fail(fmt.Errorf("table %s: table_options.%s.incremental needs a connector that keeps the source's change time; connector %s does not: use incremental_key with a column instead",
+				t.Name, t.Name, src.Connector))
+		}
+		if len(pk) == 0 {
+			return fail(fmt.Errorf("table %s: table_options.%s.incremental needs a primary key to merge changed rows by; the table has none (set table_options.%s.primary_key or read it in full)",
+				t.Name, t.Name, t.Name))
+		}
+		plan.source = sr
+		if cursor != nil && cursor.Column == schemas.SourceCursorColumn && !req.FullRefresh {
+			plan.cursor = cursor
+		}
+	} else if cursor != nil && cursor.Column == opts.IncrementalKey && !req.FullRefresh {
 		plan.cursor = cursor
 	}
 	// A table whose schema is known up front is checked before reading.
@@ -486,9 +519,11 @@ type tablePlan struct {
 	incrementalKey string
 	pk             []string
 	cursor         *schemas.Cursor // committed cursor to read from; nil: full read
-	changes        []string
-	mode           string
-	checked        bool
+	// source, when set, reads changes by the source's own cursor.
+	source  connectors.SourceCursorReader
+	changes []string
+	mode    string
+	checked bool
 }
 
 // check compares schema with the last published one and settles the plan:
@@ -566,7 +601,17 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 	}
 	publish := func(rec arrow.RecordBatch) error { return out.publish(ctx, rec) }
 	lastProgress := time.Now()
-	for rec, rerr := range r.Read(ctx, t.Name, opts) {
+	batches := r.Read(ctx, t.Name, opts)
+	var sourceNext func() string
+	if plan.source != nil {
+		from := ""
+		if plan.cursor != nil {
+			from = plan.cursor.Value
+		}
+		opts.IncrementalKey, opts.IncrementalValue = "", ""
+		batches, sourceNext = plan.source.ReadChanged(ctx, t.Name, from, opts)
+	}
+	for rec, rerr := range batches {
 		if rerr != nil {
 			return fail(fmt.Errorf("read %s: %w", t.Name, rerr))
 		}
@@ -626,9 +671,12 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 			return fail(err)
 		}
 	}
-	if track != nil {
+	switch {
+	case sourceNext != nil:
+		next = &schemas.Cursor{Column: schemas.SourceCursorColumn, Type: "source", Value: sourceNext()}
+	case track != nil:
 		next = track.next()
-	} else if plan.incrementalKey != "" {
+	case plan.incrementalKey != "":
 		next = plan.cursor
 	}
 	return schema, 0, 0, next, nil

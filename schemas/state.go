@@ -17,6 +17,10 @@ func SchemaKey(source, table string) string { return source + "." + table + ".sc
 // CursorKey is the state key of a table's incremental cursor.
 func CursorKey(source, table string) string { return source + "." + table + ".cursor" }
 
+// SourceCursorColumn is the Column of a cursor kept by the source itself
+// (connectors.SourceCursorReader): Value is the connector's own position.
+const SourceCursorColumn = "_agnes_source_cursor"
+
 // Cursor is a table's incremental position: the greatest value of the cursor
 // column among published rows, and the identities of the rows that hold
 // exactly that value. Connectors return rows with cursor >= Value; the runtime

@@ -5,6 +5,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/demo"
 	"github.com/agnes-ai/connector-kit/connectors/jira"
+	"github.com/agnes-ai/connector-kit/connectors/keboola"
 )
 
 // Registry returns a registry holding every built-in connector.
@@ -12,5 +13,6 @@ func Registry() *connectors.Registry {
 	r := connectors.NewRegistry()
 	demo.Register(r)
 	jira.Register(r)
+	keboola.Register(r)
 	return r
 }

@@ -50,6 +50,10 @@ type Suite struct {
 	// StreamEvent is a sample pushed event (a webhook body) for connectors
 	// that declare stream; required for them.
 	StreamEvent []byte
+	// TableOptions are the source's table_options for the full-extract
+	// checks (query_mode, incremental by the source's change time, ...);
+	// tables with incremental set are checked like Incremental ones.
+	TableOptions map[string]config.TableOptions
 	// Tables lists the tables to sync when the connector cannot discover.
 	Tables []string
 	// MaxBatches bounds how many batches per table the read checks take
@@ -430,8 +434,18 @@ func (s Suite) fullExtract(ctx context.Context) error {
 		return err
 	}
 	src := config.Source{Name: "contract", Connector: name, Config: s.Config, Tables: s.Tables, TableOptions: map[string]config.TableOptions{}}
+	incremental := map[string]string{}
+	for t, o := range s.TableOptions {
+		src.TableOptions[t] = o
+		if o.Incremental {
+			incremental[t] = ""
+		}
+	}
 	for t, col := range s.Incremental {
-		src.TableOptions[t] = config.TableOptions{IncrementalKey: col}
+		o := src.TableOptions[t]
+		o.IncrementalKey = col
+		src.TableOptions[t] = o
+		incremental[t] = col
 	}
 	cfg := config.Default()
 	cfg.DataDir = dir
@@ -467,21 +481,21 @@ func (s Suite) fullExtract(ctx context.Context) error {
 	if err := s.noSecretInFiles(filepath.Join(dir, "extracts")); err != nil {
 		return err
 	}
-	if len(s.Incremental) == 0 {
+	if len(incremental) == 0 {
 		return nil
 	}
-	before, err := distinctCounts(ctx, path, s.Incremental)
+	before, err := distinctCounts(ctx, path, incremental)
 	if err != nil {
 		return err
 	}
 	if _, err := sync(); err != nil {
 		return fmt.Errorf("incremental sync: %w", err)
 	}
-	after, err := distinctCounts(ctx, path, s.Incremental)
+	after, err := distinctCounts(ctx, path, incremental)
 	if err != nil {
 		return err
 	}
-	for t := range s.Incremental {
+	for t := range incremental {
 		if after[t] != before[t] {
 			return fmt.Errorf("table %s: %v rows before and %v after an incremental sync of unchanged data", t, before[t], after[t])
 		}

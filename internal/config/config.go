@@ -64,6 +64,14 @@ type TableOptions struct {
 	// PrimaryKey overrides the connector's key; incremental runs on a keyed
 	// table merge rows into the table (latest wins) instead of appending.
 	PrimaryKey []string `yaml:"primary_key"`
+	// Incremental reads only what changed since the last published run, by
+	// the source's own change time (connectors.SourceCursorReader, e.g.
+	// Keboola's changedSince), merging by primary key.
+	Incremental bool `yaml:"incremental"`
+	// QueryMode is local (default: the rows are copied into Parquet) or
+	// remote (a view over the source's attached catalog), for tables whose
+	// connector offers both.
+	QueryMode string `yaml:"query_mode"`
 }
 
 // Schema policies.
@@ -218,6 +226,12 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("%s: field %s: %w", c.path, f, err))
 			}
 			policyOK(f+".schema_policy", o.SchemaPolicy)
+			if o.QueryMode != "" && o.QueryMode != "local" && o.QueryMode != "remote" {
+				errs = append(errs, fmt.Errorf("%s: field %s.query_mode: %q is not one of local, remote", c.path, f, o.QueryMode))
+			}
+			if o.Incremental && o.IncrementalKey != "" {
+				errs = append(errs, fmt.Errorf("%s: field %s: set incremental (the source's change time) or incremental_key (a column), not both", c.path, f))
+			}
 			for _, k := range o.PrimaryKey {
 				if strings.TrimSpace(k) == "" {
 					errs = append(errs, fmt.Errorf("%s: field %s.primary_key: empty column name", c.path, f))
