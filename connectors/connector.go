@@ -27,6 +27,27 @@ type TableInfo struct {
 	// example {"in.c-main", "orders"} or {"dataset", "table"}; the extract
 	// gets a view over <alias>.<path...>.
 	RemotePath []string
+	// RemoteQuery, instead of RemotePath, makes the remote view read a
+	// table function of the attached catalog's extension (BigQuery views:
+	// bigquery_query(project, sql)).
+	RemoteQuery *RemoteQuery
+	// PreferRemote publishes the table remote unless the source's
+	// table_options say local or materialized (BigQuery's default).
+	PreferRemote bool
+}
+
+// RemoteQuery is a remote view over a table function of the extension:
+// SELECT * FROM <Function>('<Args[0]>', '<Args[1]>', ...).
+type RemoteQuery struct {
+	Function string
+	Args     []string
+}
+
+// Skipper is implemented by connectors whose discovery leaves things out
+// (a dataset the credentials cannot read, a table whose name cannot be made
+// an identifier): Skipped says what and why, for the run statistics.
+type Skipper interface {
+	Skipped() []string
 }
 
 // ReadOptions are built by the runtime from config and state and passed to Read.
@@ -36,6 +57,9 @@ type ReadOptions struct {
 	IncrementalKey   string         // cursor column for incremental reads
 	IncrementalValue string         // last committed cursor value; empty means full read
 	BatchSize        int            // target rows per batch
+	// Query is the source's own query for the table
+	// (table_options.<t>.query), for connectors that read by query.
+	Query string
 }
 
 // DefaultBatchSize is the batch size used when ReadOptions.BatchSize is zero.
@@ -58,6 +82,8 @@ type RunStats struct {
 	Rows            int64
 	SchemaChanges   []string
 	Errors          []string
+	// Skipped lists what discovery left out, with the reason.
+	Skipped []string
 }
 
 // Connector is what every connector implements: its declared capabilities.

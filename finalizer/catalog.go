@@ -54,6 +54,8 @@ type catalogTable struct {
 	RunID       string    `json:"run_id"`
 	Schema      []byte    `json:"schema,omitempty"`
 	RemotePath  []string  `json:"remote_path,omitempty"`
+	// RemoteQuery is a remote view over an extension's table function.
+	RemoteQuery *schemas.RemoteQuery `json:"remote_query,omitempty"`
 	// Version is the file of a batch table the extract reads, relative to
 	// the data folder (.versions/<table>/<run>.parquet). Empty in catalogs
 	// written before versions existed: the view then reads <table>.parquet.

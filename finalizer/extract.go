@@ -44,9 +44,11 @@ type metaRow struct {
 	// reads (absolute) and the key whose newest change the view shows.
 	Files     []string
 	KeyColumn string
-	// RemotePath and Schema describe a remote table for its view.
-	RemotePath []string
-	Schema     *arrow.Schema
+	// RemotePath (or RemoteQuery) and Schema describe a remote table for
+	// its view.
+	RemotePath  []string
+	RemoteQuery *schemas.RemoteQuery
+	Schema      *arrow.Schema
 }
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
@@ -60,7 +62,7 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 		if err := schemas.ValidateName("table", r.Table); err != nil {
 			return err
 		}
-		if r.QueryMode == schemas.ModeLocal && r.Files == nil && !filepath.IsAbs(r.Path) {
+		if schemas.Stored(r.QueryMode) && r.Files == nil && !filepath.IsAbs(r.Path) {
 			return fmt.Errorf("build extract: view path %q of %s is not absolute", r.Path, r.Table)
 		}
 		for _, p := range r.Files {
@@ -137,13 +139,16 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS " + partitionedViewSQL(r.Files, r.KeyColumn)); err != nil {
 				return err
 			}
-		case r.QueryMode == schemas.ModeLocal:
+		case schemas.Stored(r.QueryMode):
 			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS SELECT * FROM read_parquet(" + quoteLit(r.Path) + ")"); err != nil {
 				return err
 			}
 		}
 	}
 	if err := remoteViews(exec, rows, remote); err != nil {
+		return err
+	}
+	if err := functionViews(exec, rows); err != nil {
 		return err
 	}
 	if len(remote) > 0 {
@@ -237,6 +242,48 @@ func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schem
 		}
 	}
 	return exec("DETACH " + quoteIdent(alias))
+}
+
+// functionViews creates a view over an extension's table function for
+// every remote table with a RemoteQuery. DuckDB binds a view when it is
+// created, so the function is stood in for by a temporary table macro of
+// the same name returning the table's columns, dropped afterwards: the view
+// keeps its SQL and resolves against the extension once the orchestrator
+// loads it. Nothing temporary is stored in the file.
+func functionViews(exec func(string, ...any) error, rows []metaRow) error {
+	for _, r := range rows {
+		q := r.RemoteQuery
+		if r.QueryMode != schemas.ModeRemote || q == nil {
+			continue
+		}
+		if err := q.Validate(); err != nil {
+			return fmt.Errorf("build extract: table %s: %w", r.Table, err)
+		}
+		params := make([]string, len(q.Args))
+		args := make([]string, len(q.Args))
+		for i, a := range q.Args {
+			params[i] = fmt.Sprintf("p%d", i)
+			args[i] = quoteLit(a)
+		}
+		cols := "NULL::VARCHAR AS _stub"
+		if r.Schema != nil && r.Schema.NumFields() > 0 {
+			var defs []string
+			for _, f := range r.Schema.Fields() {
+				defs = append(defs, "NULL::VARCHAR AS "+quoteIdent(f.Name))
+			}
+			cols = strings.Join(defs, ", ")
+		}
+		if err := exec("CREATE TEMP MACRO " + quoteIdent(q.Function) + "(" + strings.Join(params, ", ") + ") AS TABLE SELECT " + cols); err != nil {
+			return err
+		}
+		if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS SELECT * FROM " + q.Function + "(" + strings.Join(args, ", ") + ")"); err != nil {
+			return err
+		}
+		if err := exec("DROP MACRO TABLE temp." + quoteIdent(q.Function)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func firstLine(q string) string {

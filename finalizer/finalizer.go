@@ -392,7 +392,7 @@ func (r *runState) snapshot() *runState {
 
 func (f *Finalizer) complete(r *runState) bool {
 	for _, res := range r.done.Results {
-		if res.Status != schemas.StatusDone || res.QueryMode != schemas.ModeLocal {
+		if res.Status != schemas.StatusDone || !schemas.Stored(res.QueryMode) {
 			continue
 		}
 		t := r.tables[res.Table]
@@ -525,7 +525,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		if res.QueryMode == schemas.ModeRemote {
 			ct := catalogTable{ExtractedAt: now, QueryMode: schemas.ModeRemote, RunID: runID}
 			if t := r.tables[res.Table]; t != nil && t.done != nil {
-				ct.Description, ct.Schema, ct.RemotePath = t.done.Description, t.done.Schema, t.done.RemotePath
+				ct.Description, ct.Schema, ct.RemotePath, ct.RemoteQuery = t.done.Description, t.done.Schema, t.done.RemotePath, t.done.RemoteQuery
 			}
 			cat.Tables[res.Table] = ct
 			results = append(results, res)
@@ -583,7 +583,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		tmp := final + parquetfile.TempMarker + "assemble"
 		old, had := cat.Tables[res.Table]
 		var prev string
-		if had && old.QueryMode == schemas.ModeLocal && !old.Partitioned {
+		if had && schemas.Stored(old.QueryMode) && !old.Partitioned {
 			if prev, err = old.file(dataDir, res.Table); err != nil {
 				return schemas.Event{}, err
 			}
@@ -616,7 +616,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			cat.retire([]string{old.Version}, now)
 		}
 		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
-			ExtractedAt: now, QueryMode: schemas.ModeLocal, RunID: runID, Schema: t.done.Schema, Version: version}
+			ExtractedAt: now, QueryMode: storedMode(res.QueryMode), RunID: runID, Schema: t.done.Schema, Version: version}
 		commits = append(commits, t.done)
 		results = append(results, res)
 	}
@@ -652,7 +652,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 			return schemas.Event{}, err
 		}
 	}
-	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results,
+	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results, Skipped: r.done.Skipped,
 		Path: filepath.Join(dir, ExtractFile)}, nil
 }
 
@@ -669,7 +669,7 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 	for _, n := range names {
 		ct := cat.Tables[n]
 		mr := metaRow{Table: n, Description: ct.Description, Rows: ct.Rows, SizeBytes: ct.SizeBytes, ExtractedAt: ct.ExtractedAt,
-			QueryMode: ct.QueryMode, RemotePath: ct.RemotePath}
+			QueryMode: ct.QueryMode, RemotePath: ct.RemotePath, RemoteQuery: ct.RemoteQuery}
 		if len(ct.Schema) > 0 {
 			mr.Schema, _ = schemas.DecodeSchema(ct.Schema)
 		}
@@ -679,7 +679,7 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 				continue
 			}
 			mr.Files, mr.KeyColumn = absFiles(dataDir, ct.Files), ct.KeyColumn
-		case ct.QueryMode == schemas.ModeLocal:
+		case schemas.Stored(ct.QueryMode):
 			p, err := ct.file(dataDir, n)
 			if err != nil {
 				return err
@@ -698,6 +698,15 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 	}
 	f.deleteRetired(dataDir, cat, now)
 	return cat.save(dir)
+}
+
+// storedMode is the _meta query mode of a table kept in Parquet:
+// materialized when the run said so, else local.
+func storedMode(mode string) string {
+	if mode == schemas.ModeMaterialized {
+		return mode
+	}
+	return schemas.ModeLocal
 }
 
 // existingVersion describes a version file already in place: a retried
@@ -722,15 +731,18 @@ func existingVersion(path string) (assembled, error) {
 // old one, so no version file is touched), and removes the link of a table
 // that switched to monthly partitions.
 func syncLinks(dataDir string, cat *catalog) error {
+	changed := false
 	for n, ct := range cat.Tables {
 		link := filepath.Join(dataDir, n+".parquet")
 		if ct.Partitioned {
-			if err := os.Remove(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+			err := os.Remove(link)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("remove link %s: %w", link, err)
 			}
+			changed = changed || err == nil
 			continue
 		}
-		if ct.QueryMode != schemas.ModeLocal || ct.Version == "" {
+		if !schemas.Stored(ct.QueryMode) || ct.Version == "" {
 			continue
 		}
 		version, err := ct.file(dataDir, n)
@@ -749,6 +761,10 @@ func syncLinks(dataDir string, cat *catalog) error {
 			os.Remove(tmp)
 			return fmt.Errorf("link %s: %w", link, err)
 		}
+		changed = true
+	}
+	if !changed {
+		return nil // nothing moved: no folder sync on every streamed publish
 	}
 	return parquetfile.SyncDir(dataDir)
 }

@@ -175,7 +175,7 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	}
 	cat.mu.Lock()
 	ct, ok := cat.Tables[pt.name]
-	if ok && !ct.Partitioned && ct.QueryMode == schemas.ModeLocal {
+	if ok && !ct.Partitioned && schemas.Stored(ct.QueryMode) {
 		// The table switches layout: its version is retired and its link
 		// removed once the extract is swapped, never both layouts.
 		if ct.Version != "" {

@@ -255,9 +255,16 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	}
 	caps := conn.Capabilities()
 	var tables []connectors.TableInfo
+	var skipped []string
 	if d, ok := conn.(connectors.Discoverer); ok && caps.Has(connectors.Discover) {
 		if tables, err = d.Discover(ctx); err != nil {
 			return fmt.Errorf("discover %s: %w", req.Source, err)
+		}
+		if sk, ok := conn.(connectors.Skipper); ok {
+			skipped = sk.Skipped()
+			for _, why := range skipped {
+				p.log.Warn("discovery skipped", "run", req.RunID, "source", req.Source, "reason", why)
+			}
 		}
 	} else {
 		// Without discovery the configured table list is the catalog; the
@@ -355,7 +362,8 @@ func (p *Producer) run(ctx context.Context, req schemas.SyncRequest) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	done := schemas.Event{Type: schemas.EventRunDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Results: results, Remote: remote}
+	done := schemas.Event{Type: schemas.EventRunDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Results: results, Remote: remote,
+		Skipped: skipped}
 	if err := p.publishEvent(ctx, done); err != nil {
 		return err
 	}
@@ -397,11 +405,14 @@ func remoteTable(src config.Source, conn connectors.Connector, t connectors.Tabl
 	if caps == 0 {
 		caps = conn.Capabilities()
 	}
-	if src.Table(t.Name).QueryMode == "remote" {
+	switch src.Table(t.Name).QueryMode {
+	case "remote":
 		return true
+	case "local", "materialized":
+		return false
 	}
 	_, canRead := conn.(connectors.Reader)
-	return caps.Has(connectors.Remote) && (!caps.Has(connectors.Read) || !canRead)
+	return caps.Has(connectors.Remote) && (t.PreferRemote || !caps.Has(connectors.Read) || !canRead)
 }
 
 // table reads one table and publishes its batches; it never returns an error,
@@ -422,13 +433,16 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 	}
 	reader, canRead := conn.(connectors.Reader)
 	if remoteTable(src, conn, t) || !caps.Has(connectors.Read) || !canRead {
-		if src.Table(t.Name).QueryMode == "remote" && (!caps.Has(connectors.Remote) || len(t.RemotePath) == 0) {
+		if src.Table(t.Name).QueryMode == "remote" && (!caps.Has(connectors.Remote) || (len(t.RemotePath) == 0 && t.RemoteQuery == nil)) {
 			return fail(fmt.Errorf("table %s: table_options.%s.query_mode is remote, but connector %s offers it only locally", t.Name, t.Name, src.Connector))
 		}
 		if caps.Has(connectors.Remote) {
 			res.QueryMode = schemas.ModeRemote
 			ev := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
 				Description: t.Description, QueryMode: schemas.ModeRemote, RemotePath: t.RemotePath}
+			if q := t.RemoteQuery; q != nil {
+				ev.RemoteQuery = &schemas.RemoteQuery{Function: q.Function, Args: q.Args}
+			}
 			if t.Schema != nil {
 				ev.Schema, _ = schemas.EncodeSchema(t.Schema)
 			}
@@ -440,6 +454,13 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 		return fail(fmt.Errorf("table %s: declares neither read nor remote", t.Name))
 	}
 	opts := src.Table(t.Name)
+	if opts.QueryMode == schemas.ModeMaterialized {
+		res.QueryMode = schemas.ModeMaterialized
+	}
+	if opts.Query != "" {
+		// The table is the query's result: its schema is the query's.
+		t.Schema = nil
+	}
 	pk := opts.PrimaryKey
 	if len(pk) == 0 {
 		pk = t.PrimaryKey
@@ -492,6 +513,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 	if err := p.publishEvent(ctx, start); err != nil {
 		return fail(err)
 	}
+	plan.query = opts.Query
 	schema, batches, rows, next, err := p.publishTable(ctx, req, reader, t, &plan, log)
 	res.Batches, res.Rows, res.SchemaChanges, res.WriteMode = batches, rows, plan.changes, plan.mode
 	if err != nil {
@@ -502,7 +524,7 @@ func (p *Producer) table(ctx context.Context, req schemas.SyncRequest, src confi
 		return fail(err)
 	}
 	done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
-		Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: batches, Rows: rows,
+		Description: t.Description, QueryMode: res.QueryMode, Schema: enc, Batches: batches, Rows: rows,
 		SchemaChanges: plan.changes, WriteMode: plan.mode, PrimaryKey: pk, Cursor: next, CursorRevision: cursorRev}
 	if err := p.publishEvent(ctx, done); err != nil {
 		return fail(err)
@@ -520,7 +542,9 @@ type tablePlan struct {
 	pk             []string
 	cursor         *schemas.Cursor // committed cursor to read from; nil: full read
 	// source, when set, reads changes by the source's own cursor.
-	source  connectors.SourceCursorReader
+	source connectors.SourceCursorReader
+	// query is the source's own query for the table, if any.
+	query   string
 	changes []string
 	mode    string
 	checked bool
@@ -595,7 +619,7 @@ func (p *Producer) publishTable(ctx context.Context, req schemas.SyncRequest, r 
 		return schema, 0, 0, nil, err
 	}
 	var track *tracker
-	opts := connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize, IncrementalKey: plan.incrementalKey}
+	opts := connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize, IncrementalKey: plan.incrementalKey, Query: plan.query}
 	if plan.cursor != nil {
 		opts.IncrementalValue = plan.cursor.Value
 	}

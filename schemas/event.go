@@ -83,8 +83,12 @@ type Event struct {
 	Batches int64  `json:"batches,omitempty"`
 	Rows    int64  `json:"rows,omitempty"`
 	Error   string `json:"error,omitempty"`
-	// RemotePath is a remote table's name inside the attached catalog.
-	RemotePath []string `json:"remote_path,omitempty"`
+	// RemotePath is a remote table's name inside the attached catalog;
+	// RemoteQuery, instead, a table function of its extension to read.
+	RemotePath  []string     `json:"remote_path,omitempty"`
+	RemoteQuery *RemoteQuery `json:"remote_query,omitempty"`
+	// Skipped (run_done, extract_published): what discovery left out, why.
+	Skipped []string `json:"skipped,omitempty"`
 	// SchemaChanges describe, in words, how the table's schema differs from
 	// the last published one (table_started, table_done).
 	SchemaChanges []string `json:"schema_changes,omitempty"`
@@ -125,6 +129,39 @@ type Event struct {
 	// StreamPublished: the streamed parts the finalizer is done with.
 	Parts []string `json:"parts,omitempty"`
 }
+
+// RemoteFunctions are the extension table functions a remote view may
+// read (the consumer attaches only allowlisted extensions).
+var RemoteFunctions = []string{"bigquery_query"}
+
+// RemoteQuery is a remote view over an extension's table function:
+// SELECT * FROM <Function>('<arg>', ...).
+type RemoteQuery struct {
+	Function string   `json:"function"`
+	Args     []string `json:"args"`
+}
+
+// Validate checks the function is allowlisted and the arguments hold no
+// NUL or newline (they become SQL string literals, quoted).
+func (q RemoteQuery) Validate() error {
+	ok := false
+	for _, f := range RemoteFunctions {
+		ok = ok || f == q.Function
+	}
+	if !ok {
+		return fmt.Errorf("remote query function %q is not one of %v", q.Function, RemoteFunctions)
+	}
+	for _, a := range q.Args {
+		if strings.ContainsAny(a, "\x00") {
+			return fmt.Errorf("remote query argument %q holds a NUL", a)
+		}
+	}
+	return nil
+}
+
+// Stored reports whether a query mode keeps the rows in Parquet (local or
+// materialized), as opposed to remote.
+func Stored(mode string) bool { return mode == ModeLocal || mode == ModeMaterialized }
 
 // RemoteAttach is one row of _remote_attach. TokenEnv names an environment
 // variable; it is never a secret.
@@ -276,6 +313,11 @@ func (e Event) Validate() error {
 	}
 	for _, t := range e.Tables {
 		if err := ValidateName("table", t); err != nil {
+			return bad("%v", err)
+		}
+	}
+	if e.RemoteQuery != nil {
+		if err := e.RemoteQuery.Validate(); err != nil {
 			return bad("%v", err)
 		}
 	}

@@ -76,13 +76,13 @@ type Table struct {
 
 // Job is an asynchronous Storage job (POST export-async, GET /jobs/{id}).
 type Job struct {
-	ID      int64  `json:"id"`
-	Status  string `json:"status"` // waiting, processing, success, error
-	URL     string `json:"url,omitempty"`
+	ID     int64  `json:"id"`
+	Status string `json:"status"` // waiting, processing, success, error
+	URL    string `json:"url,omitempty"`
 	// CreatedTime and StartTime are Keboola's clock (TimeLayout).
 	CreatedTime string `json:"createdTime,omitempty"`
 	StartTime   string `json:"startTime,omitempty"`
-	Results *struct {
+	Results     *struct {
 		File *struct {
 			ID int64 `json:"id"`
 		} `json:"file,omitempty"`

@@ -67,7 +67,7 @@ func TestSyncBadInput(t *testing.T) {
 		{"ErrUnknownSource", []string{"sync", "nope"}, []string{`unknown source "nope"`, "configured: demo"}},
 		{"ErrBadSourceName", []string{"sync", "../etc"}, []string{`source "../etc" must match`}},
 		{"ErrBadTableName", []string{"sync", "demo", "--tables", "a;b"}, []string{`table "a;b" must match`}},
-		{"ErrUnknownConnector", []string{"sync", "s", "--config", badConnector}, []string{`unknown connector "nope"`, "available: demo"}},
+		{"ErrUnknownConnector", []string{"sync", "s", "--config", badConnector}, []string{`unknown connector "nope"`, "available: bigquery, demo, jira, keboola"}},
 		{"ErrConfigType", []string{"sync", "s", "--config", badValue}, []string{"invalid connector config", `"rows"`, "integer", "c2.yaml"}},
 		{"ErrConfigName", []string{"sync", "s-1", "--config", badName}, []string{"c3.yaml", "sources[0].name"}},
 		{"ErrMissingConfig", []string{"sync", "demo", "--config", filepath.Join(dir, "missing.yaml")}, []string{"missing.yaml", "no such file"}},

@@ -178,6 +178,8 @@ func printSummary(w io.Writer, rep *stack.Report) {
 			fmt.Fprintf(w, "  %-24s FAILED  %s (its previous data, if any, stays in the extract)\n", r.Table, r.Error)
 		case r.QueryMode == schemas.ModeRemote:
 			fmt.Fprintf(w, "  %-24s remote\n", r.Table)
+		case r.QueryMode == schemas.ModeMaterialized:
+			fmt.Fprintf(w, "  %-24s %12s rows  %10s  materialized\n", r.Table, thousands(r.Rows), humanBytes(r.SizeBytes))
 		default:
 			line := fmt.Sprintf("  %-24s %12s rows  %10s", r.Table, thousands(r.Rows), humanBytes(r.SizeBytes))
 			switch r.WriteMode {
@@ -193,6 +195,9 @@ func printSummary(w io.Writer, rep *stack.Report) {
 		for _, c := range r.SchemaChanges {
 			fmt.Fprintf(w, "  %-24s schema: %s\n", "", c)
 		}
+	}
+	for _, why := range rep.Skipped {
+		fmt.Fprintf(w, "  skipped: %s\n", why)
 	}
 	abs, _ := filepath.Abs(rep.Path)
 	fmt.Fprintf(w, "\nExtract: %s\n", abs)

@@ -68,10 +68,14 @@ type TableOptions struct {
 	// the source's own change time (connectors.SourceCursorReader, e.g.
 	// Keboola's changedSince), merging by primary key.
 	Incremental bool `yaml:"incremental"`
-	// QueryMode is local (default: the rows are copied into Parquet) or
-	// remote (a view over the source's attached catalog), for tables whose
-	// connector offers both.
+	// QueryMode is local (the rows are copied into Parquet), remote (a view
+	// over the source's attached catalog) or materialized (a remote table's
+	// rows, or Query's, copied into Parquet), for tables whose connector
+	// offers them; the default is the connector's.
 	QueryMode string `yaml:"query_mode"`
+	// Query is the source's own query a materialized table is read by
+	// (BigQuery SQL); the table's schema is then the query's.
+	Query string `yaml:"query"`
 }
 
 // Schema policies.
@@ -226,8 +230,11 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("%s: field %s: %w", c.path, f, err))
 			}
 			policyOK(f+".schema_policy", o.SchemaPolicy)
-			if o.QueryMode != "" && o.QueryMode != "local" && o.QueryMode != "remote" {
-				errs = append(errs, fmt.Errorf("%s: field %s.query_mode: %q is not one of local, remote", c.path, f, o.QueryMode))
+			if o.QueryMode != "" && o.QueryMode != "local" && o.QueryMode != "remote" && o.QueryMode != "materialized" {
+				errs = append(errs, fmt.Errorf("%s: field %s.query_mode: %q is not one of local, remote, materialized", c.path, f, o.QueryMode))
+			}
+			if o.Query != "" && o.QueryMode != "materialized" {
+				errs = append(errs, fmt.Errorf("%s: field %s.query: a query needs query_mode: materialized", c.path, f))
 			}
 			if o.Incremental && o.IncrementalKey != "" {
 				errs = append(errs, fmt.Errorf("%s: field %s: set incremental (the source's change time) or incremental_key (a column), not both", c.path, f))

@@ -58,7 +58,7 @@ func TestErrors(t *testing.T) {
 		{"ErrNoConnector", "sources:\n  - name: s\n", []string{"sources[0].connector", "required"}},
 		{"ErrUnknownField", "sourcez: []\n", []string{"sourcez"}},
 		{"ErrWrongType", "sources: 5\n", []string{"agnes.yaml"}},
-		{"ErrQueryMode", "sources:\n  - name: s\n    connector: demo\n    table_options:\n      t: {query_mode: remot}\n", []string{"table_options.t.query_mode", "local, remote"}},
+		{"ErrQueryMode", "sources:\n  - name: s\n    connector: demo\n    table_options:\n      t: {query_mode: remot}\n", []string{"table_options.t.query_mode", "local, remote, materialized"}},
 		{"ErrTwoCursors", "sources:\n  - name: s\n    connector: demo\n    table_options:\n      t: {incremental: true, incremental_key: id}\n", []string{"table_options.t", "not both"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,10 +14,12 @@ import (
 
 // Report is the outcome of one sync run as seen by the client.
 type Report struct {
-	RunID    string
-	Source   string
-	Path     string
-	Results  []schemas.TableResult
+	RunID   string
+	Source  string
+	Path    string
+	Results []schemas.TableResult
+	// Skipped says what discovery left out and why.
+	Skipped  []string
 	Rows     int64
 	Failed   int
 	Duration time.Duration
@@ -38,6 +40,7 @@ func (r *Report) Stats() connectors.RunStats {
 			st.SchemaChanges = append(st.SchemaChanges, t.Table+": "+c)
 		}
 	}
+	st.Skipped = r.Skipped
 	return st
 }
 
@@ -73,7 +76,7 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 			runErr = fmt.Errorf("%w; not started (%s)", schemas.ErrAlreadyRunning, ev.Error)
 			return false
 		case schemas.EventExtractPublished:
-			rep = &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Duration: time.Since(start)}
+			rep = &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Skipped: ev.Skipped, Duration: time.Since(start)}
 			for _, r := range ev.Results {
 				rep.Rows += r.Rows
 				if r.Status == schemas.StatusFailed {
