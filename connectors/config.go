@@ -57,6 +57,36 @@ func (c Config) Float(key string) float64 {
 	return 0
 }
 
+// Strings returns the list of non-empty strings at key (nil when unset);
+// another element is an error naming the field.
+func (c Config) Strings(key string) ([]string, error) {
+	list, _ := c[key].([]any)
+	var out []string
+	for _, v := range list {
+		s, ok := v.(string)
+		if !ok || s == "" {
+			return nil, fmt.Errorf("config.%s holds %v, not a non-empty string", key, v)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// StringMap returns the object of strings at key (empty when unset);
+// another value is an error naming the field.
+func (c Config) StringMap(key string) (map[string]string, error) {
+	m, _ := c[key].(map[string]any)
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		s, ok := v.(string)
+		if !ok {
+			return nil, fmt.Errorf("config.%s.%s is %v, not a string", key, k, v)
+		}
+		out[k] = s
+	}
+	return out, nil
+}
+
 // Bool returns the boolean at key, or false.
 func (c Config) Bool(key string) bool {
 	b, _ := c[key].(bool)

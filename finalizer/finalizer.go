@@ -46,11 +46,10 @@ type Options struct {
 
 // Finalizer follows run events and publishes extracts.
 type Finalizer struct {
-	opts    Options
-	log     *slog.Logger
-	dataDir string
-	layout  schemas.Layout
-	runs    map[string]*runState
+	opts   Options
+	log    *slog.Logger
+	layout schemas.Layout
+	runs   map[string]*runState
 	// bySource serialises publishing per source.
 	locks sync.Map
 	wg    sync.WaitGroup
@@ -124,7 +123,7 @@ func New(opts Options) (*Finalizer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("finalizer: %w", err)
 	}
-	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), dataDir: layout.Root(), layout: layout,
+	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), layout: layout,
 		runs: map[string]*runState{}, streams: map[string]*streamState{}}, nil
 }
 
@@ -144,7 +143,7 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	if f.lockKV, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.LockBucket); err != nil {
 		return fmt.Errorf("finalizer: %w", err)
 	}
-	f.log.Info("finalizer started", "data_dir", f.dataDir)
+	f.log.Info("finalizer started", "data_dir", f.layout.Root())
 	// Streamed parts are followed on their own stream.
 	streamErr := make(chan error, 1)
 	sctx, stopStream := context.WithCancel(ctx)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/agnes-ai/connector-kit/connectors/httpclient"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/google"
 )
@@ -237,20 +238,12 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
+	status, data, err := httpclient.Exchange(c.http, req, "bigquery "+method+" "+path, 512<<20)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("bigquery %s %s: %w", method, path, err)
+		return err
 	}
-	defer resp.Body.Close()
-	data, rerr := io.ReadAll(io.LimitReader(resp.Body, 512<<20))
-	if resp.StatusCode/100 != 2 {
-		return parseError(method, path, resp.StatusCode, data)
-	}
-	if rerr != nil {
-		return fmt.Errorf("bigquery %s %s: read body: %w", method, path, rerr)
+	if status/100 != 2 {
+		return parseError(method, path, status, data)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("bigquery %s %s: decode answer: %w", method, path, err)

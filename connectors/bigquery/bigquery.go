@@ -46,25 +46,13 @@ const DefaultEndpoint = "https://bigquery.googleapis.com"
 func Register(r *connectors.Registry) {
 	r.MustRegisterManifest("connectors/bigquery/connector.yaml", manifest, func(cfg connectors.Config) (connectors.Connector, error) {
 		opts := Options{Project: cfg.String("project"), BillingProject: cfg.String("billing_project"), Endpoint: cfg.String("endpoint"),
-			MaxBytes: cfg.Int("max_bytes_per_materialize"), PageSize: int(cfg.Int("page_size")), MaxRetries: int(cfg.Int("max_retries")),
-			Names: map[string]string{}}
-		if ds, ok := cfg["datasets"].([]any); ok {
-			for _, d := range ds {
-				s, ok := d.(string)
-				if !ok || s == "" {
-					return nil, fmt.Errorf("bigquery: config.datasets holds %v, not dataset ids", d)
-				}
-				opts.Datasets = append(opts.Datasets, s)
-			}
+			MaxBytes: cfg.Int("max_bytes_per_materialize"), PageSize: int(cfg.Int("page_size")), MaxRetries: int(cfg.Int("max_retries"))}
+		var err error
+		if opts.Datasets, err = cfg.Strings("datasets"); err != nil {
+			return nil, fmt.Errorf("bigquery: %w", err)
 		}
-		if names, ok := cfg["table_names"].(map[string]any); ok {
-			for k, v := range names {
-				s, ok := v.(string)
-				if !ok {
-					return nil, fmt.Errorf("bigquery: config.table_names.%s is %v, not a name", k, v)
-				}
-				opts.Names[k] = s
-			}
+		if opts.Names, err = cfg.StringMap("table_names"); err != nil {
+			return nil, fmt.Errorf("bigquery: %w", err)
 		}
 		return New(opts)
 	})

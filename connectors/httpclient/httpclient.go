@@ -8,6 +8,8 @@ package httpclient
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -105,3 +107,23 @@ func RetryAfter(h string) (time.Duration, bool) {
 
 func clamp(d, lo, hi time.Duration) time.Duration { return min(max(d, lo), hi) }
 func clampInt(n, lo, hi int) int                  { return min(max(n, lo), hi) }
+
+// Exchange sends req with c and reads the answer's body, at most limit
+// bytes. A transport error is returned wrapped with label
+// (the context's own error when the request was cancelled); any status,
+// 2xx or not, comes back with its body for the caller to judge.
+func Exchange(c *http.Client, req *http.Request, label string, limit int64) (int, []byte, error) {
+	resp, err := c.Do(req)
+	if err != nil {
+		if cerr := req.Context().Err(); cerr != nil {
+			return 0, nil, cerr
+		}
+		return 0, nil, fmt.Errorf("%s: %w", label, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	if err != nil && resp.StatusCode/100 == 2 {
+		return resp.StatusCode, nil, fmt.Errorf("%s: read body: %w", label, err)
+	}
+	return resp.StatusCode, body, nil
+}

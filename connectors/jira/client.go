@@ -11,6 +11,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/agnes-ai/connector-kit/connectors/httpclient"
 )
 
 // ErrNotFound is a 404 from Jira: the issue does not exist or the user may
@@ -77,21 +79,13 @@ func (c *client) do(ctx context.Context, method, path string, query url.Values, 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := c.http.Do(req)
+	// The path has no secret in it.
+	status, data, err := httpclient.Exchange(c.http, req, "jira "+method+" "+path, 64<<20)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// The URL has no secret in it.
-		return fmt.Errorf("jira %s %s: %w", method, path, err)
+		return err
 	}
-	data, rerr := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		return &APIError{Method: method, Path: path, Status: resp.StatusCode, Messages: errorMessages(data)}
-	}
-	if rerr != nil {
-		return fmt.Errorf("jira %s %s: read body: %w", method, path, rerr)
+	if status/100 != 2 {
+		return &APIError{Method: method, Path: path, Status: status, Messages: errorMessages(data)}
 	}
 	if out == nil {
 		return nil

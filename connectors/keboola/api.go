@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/agnes-ai/connector-kit/connectors/httpclient"
 )
 
 // The types below are the parts of the Storage API v2 JSON the connector
@@ -181,16 +183,11 @@ func (c *client) do(ctx context.Context, method, path string, query, form url.Va
 	if form != nil {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
-	resp, err := c.http.Do(req)
+	status, data, err := httpclient.Exchange(c.http, req, "keboola "+method+" "+path, 256<<20)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("keboola %s %s: %w", method, path, err)
+		return err
 	}
-	defer resp.Body.Close()
-	data, rerr := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
-	if resp.StatusCode/100 != 2 {
+	if status/100 != 2 {
 		var e struct {
 			Error   string `json:"error"`
 			Message string `json:"message"`
@@ -201,10 +198,7 @@ func (c *client) do(ctx context.Context, method, path string, query, form url.Va
 		if msg == "" {
 			msg = e.Message
 		}
-		return &APIError{Method: method, Path: path, Status: resp.StatusCode, Message: msg, Code: e.Code}
-	}
-	if rerr != nil {
-		return fmt.Errorf("keboola %s %s: read body: %w", method, path, rerr)
+		return &APIError{Method: method, Path: path, Status: status, Message: msg, Code: e.Code}
 	}
 	if out == nil {
 		return nil

@@ -49,24 +49,13 @@ func Register(r *connectors.Registry) {
 		opts := Options{URL: cfg.String("url"), Token: token, BatchSize: int(cfg.Int("batch_size")),
 			Overlap:    time.Duration(cfg.Int("incremental_overlap_seconds")) * time.Second,
 			MaxPoll:    time.Duration(cfg.Int("job_poll_max_seconds")) * time.Second,
-			MaxRetries: int(cfg.Int("max_retries")), Names: map[string]string{}}
-		if bs, ok := cfg["buckets"].([]any); ok {
-			for _, b := range bs {
-				s, ok := b.(string)
-				if !ok || s == "" {
-					return nil, fmt.Errorf("keboola: config.buckets holds %v, not bucket ids", b)
-				}
-				opts.Buckets = append(opts.Buckets, s)
-			}
+			MaxRetries: int(cfg.Int("max_retries"))}
+		var err error
+		if opts.Buckets, err = cfg.Strings("buckets"); err != nil {
+			return nil, fmt.Errorf("keboola: %w", err)
 		}
-		if names, ok := cfg["table_names"].(map[string]any); ok {
-			for id, n := range names {
-				s, ok := n.(string)
-				if !ok {
-					return nil, fmt.Errorf("keboola: config.table_names.%s is %v, not a name", id, n)
-				}
-				opts.Names[id] = s
-			}
+		if opts.Names, err = cfg.StringMap("table_names"); err != nil {
+			return nil, fmt.Errorf("keboola: %w", err)
 		}
 		return New(opts)
 	})
