@@ -422,7 +422,7 @@ func (f *Finalizer) staging(source, run, table string) string {
 
 // release frees the source's sync lock held by run.
 func (f *Finalizer) release(ctx context.Context, source, runID string) {
-	err := schemas.Retry(ctx, func() error { return schemas.ReleaseRun(ctx, f.lockKV, source, runID) })
+	err := natsbus.Retry(ctx, func() error { return natsbus.ReleaseRun(ctx, f.lockKV, source, runID) })
 	if err != nil {
 		f.log.Warn("release source lock", "source", source, "run", runID, "err", err)
 	}
@@ -463,14 +463,14 @@ func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runStat
 		}
 		f.log.Error("finalize run", "run", runID, "source", r.source, "err", err)
 		f.release(ctx, r.source, runID)
-		_ = schemas.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventRunFailed, RunID: runID, Source: r.source,
+		_ = natsbus.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventRunFailed, RunID: runID, Source: r.source,
 			Attempt: r.done.Attempt, Error: "finalize: " + err.Error()})
 		return
 	}
 	// Free the source before announcing, so whoever waits for the
 	// announcement can start the next sync at once.
 	f.release(ctx, r.source, runID)
-	if err := schemas.PublishEvent(ctx, f.opts.JS, ev); err != nil {
+	if err := natsbus.PublishEvent(ctx, f.opts.JS, ev); err != nil {
 		f.log.Error("announce extract", "run", runID, "err", err)
 		return
 	}

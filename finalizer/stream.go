@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 )
@@ -260,7 +261,7 @@ func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamSta
 			}
 			f.mu.Unlock()
 			if ev != nil {
-				if perr := schemas.PublishEvent(ctx, f.opts.JS, *ev); perr != nil {
+				if perr := natsbus.PublishEvent(ctx, f.opts.JS, *ev); perr != nil {
 					f.log.Warn("announce streamed parts", "source", source, "err", perr)
 				}
 			}

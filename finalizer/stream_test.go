@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -94,7 +95,7 @@ func TestStreamedCopiesPublishedOnce(t *testing.T) {
 	b := streamPart(t, dataDir, "b.part", 2, 3)
 	c := streamPart(t, dataDir, "c.part", 2)
 	for _, ev := range []schemas.Event{a, b, c} {
-		if err := schemas.PublishEvent(ctx, js, ev); err != nil {
+		if err := natsbus.PublishEvent(ctx, js, ev); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -139,7 +140,7 @@ func TestStreamedCopiesPublishedOnce(t *testing.T) {
 	// A restart replays the same events: nothing is added twice.
 	d := streamPart(t, dataDir, "d.part", 4)
 	stop = runFinalizer(t, js, dataDir)
-	if err := schemas.PublishEvent(ctx, js, d); err != nil {
+	if err := natsbus.PublishEvent(ctx, js, d); err != nil {
 		t.Fatal(err)
 	}
 	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
@@ -182,7 +183,7 @@ func TestStagedPartWithoutAnnouncementIsPublished(t *testing.T) {
 	stop := runFinalizer(t, js, dataDir)
 	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
 	// Its announcement arriving late changes nothing.
-	if err := schemas.PublishEvent(context.Background(), js, ev); err != nil {
+	if err := natsbus.PublishEvent(context.Background(), js, ev); err != nil {
 		t.Fatal(err)
 	}
 	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool { return len(evs) > 1 })

@@ -9,6 +9,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -22,6 +23,9 @@ const (
 	hookAckWait     = 30 * time.Second
 	hookConcurrency = 8
 )
+
+// hookRetry spaces the redeliveries of a webhook that failed.
+var hookRetry = natsbus.Backoff{Min: time.Second, Max: 30 * time.Second}
 
 // ErrBadEvent marks an event that can never be processed (dead-lettered at
 // once rather than retried).
@@ -45,7 +49,20 @@ type hooks struct {
 	sources map[string]*streamSource
 }
 
-func (p *Producer) runHooks(ctx context.Context) error {
+// Hooks is the webhook processor: a service of its own beside the
+// producer, consuming AGNES_HOOKS.
+type Hooks struct{ h *hooks }
+
+// NewHooks returns the webhook processor; Run starts it.
+func NewHooks(opts Options) *Hooks {
+	p := New(opts)
+	p.log = p.opts.Logger.With("service", "webhooks")
+	return &Hooks{h: &hooks{p: p, sources: map[string]*streamSource{}}}
+}
+
+// Run processes accepted webhook bodies until ctx ends.
+func (s *Hooks) Run(ctx context.Context) error {
+	p := s.h.p
 	cons, err := p.opts.JS.CreateOrUpdateConsumer(ctx, schemas.HookStream, jetstream.ConsumerConfig{
 		Durable:       schemas.HookConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -54,37 +71,10 @@ func (p *Producer) runHooks(ctx context.Context) error {
 		MaxAckPending: 1000,
 	})
 	if err != nil {
-		return fmt.Errorf("producer: create hook consumer: %w", err)
+		return fmt.Errorf("create hook consumer: %w", err)
 	}
-	h := &hooks{p: p, sources: map[string]*streamSource{}}
-	sem := make(chan struct{}, hookConcurrency)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for ctx.Err() == nil {
-		batch, err := cons.Fetch(hookConcurrency, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			if ctx.Err() == nil {
-				p.log.Warn("fetch webhooks", "err", err)
-				time.Sleep(100 * time.Millisecond)
-			}
-			continue
-		}
-		for msg := range batch.Messages() {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				_ = msg.Nak()
-				continue
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				h.handle(ctx, msg)
-			}()
-		}
-	}
-	return nil
+	return natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.HookConsumer, Logger: p.log,
+		Workers: hookConcurrency, Prefetch: hookConcurrency, Handle: s.h.handle})
 }
 
 func (h *hooks) source(ctx context.Context, name string) (*streamSource, error) {
@@ -148,25 +138,23 @@ func (h *hooks) source(ctx context.Context, name string) (*streamSource, error) 
 func (h *hooks) handle(ctx context.Context, msg jetstream.Msg) {
 	md, err := msg.Metadata()
 	if err != nil {
-		_ = msg.Nak()
+		natsbus.Settle(h.p.log, "nak", msg.Nak())
 		return
 	}
 	source := msg.Headers().Get(schemas.HeaderSource)
 	log := h.p.log.With("source", source, "hook_seq", md.Sequence.Stream)
 	// A slow source (Jira retrying a 429) must not get the body redelivered
 	// to another producer while this one still works on it.
-	stop := keepAlive(ctx, msg, max(h.p.opts.AckWait/3, 100*time.Millisecond), func() {})
+	stop := natsbus.KeepAlive(ctx, max(h.p.opts.AckWait/3, 100*time.Millisecond), []jetstream.Msg{msg}, nil)
 	err = h.process(ctx, msg, source, int64(md.Sequence.Stream))
 	stop()
 	if err == nil {
-		if err := msg.Ack(); err != nil {
-			log.Warn("ack webhook", "err", err)
-		}
+		natsbus.Settle(log, "ack", msg.Ack())
 		metrics.HooksProcessed.Inc()
 		return
 	}
 	if ctx.Err() != nil {
-		_ = msg.Nak()
+		natsbus.Settle(log, "nak", msg.Nak())
 		return
 	}
 	if errors.Is(err, ErrBadEvent) || md.NumDelivered >= hookMaxDeliver {
@@ -175,7 +163,7 @@ func (h *hooks) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	log.Warn("webhook failed; will retry", "deliveries", md.NumDelivered, "err", err)
-	_ = msg.NakWithDelay(min(time.Second<<min(md.NumDelivered-1, 5), 30*time.Second))
+	natsbus.Settle(log, "nak", msg.NakWithDelay(hookRetry.After(md.NumDelivered)))
 }
 
 func (h *hooks) process(ctx context.Context, msg jetstream.Msg, source string, hookSeq int64) error {
@@ -231,13 +219,13 @@ func (h *hooks) deadLetter(ctx context.Context, msg jetstream.Msg, source string
 	if schemas.ValidateName("source", source) != nil {
 		source = "_unknown"
 	}
-	dl := schemas.DeadLetter(msg, source, "_webhooks", cause)
+	dl := natsbus.DeadLetter(msg, source, "_webhooks", cause)
 	dl.Header.Set(schemas.HeaderSource, source)
 	if _, err := h.p.opts.JS.PublishMsg(ctx, dl); err != nil {
 		h.p.log.Error("store dead webhook; leaving it for redelivery", "err", err)
-		_ = msg.NakWithDelay(30 * time.Second)
+		natsbus.Settle(h.p.log, "nak", msg.NakWithDelay(30*time.Second))
 		return
 	}
 	metrics.DeadLetters.Inc()
-	_ = msg.Term()
+	natsbus.Settle(h.p.log, "term", msg.Term())
 }

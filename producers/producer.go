@@ -113,47 +113,12 @@ func (p *Producer) Run(ctx context.Context) error {
 		return fmt.Errorf("producer: %w", err)
 	}
 	p.log.Info("producer started", "concurrency", p.opts.Concurrency)
-	sem := make(chan struct{}, p.opts.Concurrency)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := p.runHooks(ctx); err != nil {
-			p.log.Error("webhook processing stopped", "err", err)
-		}
-	}()
-	for {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			p.log.Info("producer stopping")
-			return nil
-		}
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			<-sem
-			if ctx.Err() != nil {
-				return nil
-			}
-			p.log.Warn("fetch sync request", "err", err)
-			time.Sleep(100 * time.Millisecond)
-			continue
-		}
-		got := false
-		for msg := range batch.Messages() {
-			got = true
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				p.handle(ctx, msg)
-			}()
-		}
-		if !got {
-			<-sem
-		}
-	}
+	// A run takes minutes: a request is pulled only when a slot is free, so
+	// a busy producer never holds one another producer could start.
+	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.ProducerConsumer, Logger: p.log,
+		Workers: p.opts.Concurrency, Handle: p.handle})
+	p.log.Info("producer stopped")
+	return err
 }
 
 func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
@@ -163,27 +128,27 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		// it is dropped without an event.
 		p.log.Error("dropping malformed sync request", "subject", msg.Subject(), "err", err)
 		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
-		_ = msg.Term()
+		natsbus.Settle(p.log, "term", msg.Term())
 		return
 	}
 	if want := schemas.SyncSubject(req.Source); msg.Subject() != want {
 		p.log.Error("dropping sync request published on another source's subject", "subject", msg.Subject(), "source", req.Source)
 		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
-		_ = msg.Term()
+		natsbus.Settle(p.log, "term", msg.Term())
 		return
 	}
 	locks := p.locks
-	err = schemas.AcquireRun(ctx, locks, req.Source, req.RunID)
+	err = natsbus.AcquireRun(ctx, locks, req.Source, req.RunID)
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
 		metrics.RunsRejected.Inc()
 		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()})
-		_ = msg.Term()
+		natsbus.Settle(p.log, "term", msg.Term())
 		return
 	}
 	if err != nil {
 		p.log.Error("lock source; will retry", "run", req.RunID, "source", req.Source, "err", err)
-		_ = msg.NakWithDelay(time.Second)
+		natsbus.Settle(p.log, "nak", msg.NakWithDelay(time.Second))
 		return
 	}
 	req.Attempt = 1
@@ -193,48 +158,28 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		req.Attempt = int(md.NumDelivered)
 		p.log.Warn("retrying sync run", "run", req.RunID, "source", req.Source, "attempt", req.Attempt)
 	}
-	stop := keepAlive(ctx, msg, min(p.opts.AckWait/3, schemas.LockTTL/4), func() {
-		_ = schemas.RefreshRun(ctx, locks, req.Source, req.RunID)
+	stop := natsbus.KeepAlive(ctx, min(p.opts.AckWait/3, schemas.LockTTL/4), []jetstream.Msg{msg}, func() {
+		if err := natsbus.RefreshRun(ctx, locks, req.Source, req.RunID); err != nil {
+			p.log.Warn("refresh source lock", "run", req.RunID, "source", req.Source, "err", err)
+		}
 	})
 	metrics.RunsStarted.Inc()
 	err = p.run(ctx, req)
 	stop()
 	if ctx.Err() != nil {
 		// Shutting down: leave the request for redelivery to another producer.
-		_ = msg.Nak()
+		natsbus.Settle(p.log, "nak", msg.Nak())
 		return
 	}
 	if err != nil {
 		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
 		metrics.RunsFailed.Inc()
-		_ = schemas.ReleaseRun(ctx, locks, req.Source, req.RunID)
+		if err := natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID); err != nil {
+			p.log.Warn("release source lock", "run", req.RunID, "source", req.Source, "err", err)
+		}
 		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
 	}
-	if err := msg.DoubleAck(ctx); err != nil {
-		p.log.Warn("ack sync request", "run", req.RunID, "err", err)
-	}
-}
-
-// keepAlive tells the server the request is still being worked on, so a long
-// run is not redelivered to another producer.
-func keepAlive(ctx context.Context, msg jetstream.Msg, every time.Duration, refresh func()) func() {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-				refresh()
-			}
-		}
-	}()
-	return func() { cancel(); <-done }
+	natsbus.Settle(p.log, "ack", msg.DoubleAck(ctx))
 }
 
 // run executes one sync request. A returned error fails the whole run; a
@@ -739,5 +684,5 @@ func (p *Producer) waitBacklog(ctx context.Context, log *slog.Logger) error {
 
 // publishEvent publishes e and waits for the stream's acknowledgement.
 func (p *Producer) publishEvent(ctx context.Context, e schemas.Event) error {
-	return schemas.PublishEvent(ctx, p.opts.JS, e)
+	return natsbus.PublishEvent(ctx, p.opts.JS, e)
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/nats-io/nats.go"
@@ -53,7 +54,7 @@ func (s *sink) wait(ctx context.Context, keep int) error {
 		case err := <-f.Err():
 			// Retry the same message: its id makes a duplicate harmless.
 			m := f.Msg()
-			if rerr := schemas.Retry(ctx, func() error {
+			if rerr := natsbus.Retry(ctx, func() error {
 				_, err := s.p.opts.JS.PublishMsg(ctx, m)
 				return err
 			}); rerr != nil {
@@ -86,7 +87,7 @@ func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 			m.Header[k] = v
 		}
 		var f jetstream.PubAckFuture
-		if err := schemas.Retry(ctx, func() (err error) {
+		if err := natsbus.Retry(ctx, func() (err error) {
 			f, err = s.p.opts.JS.PublishMsgAsync(m)
 			return err
 		}); err != nil {

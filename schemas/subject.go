@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Stream names.
@@ -97,87 +94,32 @@ func DataMsgID(run, table string, attempt int, seq int64) string {
 	return run + "." + strconv.Itoa(attempt) + "." + table + "." + strconv.FormatInt(seq, 10)
 }
 
-// StreamConfigs returns the JetStream streams the services need. replicas is
-// 1 for a single server and 3 for a cluster.
-func StreamConfigs(replicas int) []jetstream.StreamConfig {
-	if replicas < 1 {
-		replicas = 1
-	}
-	return []jetstream.StreamConfig{
-		{
-			Name:        SyncStream,
-			Description: "Agnes sync requests",
-			Subjects:    []string{"agnes.sync.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        DataStream,
-			Description: "Agnes Arrow IPC batches, one subject per table",
-			Subjects:    []string{"agnes.data.*.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        EventStream,
-			Description: "Agnes run events",
-			Subjects:    []string{"agnes.events.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			MaxAge:      7 * 24 * time.Hour,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        StreamEventStream,
-			Description: "Agnes events of streamed (webhook) data: parts written and published",
-			Subjects:    []string{"agnes.stream.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			MaxAge:      StreamEventRetention,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        HookStream,
-			Description: "Agnes webhook bodies accepted by the gateway, one subject per source",
-			Subjects:    []string{"agnes.hooks.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        DeadLetterStream,
-			Description: "Agnes batches that could not be written, with the reason",
-			Subjects:    []string{"agnes.dlq.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			MaxAge:      30 * 24 * time.Hour,
-		},
-	}
-}
-
 // MaxHookBytes is the largest webhook body the gateway accepts: the bus's
 // default 1 MiB message limit less room for headers.
 const MaxHookBytes = 1<<20 - 16<<10
 
-// DataHeader builds the headers of one data message.
-func DataHeader(run, source, table string, attempt int, seq, rows int64) nats.Header {
-	h := nats.Header{}
-	h.Set(HeaderRun, run)
-	h.Set(HeaderSource, source)
-	h.Set(HeaderTable, table)
-	h.Set(HeaderSeq, strconv.FormatInt(seq, 10))
-	h.Set(HeaderAttempt, strconv.Itoa(attempt))
-	h.Set(HeaderRows, strconv.FormatInt(rows, 10))
-	h.Set(jetstream.MsgIDHeader, DataMsgID(run, table, attempt, seq))
-	return h
+// HeaderMsgID is JetStream's deduplication header.
+const HeaderMsgID = "Nats-Msg-Id"
+
+// DataHeader builds the headers of one data message (a nats.Header).
+func DataHeader(run, source, table string, attempt int, seq, rows int64) map[string][]string {
+	return map[string][]string{
+		HeaderRun:     {run},
+		HeaderSource:  {source},
+		HeaderTable:   {table},
+		HeaderSeq:     {strconv.FormatInt(seq, 10)},
+		HeaderAttempt: {strconv.Itoa(attempt)},
+		HeaderRows:    {strconv.FormatInt(rows, 10)},
+		HeaderMsgID:   {DataMsgID(run, table, attempt, seq)},
+	}
+}
+
+// headerValue is the first value of key in h, as nats.Header.Get reads it.
+func headerValue(h map[string][]string, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // BatchRef identifies one data message: which run, source and table it
@@ -196,8 +138,8 @@ type BatchRef struct {
 // UUID or StreamRun, names are identifiers, numbers are bounded), so the
 // result is safe to build paths from; on error, fields that did not validate
 // may be set and must not be used for paths.
-func ParseDataHeader(h nats.Header) (BatchRef, error) {
-	ref := BatchRef{Run: h.Get(HeaderRun), Source: h.Get(HeaderSource), Table: h.Get(HeaderTable)}
+func ParseDataHeader(h map[string][]string) (BatchRef, error) {
+	ref := BatchRef{Run: headerValue(h, HeaderRun), Source: headerValue(h, HeaderSource), Table: headerValue(h, HeaderTable)}
 	if err := ValidateRunID(ref.Run); err != nil {
 		ref.Run = ""
 		return ref, fmt.Errorf("%w: header %s: %v", ErrBadBatch, HeaderRun, err)
@@ -209,16 +151,16 @@ func ParseDataHeader(h nats.Header) (BatchRef, error) {
 		return ref, fmt.Errorf("%w: header %s: %v", ErrBadBatch, HeaderTable, err)
 	}
 	var err error
-	if ref.Seq, err = strconv.ParseInt(h.Get(HeaderSeq), 10, 64); err != nil || ref.Seq < 0 {
-		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderSeq, h.Get(HeaderSeq))
+	if ref.Seq, err = strconv.ParseInt(headerValue(h, HeaderSeq), 10, 64); err != nil || ref.Seq < 0 {
+		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderSeq, headerValue(h, HeaderSeq))
 	}
-	if ref.Rows, err = strconv.ParseInt(h.Get(HeaderRows), 10, 64); err != nil || ref.Rows < 0 {
-		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderRows, h.Get(HeaderRows))
+	if ref.Rows, err = strconv.ParseInt(headerValue(h, HeaderRows), 10, 64); err != nil || ref.Rows < 0 {
+		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderRows, headerValue(h, HeaderRows))
 	}
-	if ref.Attempt, err = strconv.Atoi(h.Get(HeaderAttempt)); err != nil || ValidateAttempt(ref.Attempt) != nil {
-		return ref, fmt.Errorf("%w: header %s=%q is not an integer in 1..%d", ErrBadBatch, HeaderAttempt, h.Get(HeaderAttempt), MaxAttempt)
+	if ref.Attempt, err = strconv.Atoi(headerValue(h, HeaderAttempt)); err != nil || ValidateAttempt(ref.Attempt) != nil {
+		return ref, fmt.Errorf("%w: header %s=%q is not an integer in 1..%d", ErrBadBatch, HeaderAttempt, headerValue(h, HeaderAttempt), MaxAttempt)
 	}
-	if h.Get(HeaderSchema) == "" {
+	if headerValue(h, HeaderSchema) == "" {
 		return ref, fmt.Errorf("%w: missing header %s (the fingerprint of the table's declared schema)", ErrBadBatch, HeaderSchema)
 	}
 	return ref, nil

@@ -89,7 +89,7 @@ func TestForgedBusInputTouchesNothing(t *testing.T) {
 	}
 	// A valid batch whose run header climbs out of the data dir.
 	sch := arrow.NewSchema([]arrow.Field{{Name: "v", Type: arrow.BinaryTypes.String}}, nil)
-	h := schemas.DataHeader(uuid.NewString(), "demo", "orders", 1, 0, 10)
+	h := nats.Header(schemas.DataHeader(uuid.NewString(), "demo", "orders", 1, 0, 10))
 	h.Set(schemas.HeaderRun, "../../../../x")
 	h.Set(schemas.HeaderSchema, schemas.Fingerprint(sch))
 	if _, err := st.JS.PublishMsg(ctx, &nats.Msg{Subject: schemas.DataSubject("demo", "orders"), Header: h, Data: intBatch(t, "v", 10, 5)}); err != nil {
@@ -170,7 +170,7 @@ func TestHeaderlessBatchIsDeadLettered(t *testing.T) {
 	st, _ := demoStack(t, dataDir)
 	defer st.Stop()
 	run := uuid.NewString()
-	h := schemas.DataHeader(run, "demo", "orders", 1, 0, 10)
+	h := nats.Header(schemas.DataHeader(run, "demo", "orders", 1, 0, 10))
 	if _, err := st.JS.PublishMsg(context.Background(), &nats.Msg{Subject: schemas.DataSubject("demo", "orders"), Header: h,
 		Data: intBatch(t, "not_an_orders_column", 10, 5)}); err != nil {
 		t.Fatal(err)

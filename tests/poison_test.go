@@ -13,6 +13,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/cli"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -88,7 +89,7 @@ func TestPoisonBatchesAreDeadLettered(t *testing.T) {
 	}
 	event := func(e schemas.Event) {
 		e.RunID, e.Source, e.Attempt = run, src, 1
-		if err := schemas.PublishEvent(ctx, js, e); err != nil {
+		if err := natsbus.PublishEvent(ctx, js, e); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -99,7 +100,7 @@ func TestPoisonBatchesAreDeadLettered(t *testing.T) {
 			rows = 2000
 		}
 		event(schemas.Event{Type: schemas.EventTableStarted, Table: name, Schema: enc})
-		h := schemas.DataHeader(run, src, name, 1, 0, rows)
+		h := nats.Header(schemas.DataHeader(run, src, name, 1, 0, rows))
 		h.Set(schemas.HeaderSchema, fp)
 		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: schemas.DataSubject(src, name), Header: h, Data: data}); err != nil {
 			t.Fatal(err)

@@ -241,7 +241,7 @@ func (e *procEnv) startSync() string {
 	b := fmt.Sprintf(`{"run_id":%q,"source":"demo","requested_at":%q}`, id, time.Now().UTC().Format(time.RFC3339Nano))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := schemas.Retry(ctx, func() error {
+	if err := natsbus.Retry(ctx, func() error {
 		_, err := e.js.Publish(ctx, schemas.SyncSubject("demo"), []byte(b), jetstream.WithMsgID(id))
 		return err
 	}); err != nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -159,28 +160,14 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	w.log.Info("writer started")
 	defer w.release()
-	for {
-		if ctx.Err() != nil {
-			// Flush what is buffered so it is not redelivered needlessly.
-			fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			w.flushAll(fctx)
-			cancel()
-			w.log.Info("writer stopped", "parts", w.Parts, "batches", w.Batches, "rows", w.Rows)
-			return nil
-		}
-		batch, err := cons.Fetch(w.opts.FetchBatch, jetstream.FetchMaxWait(w.fetchWait()))
-		if err != nil {
-			if ctx.Err() == nil {
-				w.log.Warn("fetch batches", "err", err)
-				time.Sleep(100 * time.Millisecond)
-			}
-			continue
-		}
-		for msg := range batch.Messages() {
-			w.handle(ctx, msg)
-		}
-		w.flushDue(ctx)
-	}
+	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.WriterConsumer, Logger: w.log,
+		Prefetch: w.opts.FetchBatch, Handle: w.handle, Wait: w.fetchWait, Idle: w.flushDue})
+	// Flush what is buffered so it is not redelivered needlessly.
+	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	w.flushAll(fctx)
+	cancel()
+	w.log.Info("writer stopped", "parts", w.Parts, "batches", w.Batches, "rows", w.Rows)
+	return err
 }
 
 func (w *Writer) release() {
@@ -271,26 +258,24 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 	if schemas.ValidateName("source", source) != nil || schemas.ValidateName("table", table) != nil {
 		source, table = "_unknown", "_unknown"
 	}
-	dl := schemas.DeadLetter(msg, source, table, cause)
+	dl := natsbus.DeadLetter(msg, source, table, cause)
 	dl.Header.Set(schemas.HeaderDLQWriter, w.opts.Name)
 	if _, err := w.opts.JS.PublishMsg(ctx, dl); err != nil {
 		w.log.Error("store dead letter; leaving the batch for redelivery", "err", err)
-		_ = msg.NakWithDelay(redeliveryDelay(msg))
+		natsbus.Settle(w.log, "nak", msg.NakWithDelay(redeliveryDelay(msg)))
 		return
 	}
 	metrics.DeadLetters.Inc()
 	if schemas.ValidateRunID(ref.Run) == nil && schemas.ValidateName("source", ref.Source) == nil && schemas.ValidateName("table", ref.Table) == nil {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
 			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
-		if err := schemas.PublishEvent(ctx, w.opts.JS, ev); err != nil {
+		if err := natsbus.PublishEvent(ctx, w.opts.JS, ev); err != nil {
 			w.log.Error("report bad batch", "err", err)
-			_ = msg.Nak()
+			natsbus.Settle(w.log, "nak", msg.Nak())
 			return
 		}
 	}
-	if err := msg.Term(); err != nil {
-		w.log.Warn("terminate bad batch", "err", err)
-	}
+	natsbus.Settle(w.log, "term", msg.Term())
 }
 
 func (w *Writer) flushDue(ctx context.Context) {
@@ -325,9 +310,6 @@ func (w *Writer) flushAll(ctx context.Context) {
 	}
 }
 
-// Flush writes every buffered batch now.
-func (w *Writer) Flush(ctx context.Context) { w.flushAll(ctx) }
-
 // flush writes b as one part, announces it, then acks its messages. On
 // failure the messages are nak'ed for redelivery.
 func (w *Writer) flush(ctx context.Context, b *buffer) {
@@ -358,13 +340,17 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	// Tell the server the batches are being worked on, so a write slower
 	// than the ack wait is not redelivered to another writer.
 	start := time.Now()
-	stop := keepAlive(b.entries, w.opts.AckWait/3)
+	msgs := make([]jetstream.Msg, 0, len(b.entries)+len(dups))
+	for _, e := range b.entries {
+		msgs = append(msgs, e.msg)
+	}
+	stop := natsbus.KeepAlive(ctx, w.opts.AckWait/3, append(msgs, dups...), nil)
 	if w.opts.beforeWrite != nil {
 		w.opts.beforeWrite()
 	}
 	ev, err := w.writePart(b)
 	if err == nil {
-		err = schemas.PublishEvent(ctx, w.opts.JS, ev)
+		err = natsbus.PublishEvent(ctx, w.opts.JS, ev)
 	}
 	stop()
 	if err != nil {
@@ -375,20 +361,18 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 				w.poison(ctx, e.msg, e.ref, fmt.Errorf("failed %d deliveries, last error: %w", md.NumDelivered, err))
 				continue
 			}
-			_ = e.msg.NakWithDelay(redeliveryDelay(e.msg))
+			natsbus.Settle(w.log, "nak", e.msg.NakWithDelay(redeliveryDelay(e.msg)))
 		}
 		for _, m := range dups {
-			_ = m.NakWithDelay(redeliveryDelay(m))
+			natsbus.Settle(w.log, "nak", m.NakWithDelay(redeliveryDelay(m)))
 		}
 		return
 	}
-	for _, e := range b.entries {
-		if err := e.msg.Ack(); err != nil {
-			w.log.Warn("ack batch", "seq", e.ref.Seq, "err", err)
-		}
+	for _, m := range msgs {
+		natsbus.Settle(w.log, "ack", m.Ack())
 	}
 	for _, m := range dups {
-		_ = m.Ack()
+		natsbus.Settle(w.log, "ack", m.Ack())
 	}
 	w.Parts++
 	w.Batches += int64(len(b.entries))
@@ -448,29 +432,6 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 	return ev, nil
 }
 
-// keepAlive sends InProgress for every entry's message every period until
-// the returned function is called.
-func keepAlive(entries []entry, period time.Duration) func() {
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(period)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				for _, e := range entries {
-					_ = e.msg.InProgress()
-				}
-			}
-		}
-	}()
-	return func() { close(done); <-stopped }
-}
-
 // recordBytes is the memory held by rec's buffers.
 func recordBytes(rec arrow.RecordBatch) int64 {
 	var n int64
@@ -501,8 +462,8 @@ func redeliveryDelay(m jetstream.Msg) time.Duration {
 	return backoff(n)
 }
 
+// redelivery is the writer's backoff for batches it could not write.
+var redelivery = natsbus.Backoff{Min: 250 * time.Millisecond, Max: 30 * time.Second}
+
 // backoff is the delay before the next delivery after the n-th one failed.
-func backoff(n uint64) time.Duration {
-	d := 250 * time.Millisecond << min(max(n, 1)-1, 7)
-	return min(d, 30*time.Second)
-}
+func backoff(n uint64) time.Duration { return redelivery.After(n) }

@@ -58,7 +58,7 @@ func mustBatch(tb testing.TB, from, n int64) []byte {
 
 func publish(tb testing.TB, js jetstream.JetStream, run string, seq, rows int64, data []byte, msgID string) {
 	tb.Helper()
-	h := schemas.DataHeader(run, "src", "things", 1, seq, rows)
+	h := nats.Header(schemas.DataHeader(run, "src", "things", 1, seq, rows))
 	h.Set(schemas.HeaderSchema, schemas.Fingerprint(testSchema))
 	if msgID != "" {
 		h.Set(jetstream.MsgIDHeader, msgID)

@@ -115,7 +115,7 @@ func TestServeStopsOnCancel(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("serve did not stop after cancel")
 	}
-	for _, w := range []string{"da serving", "shutting down", "producer stopping", "writer stopped", "finalizer stopped"} {
+	for _, w := range []string{"da serving", "shutting down", "producer stopped", "writer stopped", "finalizer stopped"} {
 		if !strings.Contains(errb.String(), w) {
 			t.Errorf("serve log lacks %q", w)
 		}

@@ -175,7 +175,7 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 		}
 		b, _ := json.Marshal(sr)
 		if _, err := a.js.Publish(ctx, schemas.SyncSubject(src), b, jetstream.WithMsgID(sr.RunID)); err != nil {
-			_ = schemas.ReleaseRun(context.WithoutCancel(ctx), locks, src, sr.RunID)
+			_ = natsbus.ReleaseRun(context.WithoutCancel(ctx), locks, src, sr.RunID)
 			fail(w, http.StatusServiceUnavailable, "publish sync request: %v", err)
 			return
 		}

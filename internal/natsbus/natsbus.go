@@ -114,28 +114,16 @@ func Dial(url, name string) (*nats.Conn, error) {
 // bounded to 10 seconds: a cluster that is still electing its leader answers
 // after a while, or not at all.
 func ProvisionWithRetry(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	delay := 100 * time.Millisecond
-	for {
-		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-		err := Provision(actx, js, replicas)
-		acancel()
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 2*time.Second)
-	}
+	return RetryFor(ctx, time.Minute, Backoff{}, func() error {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return Provision(actx, js, replicas)
+	})
 }
 
-// Provision creates or updates the streams of schemas.StreamConfigs.
+// Provision creates or updates the streams of StreamConfigs.
 func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error {
-	for _, cfg := range schemas.StreamConfigs(replicas) {
+	for _, cfg := range StreamConfigs(replicas) {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
@@ -167,88 +155,100 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 // going away) is resumed after the last delivered message, so fn sees every
 // message once and in order.
 func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, fromSeq uint64, fn func(jetstream.Msg) bool) error {
-	next := fromSeq
+	f := &follower{js: js, stream: stream, filter: filter, fn: fn}
+	f.next.Store(fromSeq)
 	for {
-		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}, DeliverPolicy: jetstream.DeliverAllPolicy,
-			InactiveThreshold: FollowInactiveThreshold}
-		if next > 0 {
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
-		}
-		err := func() error {
-			cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
-			cons, err := js.OrderedConsumer(cctx, stream, cfg)
-			ccancel()
-			if err != nil {
-				return err
-			}
-			// The consumer is deleted when following ends; one left by a
-			// crashed process goes after FollowInactiveThreshold.
-			defer deleteConsumer(js, stream, cons)
-			it, err := cons.Messages()
-			if err != nil {
-				return err
-			}
-			defer it.Stop()
-			stop := context.AfterFunc(ctx, it.Stop)
-			defer stop()
-			// Watchdog: a consumer whose server went away can stall without
-			// an error. If the stream holds a matching message past the last
-			// one delivered while nothing arrives, start over from there.
-			var delivered atomic.Uint64
-			wctx, wcancel := context.WithCancel(ctx)
-			defer wcancel()
-			go func() {
-				t := time.NewTicker(3 * time.Second)
-				defer t.Stop()
-				seen, idle := delivered.Load(), 0
-				for {
-					select {
-					case <-wctx.Done():
-						return
-					case <-t.C:
-					}
-					if now := delivered.Load(); now != seen {
-						seen, idle = now, 0
-						continue
-					}
-					idle++
-					ictx, icancel := context.WithTimeout(wctx, 2*time.Second)
-					st, err := js.Stream(ictx, stream)
-					var info *jetstream.StreamInfo
-					if err == nil {
-						info, err = st.Info(ictx)
-					}
-					icancel()
-					// Twice idle while the stream has grown past what was
-					// delivered (the growth may be other subjects: then the
-					// restart is merely wasted).
-					if err == nil && info.State.LastSeq >= next && idle >= 2 {
-						it.Stop()
-						return
-					}
-				}
-			}()
-			for {
-				msg, err := it.Next()
-				if err != nil {
-					return err
-				}
-				if md, err := msg.Metadata(); err == nil {
-					next = md.Sequence.Stream + 1
-				}
-				delivered.Add(1)
-				if !fn(msg) {
-					return errStop
-				}
-			}
-		}()
+		err := f.once(ctx)
 		if err == errStop || ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if !Sleep(ctx, 250*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+// follower is one Follow: where it is in the stream and whom it tells.
+type follower struct {
+	js             jetstream.JetStream
+	stream, filter string
+	next           atomic.Uint64 // the stream sequence to resume from
+	delivered      atomic.Uint64
+	fn             func(jetstream.Msg) bool
+}
+
+// once follows with one ordered consumer until it breaks, stalls or fn says
+// stop (errStop).
+func (f *follower) once(ctx context.Context) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.filter}, DeliverPolicy: jetstream.DeliverAllPolicy,
+		InactiveThreshold: FollowInactiveThreshold}
+	if next := f.next.Load(); next > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
+	}
+	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+	cons, err := f.js.OrderedConsumer(cctx, f.stream, cfg)
+	ccancel()
+	if err != nil {
+		return err
+	}
+	// The consumer is deleted when following ends; one left by a crashed
+	// process goes after FollowInactiveThreshold.
+	defer deleteConsumer(f.js, f.stream, cons)
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	go f.watch(wctx, it)
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			return err
+		}
+		if md, err := msg.Metadata(); err == nil {
+			f.next.Store(md.Sequence.Stream + 1)
+		}
+		f.delivered.Add(1)
+		if !f.fn(msg) {
+			return errStop
+		}
+	}
+}
+
+// watch stops it when the consumer stalls: one whose server went away can
+// stop delivering without an error. When nothing arrived for two checks
+// while the stream holds a message past the last one delivered, following
+// starts over from there (if the growth was of other subjects, the restart
+// is merely wasted).
+func (f *follower) watch(ctx context.Context, it jetstream.MessagesContext) {
+	t := time.NewTicker(3 * time.Second)
+	defer t.Stop()
+	seen, idle := f.delivered.Load(), 0
+	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+			return
+		case <-t.C:
+		}
+		if now := f.delivered.Load(); now != seen {
+			seen, idle = now, 0
+			continue
+		}
+		idle++
+		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := f.js.Stream(ictx, f.stream)
+		var info *jetstream.StreamInfo
+		if err == nil {
+			info, err = st.Info(ictx)
+		}
+		icancel()
+		if err == nil && info.State.LastSeq >= f.next.Load() && idle >= 2 {
+			it.Stop()
+			return
 		}
 	}
 }
@@ -274,19 +274,16 @@ func deleteConsumer(js jetstream.JetStream, stream string, cons jetstream.Consum
 // KeyValue opens a bucket, retrying while the bus is unavailable (up to a
 // minute); the handle stays valid across reconnects.
 func KeyValue(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	for {
-		actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-		kv, err := js.KeyValue(actx, bucket)
-		acancel()
-		if err == nil {
-			return kv, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
-		case <-time.After(250 * time.Millisecond):
-		}
+	var kv jetstream.KeyValue
+	err := RetryFor(ctx, time.Minute, Backoff{Min: 250 * time.Millisecond, Max: time.Second}, func() error {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		var err error
+		kv, err = js.KeyValue(actx, bucket)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
 	}
+	return kv, nil
 }

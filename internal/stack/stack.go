@@ -153,9 +153,10 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	for _, role := range o.Roles {
 		switch role {
 		case RoleProducer:
-			p := producers.New(producers.Options{JS: s.JS, Registry: o.Registry, Sources: o.Config.Source,
-				MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger})
-			start(role, p.Run)
+			po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: o.Config.Source,
+				MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger}
+			start(role, producers.New(po).Run)
+			start("webhooks", producers.NewHooks(po).Run)
 		case RoleWriter:
 			for i := range o.Writers {
 				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),

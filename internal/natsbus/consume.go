@@ -1,0 +1,315 @@
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Backoff is the one retry policy of the services: a delay that starts at
+// Min and doubles up to Max. The zero value waits 100 ms doubling to 2 s.
+type Backoff struct {
+	Min, Max time.Duration
+	next     time.Duration
+}
+
+func (b *Backoff) bounds() (time.Duration, time.Duration) {
+	lo, hi := b.Min, b.Max
+	if lo <= 0 {
+		lo = 100 * time.Millisecond
+	}
+	if hi < lo {
+		hi = max(lo, 2*time.Second)
+	}
+	return lo, hi
+}
+
+// Next returns the delay to wait now and doubles the following one.
+func (b *Backoff) Next() time.Duration {
+	lo, hi := b.bounds()
+	if b.next < lo {
+		b.next = lo
+	}
+	d := b.next
+	b.next = min(b.next*2, hi)
+	return d
+}
+
+// Reset starts the delays over from Min (after a success).
+func (b *Backoff) Reset() { b.next = 0 }
+
+// After is the delay after the n-th consecutive failure (n from 1), without
+// changing b: the redelivery delay of a message delivered n times.
+func (b Backoff) After(n uint64) time.Duration {
+	lo, hi := b.bounds()
+	d := lo
+	for i := uint64(1); i < n && d < hi; i++ {
+		d *= 2
+	}
+	return min(d, hi)
+}
+
+// Wait sleeps for the next delay; it returns ctx's error if ctx ends first.
+func (b *Backoff) Wait(ctx context.Context) error {
+	t := time.NewTimer(b.Next())
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Sleep waits d or until ctx ends; it reports whether the full time passed.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// RetryFor calls fn until it succeeds, ctx ends or budget has passed,
+// waiting between calls as b says. It returns fn's last error.
+func RetryFor(ctx context.Context, budget time.Duration, b Backoff, fn func() error) error {
+	deadline := time.Now().Add(budget)
+	for {
+		err := fn()
+		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
+			return err
+		}
+		if b.Wait(ctx) != nil {
+			return err
+		}
+	}
+}
+
+// KeepAlive tells the server every period that msgs are still being worked
+// on (so a slow step is not redelivered elsewhere) and calls also, if set,
+// with the same rhythm. The returned function stops it and waits.
+func KeepAlive(ctx context.Context, period time.Duration, msgs []jetstream.Msg, also func()) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			for _, m := range msgs {
+				Settle(nil, "in progress", m.InProgress())
+			}
+			if also != nil {
+				also()
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// Settle logs the failure of an ack, nak, term or in-progress: the server
+// then redelivers the message after its ack wait, which is safe (every step
+// is idempotent) but slower, so it is worth a line.
+func Settle(log *slog.Logger, what string, err error) {
+	if err == nil || errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("could not settle message; the server redelivers it after its ack wait", "action", what, "err", err)
+}
+
+// ConsumeOptions configure Consume.
+type ConsumeOptions struct {
+	// Name says what is consumed, in logs.
+	Name   string
+	Logger *slog.Logger
+	// Handle processes one message and settles it (ack, nak or term).
+	Handle func(ctx context.Context, msg jetstream.Msg)
+	// Workers is how many messages are handled at once (default 1: one
+	// after another, on the loop's goroutine).
+	Workers int
+	// Prefetch > 0 keeps that many messages coming ahead of the handlers
+	// (JetStream's Messages iterator): for short steps where throughput
+	// counts. Prefetch 0 pulls a message only when a worker is free (Fetch):
+	// for long steps, so a busy consumer never holds work another could
+	// start at once.
+	Prefetch int
+	// Wait, if set, bounds how long to wait for the next message; Idle, if
+	// set, runs after each message and after each wait that ended empty.
+	Wait func() time.Duration
+	Idle func(ctx context.Context)
+}
+
+const defaultWait = time.Second
+
+// Consume delivers cons's messages to opts.Handle until ctx ends, then waits
+// for handlers in progress. A broken pull (a server restart, a consumer
+// recreated) is resumed with backoff; it returns nil when ctx ends.
+// Messages prefetched but not handled when ctx ends are nak'ed, so another
+// consumer gets them at once.
+func Consume(ctx context.Context, cons jetstream.Consumer, opts ConsumeOptions) error {
+	if opts.Workers < 1 {
+		opts.Workers = 1
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	c := &consumer{opts: opts, slots: make(chan struct{}, opts.Workers)}
+	defer c.wg.Wait()
+	if opts.Prefetch > 0 {
+		return c.iterate(ctx, cons)
+	}
+	return c.fetch(ctx, cons)
+}
+
+type consumer struct {
+	opts  ConsumeOptions
+	slots chan struct{}
+	wg    sync.WaitGroup
+	retry Backoff
+}
+
+func (c *consumer) wait() time.Duration {
+	if c.opts.Wait != nil {
+		return max(c.opts.Wait(), time.Millisecond)
+	}
+	return defaultWait
+}
+
+func (c *consumer) idle(ctx context.Context) {
+	if c.opts.Idle != nil {
+		c.opts.Idle(ctx)
+	}
+}
+
+// dispatch hands msg to a free worker (inline when there is one worker);
+// the caller holds a slot, which the handler frees.
+func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
+	if c.opts.Workers == 1 {
+		c.opts.Handle(ctx, msg)
+		<-c.slots
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer func() { <-c.slots }()
+		c.opts.Handle(ctx, msg)
+	}()
+}
+
+// take blocks until a worker is free; false when ctx ended.
+func (c *consumer) take(ctx context.Context) bool {
+	select {
+	case c.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *consumer) fetch(ctx context.Context, cons jetstream.Consumer) error {
+	for c.take(ctx) {
+		free := 1 + cap(c.slots) - len(c.slots)
+		batch, err := cons.Fetch(free, jetstream.FetchMaxWait(c.wait()))
+		if err != nil {
+			<-c.slots
+			if ctx.Err() != nil {
+				break
+			}
+			c.opts.Logger.Warn("pull failed; retrying", "consumer", c.opts.Name, "err", err)
+			c.retry.Wait(ctx)
+			continue
+		}
+		c.retry.Reset()
+		held := true
+		for msg := range batch.Messages() {
+			if !held && !c.take(ctx) {
+				Settle(c.opts.Logger, "nak", msg.Nak())
+				continue
+			}
+			held = false
+			c.dispatch(ctx, msg)
+		}
+		if held {
+			<-c.slots
+		}
+		c.idle(ctx)
+	}
+	return nil
+}
+
+func (c *consumer) iterate(ctx context.Context, cons jetstream.Consumer) error {
+	for ctx.Err() == nil {
+		it, err := cons.Messages(jetstream.PullMaxMessages(c.opts.Prefetch))
+		if err != nil {
+			c.opts.Logger.Warn("pull failed; retrying", "consumer", c.opts.Name, "err", err)
+			c.retry.Wait(ctx)
+			continue
+		}
+		err = c.drain(ctx, it)
+		if ctx.Err() != nil {
+			break
+		}
+		c.opts.Logger.Warn("pull stopped; resuming", "consumer", c.opts.Name, "err", err)
+		c.retry.Wait(ctx)
+	}
+	return nil
+}
+
+// drain handles it's messages until it breaks or ctx ends.
+func (c *consumer) drain(ctx context.Context, it jetstream.MessagesContext) error {
+	defer c.release(it)
+	for {
+		nctx, cancel := context.WithTimeout(ctx, c.wait())
+		msg, err := it.Next(jetstream.NextContext(nctx))
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			if msg != nil {
+				Settle(c.opts.Logger, "nak", msg.Nak())
+			}
+			return ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			c.idle(ctx)
+			continue
+		case err != nil:
+			return err
+		}
+		c.retry.Reset()
+		if !c.take(ctx) {
+			Settle(c.opts.Logger, "nak", msg.Nak())
+			return ctx.Err()
+		}
+		c.dispatch(ctx, msg)
+		c.idle(ctx)
+	}
+}
+
+// release stops it and naks what it had prefetched.
+func (c *consumer) release(it jetstream.MessagesContext) {
+	it.Drain()
+	for {
+		nctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		msg, err := it.Next(jetstream.NextContext(nctx))
+		cancel()
+		if err != nil {
+			return
+		}
+		Settle(c.opts.Logger, "nak", msg.Nak())
+	}
+}
