@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -44,34 +43,44 @@ type Options struct {
 	RetireGrace       time.Duration
 }
 
-// Finalizer follows run events and publishes extracts.
+// Finalizer follows run events and publishes extracts. Two followers (run
+// events, stream events) route every event to the owner of its source, the
+// one goroutine that decides for that source (owner.go).
 type Finalizer struct {
 	opts   Options
 	log    *slog.Logger
 	layout schemas.Layout
-	runs   map[string]*runState
-	// bySource serialises publishing per source.
-	locks sync.Map
-	wg    sync.WaitGroup
 	// Buckets, opened at start.
 	state, lockKV jetstream.KeyValue
 
-	// mu guards streams, shared by the event follower and the publishers.
-	mu      sync.Mutex
-	streams map[string]*streamState
+	// ownersMu guards owners: the two followers add to it, Busy reads it.
+	ownersMu sync.Mutex
+	owners   map[string]*owner
+	ownerCtx context.Context
+	ownerWG  sync.WaitGroup
+	// runsLive, streamLive: that replay caught up; an owner started later
+	// is live from its start.
+	runsLive, streamLive bool
 
 	duckOnce sync.Once
 	duckDB   *sql.DB
 	duckErr  error
 }
 
+// runState is what the owner knows of one run, folded from its events.
 type runState struct {
-	source     string
-	tables     map[string]*tableState
-	done       *schemas.Event
-	failed     bool
-	published  bool
-	finalizing bool
+	source    string
+	tables    map[string]*tableState
+	done      *schemas.Event
+	failed    bool
+	published bool
+	retry     retry
+}
+
+// ready reports whether the run is to be finalized now: reported done,
+// neither published nor failed, and every batch it announced is written.
+func (r *runState) ready() bool {
+	return !r.published && !r.failed && r.done != nil && r.complete()
 }
 
 type tableState struct {
@@ -124,7 +133,7 @@ func New(opts Options) (*Finalizer, error) {
 		return nil, fmt.Errorf("finalizer: %w", err)
 	}
 	return &Finalizer{opts: opts, log: opts.Logger.With("service", "finalizer"), layout: layout,
-		runs: map[string]*runState{}, streams: map[string]*streamState{}}, nil
+		owners: map[string]*owner{}}, nil
 }
 
 // Run replays the event stream from its start, then follows it until ctx
@@ -144,57 +153,135 @@ func (f *Finalizer) Run(ctx context.Context) error {
 		return fmt.Errorf("finalizer: %w", err)
 	}
 	f.log.Info("finalizer started", "data_dir", f.layout.Root())
+	octx, stopOwners := context.WithCancel(ctx)
+	f.ownersMu.Lock()
+	f.ownerCtx = octx
+	f.ownersMu.Unlock()
+	defer func() {
+		stopOwners()
+		f.ownerWG.Wait()
+		if f.duckDB != nil {
+			f.duckDB.Close()
+		}
+		f.log.Info("finalizer stopped")
+	}()
 	// Streamed parts are followed on their own stream.
 	streamErr := make(chan error, 1)
 	sctx, stopStream := context.WithCancel(ctx)
 	defer stopStream()
 	go func() {
-		err := f.followStream(sctx)
+		err := f.follow(sctx, schemas.StreamEventStream, "agnes.stream.>", true)
 		if err != nil {
 			f.log.Error("following streamed parts stopped", "err", err)
 		}
 		streamErr <- err
 	}()
-	// A run may look complete in the history before its extract_published
-	// event is read, so nothing is finalized until the replay caught up.
-	err = f.replayThenFollow(ctx, schemas.EventStream, "agnes.events.>",
-		func(ev schemas.Event) {
-			if ev.RunID != schemas.StreamRun {
-				f.apply(ev)
-			}
-		},
-		func() {
-			f.cleanPublished()
-			f.cleanOrphans(time.Now())
-			for id := range f.runs {
-				f.maybeFinalize(ctx, id)
-			}
-		},
-		func(ev schemas.Event) {
-			if ev.RunID != "" && ev.RunID != schemas.StreamRun {
-				f.maybeFinalize(ctx, ev.RunID)
-			}
-		})
+	err = f.follow(ctx, schemas.EventStream, "agnes.events.>", false)
 	stopStream()
 	serr := <-streamErr
 	if err == nil && ctx.Err() == nil {
 		err = serr
 	}
-	f.wg.Wait()
-	if f.duckDB != nil {
-		f.duckDB.Close()
-	}
-	f.log.Info("finalizer stopped")
 	if err != nil && ctx.Err() == nil {
 		return err
 	}
 	return nil
 }
 
+// owner returns the owner of source, starting it on first use.
+func (f *Finalizer) owner(source string) *owner {
+	f.ownersMu.Lock()
+	defer f.ownersMu.Unlock()
+	o := f.owners[source]
+	if o == nil {
+		o = newOwner(f, source)
+		o.runsLive, o.streamLive = f.runsLive, f.streamLive
+		f.owners[source] = o
+		if f.ownerCtx != nil {
+			f.ownerWG.Add(1)
+			go func() {
+				defer f.ownerWG.Done()
+				o.loop(f.ownerCtx)
+			}()
+		}
+	}
+	return o
+}
+
+// follow replays one event stream and follows it, routing each event to
+// its source's owner; once the replay caught up, every owner (and one for
+// every source folder on disk, for what it left in staging) is told so.
+// A run may look complete in the history before its extract_published event
+// is read, so owners act only after that.
+func (f *Finalizer) follow(ctx context.Context, stream, filter string, streamed bool) error {
+	return f.replayThenFollow(ctx, stream, filter,
+		func(ev schemas.Event) {
+			switch {
+			case streamed:
+				f.owner(ev.Source).inbox.put(message{stream: &ev})
+			case ev.RunID != schemas.StreamRun:
+				f.owner(ev.Source).inbox.put(message{run: &ev})
+			}
+		},
+		func() {
+			for _, o := range f.allOwners(streamed) {
+				o.inbox.put(message{runsCaughtUp: !streamed, streamCaughtUp: streamed})
+			}
+		})
+}
+
+// allOwners starts an owner for every source folder on disk, marks the
+// replay of the run or the stream events caught up, and returns the owners
+// that were there before (they are to be told).
+func (f *Finalizer) allOwners(streamed bool) []*owner {
+	dirs, _ := filepath.Glob(filepath.Join(f.layout.Extracts(), "*"))
+	for _, d := range dirs {
+		if st, err := os.Stat(d); err == nil && st.IsDir() && schemas.ValidateName("source", filepath.Base(d)) == nil {
+			f.owner(filepath.Base(d))
+		}
+	}
+	f.ownersMu.Lock()
+	defer f.ownersMu.Unlock()
+	if streamed {
+		f.streamLive = true
+	} else {
+		f.runsLive = true
+	}
+	out := make([]*owner, 0, len(f.owners))
+	for _, o := range f.owners {
+		out = append(out, o)
+	}
+	return out
+}
+
+// Busy reports whether streamed parts wait to be published, a compaction
+// runs or an owner has events to fold: tests wait for it before checking
+// that nothing temporary is left.
+func (f *Finalizer) Busy() bool {
+	f.ownersMu.Lock()
+	defer f.ownersMu.Unlock()
+	for _, o := range f.owners {
+		if o.busy.Load() || !o.inbox.empty() {
+			return true
+		}
+	}
+	return false
+}
+
+// announce publishes an event the finalizer decided; it reports whether
+// the event is on the bus.
+func (f *Finalizer) announce(ctx context.Context, ev schemas.Event) bool {
+	if err := natsbus.PublishEvent(ctx, f.opts.JS, ev); err != nil {
+		f.log.Error("announce", "type", ev.Type, "source", ev.Source, "run", ev.RunID, "err", err)
+		return false
+	}
+	return true
+}
+
 // replayThenFollow reads stream from its start. Every event goes to apply;
 // caughtUp runs once the events that were there at the start are read (at
-// once when there were none); every later event also goes to live.
-func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string, apply func(schemas.Event), caughtUp func(), live func(schemas.Event)) error {
+// once when there were none).
+func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string, apply func(schemas.Event), caughtUp func()) error {
 	s, err := f.opts.JS.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("finalizer: %s: %w", stream, err)
@@ -221,15 +308,10 @@ func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string,
 			apply(ev)
 		}
 		if replaying {
-			if md, err := msg.Metadata(); err != nil || md.Sequence.Stream < replayEnd {
-				return true
+			if md, err := msg.Metadata(); err == nil && md.Sequence.Stream >= replayEnd {
+				replaying = false
+				caughtUp()
 			}
-			replaying = false
-			caughtUp()
-			return true
-		}
-		if err == nil {
-			live(ev)
 		}
 		return true
 	})
@@ -241,10 +323,10 @@ func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string,
 
 // cleanPublished removes staging folders of runs whose extract is published
 // (left when a finalizer stopped between publishing and cleaning up).
-func (f *Finalizer) cleanPublished() {
-	for id, r := range f.runs {
+func (o *owner) cleanPublished() {
+	for id, r := range o.runs {
 		if r.published {
-			f.dropStaging(r.source, id)
+			o.f.dropStaging(o.source, id)
 		}
 	}
 }
@@ -257,19 +339,23 @@ const OrphanAge = time.Hour
 // cleanOrphans removes staging folders of runs that no event of the
 // history mentions and that nothing wrote to for OrphanAge. Folders whose
 // name is not a run id are left alone (and logged): no writer makes them.
-func (f *Finalizer) cleanOrphans(now time.Time) {
-	dirs, _ := filepath.Glob(filepath.Join(f.layout.Extracts(), "*", schemas.StagingFolder, "*"))
+func (o *owner) cleanOrphans(now time.Time) {
+	staging, err := o.f.layout.Staging(o.source)
+	if err != nil {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(staging, "*"))
 	for _, d := range dirs {
-		run, source := filepath.Base(d), filepath.Base(filepath.Dir(filepath.Dir(d)))
-		if schemas.ValidateName("source", source) != nil || schemas.ValidateRunID(run) != nil {
-			f.log.Warn("staging folder is not named after a run; left alone", "path", d)
+		run := filepath.Base(d)
+		if schemas.ValidateRunID(run) != nil {
+			o.f.log.Warn("staging folder is not named after a run; left alone", "path", d)
 			continue
 		}
-		if run == schemas.StreamRun || f.runs[run] != nil || newestChange(d).After(now.Add(-OrphanAge)) {
+		if run == schemas.StreamRun || o.runs[run] != nil || newestChange(d).After(now.Add(-OrphanAge)) {
 			continue
 		}
-		f.log.Warn("removing the staging of a run no event mentions", "source", source, "run", run)
-		f.dropStaging(source, run)
+		o.f.log.Warn("removing the staging of a run no event mentions", "source", o.source, "run", run)
+		o.f.dropStaging(o.source, run)
 	}
 }
 
@@ -304,13 +390,14 @@ func (f *Finalizer) dropStaging(source, run string) {
 	}
 }
 
-// apply folds one event into the run state and starts finalization when the
-// run is complete.
-func (f *Finalizer) apply(ev schemas.Event) {
-	r := f.runs[ev.RunID]
+// applyRun folds one event into the state of its run.
+func (o *owner) applyRun(ev schemas.Event) {
+	f := o.f
+	r := o.runs[ev.RunID]
 	if r == nil {
 		r = &runState{source: ev.Source, tables: map[string]*tableState{}}
-		f.runs[ev.RunID] = r
+		r.retry.backoff = natsbus.Backoff{Min: time.Second, Max: 15 * time.Second}
+		o.runs[ev.RunID] = r
 	}
 	table := func() *tableState {
 		t := r.tables[ev.Table]
@@ -361,35 +448,9 @@ func (f *Finalizer) apply(ev schemas.Event) {
 	}
 }
 
-// maybeFinalize starts finalizing a run whose data is complete. The
-// finalization works on a snapshot, so later events do not race with it.
-func (f *Finalizer) maybeFinalize(ctx context.Context, runID string) {
-	r := f.runs[runID]
-	if r == nil || r.published || r.failed || r.finalizing || r.done == nil || !f.complete(r) {
-		return
-	}
-	r.finalizing = true
-	snap := r.snapshot()
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		f.finalizeLocked(ctx, runID, snap)
-	}()
-}
-
-func (r *runState) snapshot() *runState {
-	s := &runState{source: r.source, done: r.done, tables: make(map[string]*tableState, len(r.tables))}
-	for n, t := range r.tables {
-		c := &tableState{done: t.done, batchFailed: maps.Clone(t.batchFailed), parts: make(map[string]schemas.Event, len(t.parts))}
-		for k, v := range t.parts {
-			c.parts[k] = v
-		}
-		s.tables[n] = c
-	}
-	return s
-}
-
-func (f *Finalizer) complete(r *runState) bool {
+// complete reports whether, for every table the run reported done and
+// stores, the staged parts hold every seq of its done attempt.
+func (r *runState) complete() bool {
 	for _, res := range r.done.Results {
 		if res.Status != schemas.StatusDone || !schemas.Stored(res.QueryMode) {
 			continue
@@ -428,231 +489,269 @@ func (f *Finalizer) release(ctx context.Context, source, runID string) {
 	}
 }
 
-// sourceLock serialises publishing per source: runs and streamed parts.
-func (f *Finalizer) sourceLock(source string) *sync.Mutex {
-	mu, _ := f.locks.LoadOrStore(source, &sync.Mutex{})
-	return mu.(*sync.Mutex)
+// tableStep is what one table of a run becomes in the extract.
+type tableStep int
+
+const (
+	// stepReport: reported as it is (failed or skipped by the producer, or
+	// refused here); nothing is published for it.
+	stepReport tableStep = iota
+	// stepRemote: a remote view, a catalog entry only.
+	stepRemote
+	// stepPartitioned: the parts move into monthly partitions.
+	stepPartitioned
+	// stepVersion: a new immutable version file of a batch table.
+	stepVersion
+)
+
+// tablePlan is the decision for one table of a run.
+type tablePlan struct {
+	step tableStep
+	res  schemas.TableResult
+	t    *tableState
+	// version is the stepVersion file, relative to the data folder.
+	version string
 }
 
-func (f *Finalizer) finalizeLocked(ctx context.Context, runID string, r *runState) {
-	mu := f.sourceLock(r.source)
-	mu.Lock()
-	defer mu.Unlock()
-	start := time.Now()
-	// finalize is idempotent, so a failure of the bus or the disk is retried
-	// for a while before the run is declared failed.
-	var ev schemas.Event
-	var err error
-	delay := time.Second
-	for deadline := time.Now().Add(FinalizeRetryBudget); ; {
-		ev, err = f.finalize(ctx, runID, r)
-		if err == nil || ctx.Err() != nil || time.Now().After(deadline) {
-			break
-		}
-		metrics.FinalizeFailures.Inc()
-		f.log.Warn("finalize run failed; retrying", "run", runID, "source", r.source, "err", err, "in", delay)
-		select {
-		case <-ctx.Done():
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 15*time.Second)
+// planRun decides from the run's state alone what each table it reported
+// becomes; the decisions that need the bus or the disk (the cursor check,
+// the assembly) are the apply step's.
+func planRun(runID string, r *runState) []tablePlan {
+	plans := make([]tablePlan, 0, len(r.done.Results))
+	for _, res := range r.done.Results {
+		plans = append(plans, planTable(runID, res, r.tables[res.Table]))
 	}
+	return plans
+}
+
+func planTable(runID string, res schemas.TableResult, t *tableState) tablePlan {
+	refuse := func(why string) tablePlan {
+		res.Status, res.Error = schemas.StatusFailed, why
+		return tablePlan{step: stepReport, res: res}
+	}
+	if err := schemas.ValidateName("table", res.Table); err != nil {
+		return refuse(err.Error())
+	}
+	switch {
+	case res.Status != schemas.StatusDone:
+		return tablePlan{step: stepReport, res: res}
+	case res.QueryMode == schemas.ModeRemote:
+		return tablePlan{step: stepRemote, res: res, t: t}
+	case t == nil || t.done == nil:
+		return refuse("no table_done event for a table the run reported done")
+	case t.failure() != "":
+		return refuse(t.failure())
+	}
+	res.SchemaChanges, res.WriteMode = t.done.SchemaChanges, t.done.WriteMode
+	if t.done.WriteMode == schemas.WritePartitioned {
+		if len(t.done.PrimaryKey) != 1 {
+			return refuse("a partitioned table names no key column")
+		}
+		return tablePlan{step: stepPartitioned, res: res, t: t}
+	}
+	// Every published version is a file of its own that no later publish
+	// modifies: readers of an older extract keep reading theirs.
+	version, err := schemas.VersionRel(res.Table, runID)
 	if err != nil {
-		if ctx.Err() != nil {
-			return
-		}
-		f.log.Error("finalize run", "run", runID, "source", r.source, "err", err)
-		f.release(ctx, r.source, runID)
-		_ = natsbus.PublishEvent(ctx, f.opts.JS, schemas.Event{Type: schemas.EventRunFailed, RunID: runID, Source: r.source,
-			Attempt: r.done.Attempt, Error: "finalize: " + err.Error()})
-		return
+		return refuse(err.Error())
 	}
-	// Free the source before announcing, so whoever waits for the
-	// announcement can start the next sync at once.
-	f.release(ctx, r.source, runID)
-	if err := natsbus.PublishEvent(ctx, f.opts.JS, ev); err != nil {
-		f.log.Error("announce extract", "run", runID, "err", err)
-		return
-	}
-	// The parts are no longer referenced: the published file is a copy or a
-	// hard link.
-	f.dropStaging(r.source, runID)
-	metrics.ExtractsPublished.Inc()
-	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
-	f.log.Info("extract published", "run", runID, "source", r.source, "path", ev.Path, "tables", len(ev.Results),
-		"duration", time.Since(start).Round(time.Millisecond))
+	return tablePlan{step: stepVersion, res: res, t: t, version: version}
+}
+
+// publication is one finalization in progress: the catalog it edits and
+// what it has staged to publish.
+type publication struct {
+	runID, source, dir, dataDir string
+	now                         time.Time
+	cat                         *catalog
+	// moves are assembled files under temporary names; partMoves the parts
+	// of partitioned tables going into their partitions (unlike assembled
+	// files they are not removed when finalizing fails).
+	moves, partMoves []move
+	parted           []partitionedTable
+	partedIdx        map[string]int
+	commits          []*schemas.Event
 }
 
 // finalize assembles the run's tables, builds and swaps the extract and
 // returns the extract_published event to announce.
 func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (schemas.Event, error) {
-	dir, err := f.layout.Source(r.source)
+	pub, err := f.openPublication(runID, r.source)
 	if err != nil {
 		return schemas.Event{}, err
 	}
-	dataDir := filepath.Join(dir, schemas.DataFolder)
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
-		return schemas.Event{}, err
-	}
-	cat, err := loadCatalog(dir)
-	if err != nil {
-		return schemas.Event{}, err
-	}
-	now := time.Now().UTC()
-	var moves []move
 	defer func() {
-		for _, m := range moves {
+		for _, m := range pub.moves {
 			os.Remove(m.tmp)
 		}
 	}()
-	state := f.state
-	var commits []*schemas.Event
-	// Parts of partitioned tables move from staging into their partitions;
-	// unlike assembled files they are not removed when finalizing fails.
-	var partMoves []move
-	var parted []partitionedTable
-	partedIdx := map[string]int{}
 	results := make([]schemas.TableResult, 0, len(r.done.Results))
-	for _, res := range r.done.Results {
-		if err := schemas.ValidateName("table", res.Table); err != nil {
-			res.Status, res.Error = schemas.StatusFailed, err.Error()
-		}
-		if res.Status != schemas.StatusDone {
-			results = append(results, res)
-			continue
-		}
-		if res.QueryMode == schemas.ModeRemote {
-			ct := catalogTable{ExtractedAt: now, QueryMode: schemas.ModeRemote, RunID: runID}
-			if t := r.tables[res.Table]; t != nil && t.done != nil {
-				ct.Description, ct.Schema, ct.RemotePath, ct.RemoteQuery = t.done.Description, t.done.Schema, t.done.RemotePath, t.done.RemoteQuery
-			}
-			cat.Tables[res.Table] = ct
-			results = append(results, res)
-			continue
-		}
-		t := r.tables[res.Table]
-		if t == nil || t.done == nil {
-			res.Status, res.Error = schemas.StatusFailed, "no table_done event for a table the run reported done"
-			results = append(results, res)
-			continue
-		}
-		if msg := t.failure(); msg != "" {
-			res.Status, res.Error = schemas.StatusFailed, msg
-			results = append(results, res)
-			continue
-		}
-		res.SchemaChanges, res.WriteMode = t.done.SchemaChanges, t.done.WriteMode
-		if err := f.checkCursor(ctx, state, r.source, res.Table, t.done); err != nil {
-			res.Status, res.Error = schemas.StatusFailed, err.Error()
-			results = append(results, res)
-			continue
-		}
-		if t.done.WriteMode == schemas.WritePartitioned {
-			adds, mv, err := f.placeRun(ctx, runID, r.source, res.Table, t, dataDir)
-			if err != nil {
-				if ctx.Err() != nil {
-					return schemas.Event{}, ctx.Err()
-				}
-				res.Status, res.Error = schemas.StatusFailed, err.Error()
-				results = append(results, res)
-				continue
-			}
-			if len(t.done.PrimaryKey) != 1 {
-				res.Status, res.Error = schemas.StatusFailed, "a partitioned table names no key column"
-				results = append(results, res)
-				continue
-			}
-			partMoves = append(partMoves, mv...)
-			parted = append(parted, partitionedTable{name: res.Table, keyCol: t.done.PrimaryKey[0], description: t.done.Description,
-				runID: runID, schema: t.done.Schema, adds: adds, reconcile: t.done.Reconcile})
-			partedIdx[res.Table] = len(results)
-			commits = append(commits, t.done)
-			results = append(results, res)
-			continue
-		}
-		// Every published version is a file of its own that no later
-		// publish modifies: readers of an older extract keep reading theirs.
-		version, err := schemas.VersionRel(res.Table, runID)
+	for _, pl := range planRun(runID, r) {
+		res, err := f.applyTable(ctx, pub, pl)
 		if err != nil {
-			res.Status, res.Error = schemas.StatusFailed, err.Error()
-			results = append(results, res)
-			continue
+			return schemas.Event{}, err
 		}
-		final := filepath.Join(dataDir, version)
-		tmp := final + parquetfile.TempMarker + "assemble"
-		old, had := cat.Tables[res.Table]
-		var prev string
-		if had && schemas.Stored(old.QueryMode) && !old.Partitioned {
-			if prev, err = old.file(dataDir, res.Table); err != nil {
-				return schemas.Event{}, err
-			}
+		if pl.step == stepPartitioned && res.Status == schemas.StatusDone {
+			pub.partedIdx[res.Table] = len(results)
 		}
-		out, err := existingVersion(final)
-		if errors.Is(err, os.ErrNotExist) {
-			if err = os.MkdirAll(filepath.Dir(final), 0o755); err == nil {
-				out, err = f.assembleTable(ctx, runID, r.source, res.Table, t, tmp, prev)
-			}
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return schemas.Event{}, ctx.Err()
-			}
-			res.Status, res.Error = schemas.StatusFailed, err.Error()
-			results = append(results, res)
-			continue
-		}
-		if !out.applied {
-			moves = append(moves, move{tmp, final})
-		}
-		res.SizeBytes, res.TotalRows = out.size, out.rows
-		switch {
-		case old.Partitioned:
-			// The table switches layout: its partitions are retired.
-			for _, p := range old.Files {
-				cat.retire([]string{p.Path}, now)
-			}
-		case had && old.Version != "" && old.Version != version:
-			cat.retire([]string{old.Version}, now)
-		}
-		cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
-			ExtractedAt: now, QueryMode: storedMode(res.QueryMode), RunID: runID, Schema: t.done.Schema, Version: version}
-		commits = append(commits, t.done)
 		results = append(results, res)
 	}
 	if r.done.Remote != nil {
-		cat.Remote = []schemas.RemoteAttach{*r.done.Remote}
+		pub.cat.Remote = []schemas.RemoteAttach{*r.done.Remote}
 	}
-	// Swap the Parquet files in, then the extract that describes them.
-	err = publishMoves(moves)
-	moves = nil
-	if err == nil {
-		err = publishMoves(partMoves)
-	}
-	if err != nil {
+	if err := f.publish(ctx, pub, results); err != nil {
 		return schemas.Event{}, err
-	}
-	if err := parquetfile.SyncDir(dataDir); err != nil {
-		return schemas.Event{}, err
-	}
-	for _, pt := range parted {
-		if err := f.applyPartitioned(ctx, cat, dataDir, pt, now); err != nil {
-			return schemas.Event{}, err
-		}
-		ct := cat.Tables[pt.name]
-		results[partedIdx[pt.name]].SizeBytes, results[partedIdx[pt.name]].TotalRows = ct.SizeBytes, ct.Rows
-	}
-	if err := f.publishCatalog(ctx, dir, cat, now); err != nil {
-		return schemas.Event{}, err
-	}
-	// Only now that the extract holding the rows is published do the
-	// schema and the cursor advance.
-	for _, d := range commits {
-		if err := commitState(ctx, state, r.source, d); err != nil {
-			return schemas.Event{}, err
-		}
 	}
 	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results, Skipped: r.done.Skipped,
-		Path: filepath.Join(dir, ExtractFile)}, nil
+		Path: filepath.Join(pub.dir, ExtractFile)}, nil
+}
+
+func (f *Finalizer) openPublication(runID, source string) (*publication, error) {
+	dir, err := f.layout.Source(source)
+	if err != nil {
+		return nil, err
+	}
+	dataDir := filepath.Join(dir, schemas.DataFolder)
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, err
+	}
+	cat, err := loadCatalog(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &publication{runID: runID, source: source, dir: dir, dataDir: dataDir, now: time.Now().UTC(), cat: cat,
+		partedIdx: map[string]int{}}, nil
+}
+
+// applyTable carries out one table's plan. A table that cannot be
+// published fails alone (its result says why); the error is for what
+// fails the whole finalization (the context ended, the catalog).
+func (f *Finalizer) applyTable(ctx context.Context, pub *publication, pl tablePlan) (schemas.TableResult, error) {
+	res := pl.res
+	switch pl.step {
+	case stepReport:
+		return res, nil
+	case stepRemote:
+		ct := catalogTable{ExtractedAt: pub.now, QueryMode: schemas.ModeRemote, RunID: pub.runID}
+		if t := pl.t; t != nil && t.done != nil {
+			ct.Description, ct.Schema, ct.RemotePath, ct.RemoteQuery = t.done.Description, t.done.Schema, t.done.RemotePath, t.done.RemoteQuery
+		}
+		pub.cat.Tables[res.Table] = ct
+		return res, nil
+	}
+	var err error
+	if err = f.checkCursor(ctx, f.state, pub.source, res.Table, pl.t.done); err == nil {
+		if pl.step == stepPartitioned {
+			err = f.stagePartitioned(ctx, pub, pl)
+		} else {
+			res, err = f.stageVersion(ctx, pub, pl)
+		}
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		if errors.Is(err, errCatalog) {
+			return res, err
+		}
+		res.Status, res.Error = schemas.StatusFailed, err.Error()
+		return res, nil
+	}
+	pub.commits = append(pub.commits, pl.t.done)
+	return res, nil
+}
+
+// errCatalog marks a catalog entry that cannot be read: it fails the
+// finalization, not one table.
+var errCatalog = errors.New("catalog")
+
+// stagePartitioned moves a partitioned table's parts towards their
+// partitions; the catalog changes when the run publishes.
+func (f *Finalizer) stagePartitioned(ctx context.Context, pub *publication, pl tablePlan) error {
+	t := pl.t
+	adds, mv, err := f.placeRun(ctx, pub.runID, pub.source, pl.res.Table, t, pub.dataDir)
+	if err != nil {
+		return err
+	}
+	pub.partMoves = append(pub.partMoves, mv...)
+	pub.parted = append(pub.parted, partitionedTable{name: pl.res.Table, keyCol: t.done.PrimaryKey[0], description: t.done.Description,
+		runID: pub.runID, schema: t.done.Schema, adds: adds, reconcile: t.done.Reconcile})
+	return nil
+}
+
+// stageVersion assembles a batch table's new version under a temporary
+// name (or finds it in place after a retried finalization) and records it
+// in the catalog, retiring the version it replaces.
+func (f *Finalizer) stageVersion(ctx context.Context, pub *publication, pl tablePlan) (schemas.TableResult, error) {
+	res, t, cat := pl.res, pl.t, pub.cat
+	final := filepath.Join(pub.dataDir, pl.version)
+	tmp := final + parquetfile.TempMarker + "assemble"
+	old, had := cat.Tables[res.Table]
+	var prev string
+	if had && schemas.Stored(old.QueryMode) && !old.Partitioned {
+		p, err := old.file(pub.dataDir, res.Table)
+		if err != nil {
+			return res, fmt.Errorf("%w: %v", errCatalog, err)
+		}
+		prev = p
+	}
+	out, err := existingVersion(final)
+	if errors.Is(err, os.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(final), 0o755); err == nil {
+			out, err = f.assembleTable(ctx, pub.runID, pub.source, res.Table, t, tmp, prev)
+		}
+	}
+	if err != nil {
+		return res, err
+	}
+	if !out.applied {
+		pub.moves = append(pub.moves, move{tmp, final})
+	}
+	res.SizeBytes, res.TotalRows = out.size, out.rows
+	switch {
+	case old.Partitioned:
+		// The table switches layout: its partitions are retired.
+		for _, p := range old.Files {
+			cat.retire([]string{p.Path}, pub.now)
+		}
+	case had && old.Version != "" && old.Version != pl.version:
+		cat.retire([]string{old.Version}, pub.now)
+	}
+	cat.Tables[res.Table] = catalogTable{Description: t.done.Description, Rows: out.rows, SizeBytes: out.size,
+		ExtractedAt: pub.now, QueryMode: storedMode(res.QueryMode), RunID: pub.runID, Schema: t.done.Schema, Version: pl.version}
+	return res, nil
+}
+
+// publish swaps the staged Parquet files in, then the extract that
+// describes them, and only then advances the published schemas and cursors.
+func (f *Finalizer) publish(ctx context.Context, pub *publication, results []schemas.TableResult) error {
+	err := publishMoves(pub.moves)
+	pub.moves = nil
+	if err == nil {
+		err = publishMoves(pub.partMoves)
+	}
+	if err != nil {
+		return err
+	}
+	if err := parquetfile.SyncDir(pub.dataDir); err != nil {
+		return err
+	}
+	for _, pt := range pub.parted {
+		if err := f.applyPartitioned(ctx, pub.cat, pub.dataDir, pt, pub.now); err != nil {
+			return err
+		}
+		ct, i := pub.cat.Tables[pt.name], pub.partedIdx[pt.name]
+		results[i].SizeBytes, results[i].TotalRows = ct.SizeBytes, ct.Rows
+	}
+	if err := f.publishCatalog(ctx, pub.dir, pub.cat, pub.now); err != nil {
+		return err
+	}
+	for _, d := range pub.commits {
+		if err := commitState(ctx, f.state, pub.source, d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // publishCatalog builds and swaps the extract the catalog describes, then

@@ -47,8 +47,9 @@ func TestCleanOrphans(t *testing.T) {
 	fresh := mk("2d7f3e1a-3f5c-4a2b-9e43-1d6c0b2e4f32", now)
 	stream := mk(schemas.StreamRun, old)
 	odd := mk("not-a-run", old)
-	f.runs[runB] = &runState{source: "demo"}
-	f.cleanOrphans(now)
+	o := f.owner("demo")
+	o.runs[runB] = &runState{source: "demo"}
+	o.cleanOrphans(now)
 	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
 		t.Errorf("orphaned staging %s stayed", orphan)
 	}

@@ -331,23 +331,62 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 	return nil
 }
 
-// compactIdle compacts every partition of source that needs it and
-// publishes the new file set. The merges are written without holding the
-// source's lock, so events and runs publish meanwhile; only the swap takes
-// it, and a merge whose inputs changed in between is dropped.
-func (f *Finalizer) compactIdle(ctx context.Context, source string) error {
-	dir, err := f.layout.Source(source)
+// compactionBuild is an idle compaction of one source: the merges planned
+// from its catalog, built beside the owner's loop (their inputs never
+// change), then swapped in by the owner; a merge whose inputs changed in
+// between is dropped.
+type compactionBuild struct {
+	plan []*compaction
+	errs []error
+	took time.Duration
+}
+
+// startCompaction plans the merges every partition of the source needs and
+// builds them on a helper goroutine, which hands the result back through
+// the inbox.
+func (o *owner) startCompaction(ctx context.Context) {
+	f := o.f
+	dir, err := f.layout.Source(o.source)
 	if err != nil {
-		return err
+		return
 	}
-	dataDir := filepath.Join(dir, schemas.DataFolder)
-	mu := f.sourceLock(source)
-	mu.Lock()
 	cat, err := loadCatalog(dir)
 	if err != nil {
-		mu.Unlock()
-		return err
+		f.log.Warn("compact partitions", "source", o.source, "err", err)
+		return
 	}
+	plan := f.planCompactions(cat)
+	if len(plan) == 0 {
+		return
+	}
+	db, err := f.duck()
+	if err != nil {
+		f.log.Warn("compact partitions", "source", o.source, "err", err)
+		return
+	}
+	dataDir := filepath.Join(dir, schemas.DataFolder)
+	o.compacting = true
+	o.helpers.Add(1)
+	go func() {
+		defer o.helpers.Done()
+		b := &compactionBuild{plan: plan, errs: make([]error, len(plan))}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for i, c := range plan {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				b.errs[i] = c.build(ctx, db, dataDir)
+			}()
+		}
+		wg.Wait()
+		b.took = time.Since(start)
+		o.inbox.put(message{built: b})
+	}()
+}
+
+// planCompactions is every merge the catalog's partitions need now.
+func (f *Finalizer) planCompactions(cat *catalog) []*compaction {
 	var plan []*compaction
 	for name, ct := range cat.Tables {
 		if !ct.Partitioned {
@@ -363,49 +402,38 @@ func (f *Finalizer) compactIdle(ctx context.Context, source string) error {
 			}
 		}
 	}
-	mu.Unlock()
-	if len(plan) == 0 {
-		return nil
-	}
-	db, err := f.duck()
+	return plan
+}
+
+// applyCompaction swaps the built merges into the catalog, when their
+// inputs are still the files they merged, and publishes the new file set.
+func (o *owner) applyCompaction(ctx context.Context, b *compactionBuild) error {
+	f := o.f
+	dir, err := f.layout.Source(o.source)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make([]error, len(plan))
-	for i, c := range plan {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = c.build(ctx, db, dataDir)
-		}()
-	}
-	wg.Wait()
-	took := time.Since(start)
-
-	mu.Lock()
-	defer mu.Unlock()
-	cat, err = loadCatalog(dir)
+	dataDir := filepath.Join(dir, schemas.DataFolder)
+	cat, err := loadCatalog(dir)
 	if err != nil {
 		return err
 	}
 	now := time.Now().UTC()
 	applied := 0
-	for i, c := range plan {
+	for i, c := range b.plan {
 		ct, ok := cat.Tables[c.table]
-		if errs[i] != nil || !ok || !ct.Partitioned || !c.apply(cat, &ct, now) {
-			if errs[i] == nil && !slices.ContainsFunc(ct.Files, func(p partFile) bool { return p.Path == c.out.Path }) {
+		if b.errs[i] != nil || !ok || !ct.Partitioned || !c.apply(cat, &ct, now) {
+			if b.errs[i] == nil && !slices.ContainsFunc(ct.Files, func(p partFile) bool { return p.Path == c.out.Path }) {
 				os.Remove(filepath.Join(dataDir, c.out.Path))
 			}
 			continue
 		}
 		cat.Tables[c.table] = ct
 		applied++
-		f.logCompaction(c, took)
+		f.logCompaction(c, b.took)
 	}
-	if err := errors.Join(errs...); err != nil {
-		f.log.Warn("compaction failed", "source", source, "err", err)
+	if err := errors.Join(b.errs...); err != nil {
+		f.log.Warn("compaction failed", "source", o.source, "err", err)
 	}
 	if applied == 0 {
 		return nil

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
-	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 )
@@ -33,13 +31,9 @@ type streamState struct {
 	// part holding it again is a redelivery's copy.
 	claimed   map[tableSeq]time.Time
 	lastPrune time.Time
-	kick      chan struct{}
-	running   bool
 	// tables: description and schema of the streamed tables, as the
 	// producer announced them.
 	tables map[string]schemas.Event
-	// compacting: an idle compaction of the source is running.
-	compacting bool
 }
 
 type tableSeq struct {
@@ -52,49 +46,29 @@ type pendingPart struct {
 	owned []int64 // seqs this part is the first to hold
 }
 
-func (f *Finalizer) streamOf(source string) *streamState {
-	st := f.streams[source]
-	if st == nil {
-		st = &streamState{pending: map[string]*pendingPart{}, claimed: map[tableSeq]time.Time{}, kick: make(chan struct{}, 1),
-			tables: map[string]schemas.Event{}}
-		f.streams[source] = st
-	}
-	return st
-}
-
-// followStream replays the events of streamed parts, then follows them,
-// publishing parts as they are written.
-func (f *Finalizer) followStream(ctx context.Context) error {
-	return f.replayThenFollow(ctx, schemas.StreamEventStream, "agnes.stream.>", f.applyStream,
-		func() {
-			f.adoptStaged()
-			f.kickStreams(ctx)
-		},
-		func(ev schemas.Event) {
-			if ev.Type == schemas.EventBatchWritten {
-				f.kickStream(ctx, ev.Source)
-			}
-		})
+func newStreamState() *streamState {
+	return &streamState{pending: map[string]*pendingPart{}, claimed: map[tableSeq]time.Time{}, tables: map[string]schemas.Event{}}
 }
 
 // adoptStaged makes pending the streamed parts found in staging whose
 // announcement is no longer on the bus (the finalizer was down for longer
 // than StreamEventRetention): a part still in staging was never published.
-func (f *Finalizer) adoptStaged() {
-	parts, _ := filepath.Glob(filepath.Join(f.layout.Extracts(), "*", schemas.StagingFolder, schemas.StreamRun, "*", "*.part"))
+func (o *owner) adoptStaged() {
+	f, source := o.f, o.source
+	staging, err := f.layout.RunStaging(source, schemas.StreamRun)
+	if err != nil {
+		return
+	}
+	parts, _ := filepath.Glob(filepath.Join(staging, "*", "*.part"))
 	for _, path := range parts {
 		table := filepath.Base(filepath.Dir(path))
-		source := filepath.Base(filepath.Dir(filepath.Dir(filepath.Dir(filepath.Dir(path)))))
 		name := filepath.Base(path)
 		if want, err := f.layout.TableStaging(source, schemas.StreamRun, table); err != nil || filepath.Dir(path) != want {
 			metrics.MalformedInput.WithLabelValues("staged_part").Inc()
 			f.log.Warn("staged part outside the layout; left in place", "path", path)
 			continue
 		}
-		f.mu.Lock()
-		_, known := f.streamOf(source).pending[table+"/"+name]
-		f.mu.Unlock()
-		if known {
+		if _, known := o.stream.pending[table+"/"+name]; known {
 			continue
 		}
 		ev, err := stagedPart(source, table, path)
@@ -103,7 +77,7 @@ func (f *Finalizer) adoptStaged() {
 			continue
 		}
 		f.log.Warn("publishing a staged part whose announcement expired", "source", source, "table", table, "part", name)
-		f.applyStream(ev)
+		o.applyStream(ev)
 	}
 }
 
@@ -153,10 +127,8 @@ func stagedPart(source, table, path string) (schemas.Event, error) {
 }
 
 // applyStream folds an event of the stream run into the stream state.
-func (f *Finalizer) applyStream(ev schemas.Event) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	st := f.streamOf(ev.Source)
+func (o *owner) applyStream(ev schemas.Event) {
+	st := o.stream
 	switch ev.Type {
 	case schemas.EventBatchWritten:
 		if st.pending[ev.Table+"/"+ev.Part] != nil {
@@ -187,143 +159,14 @@ func (f *Finalizer) applyStream(ev schemas.Event) {
 	case schemas.EventTableStarted:
 		st.tables[ev.Table] = ev
 	case schemas.EventBatchFailed:
-		f.log.Warn("a streamed batch was dead-lettered", "source", ev.Source, "table", ev.Table, "seq", ev.Seq, "err", ev.Error)
+		o.f.log.Warn("a streamed batch was dead-lettered", "source", ev.Source, "table", ev.Table, "seq", ev.Seq, "err", ev.Error)
 	}
-}
-
-// kickStreams wakes the publisher of every source with pending parts.
-func (f *Finalizer) kickStreams(ctx context.Context) {
-	f.mu.Lock()
-	var sources []string
-	for s, st := range f.streams {
-		if len(st.pending) > 0 {
-			sources = append(sources, s)
-		}
-	}
-	f.mu.Unlock()
-	for _, s := range sources {
-		f.kickStream(ctx, s)
-	}
-}
-
-// kickStream wakes source's publisher, starting it on first use.
-func (f *Finalizer) kickStream(ctx context.Context, source string) {
-	f.mu.Lock()
-	st := f.streamOf(source)
-	if !st.running {
-		st.running = true
-		f.wg.Add(1)
-		go func() {
-			defer f.wg.Done()
-			f.streamLoop(ctx, source, st)
-		}()
-	}
-	f.mu.Unlock()
-	select {
-	case st.kick <- struct{}{}:
-	default:
-	}
-}
-
-// streamLoop publishes a source's pending streamed parts: everything that
-// arrived while the previous publish ran goes into the next one, so the
-// extract is rebuilt at most once per publish time however fast events come.
-func (f *Finalizer) streamLoop(ctx context.Context, source string, st *streamState) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-st.kick:
-		}
-		delay := 200 * time.Millisecond
-		for ctx.Err() == nil {
-			f.mu.Lock()
-			batch := make([]*pendingPart, 0, len(st.pending))
-			for _, pp := range st.pending {
-				batch = append(batch, pp)
-			}
-			tables := maps.Clone(st.tables)
-			f.mu.Unlock()
-			if len(batch) == 0 {
-				break
-			}
-			done, ev, err := f.publishStream(ctx, source, batch, tables)
-			f.mu.Lock()
-			for _, k := range done {
-				delete(st.pending, k)
-			}
-			// Nothing waits: compact what the events left behind, beside
-			// this loop, so the next events do not wait for it. Marked
-			// under the same lock, so Busy never sees a gap.
-			compact := err == nil && len(st.pending) == 0 && !st.compacting
-			if compact {
-				st.compacting = true
-			}
-			f.mu.Unlock()
-			if ev != nil {
-				if perr := natsbus.PublishEvent(ctx, f.opts.JS, *ev); perr != nil {
-					f.log.Warn("announce streamed parts", "source", source, "err", perr)
-				}
-			}
-			if compact {
-				f.compactAsync(ctx, source, st)
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				metrics.FinalizeFailures.Inc()
-				f.log.Warn("publish streamed parts failed; retrying", "source", source, "parts", len(batch), "err", err, "in", delay)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(delay):
-				}
-				delay = min(delay*2, 15*time.Second)
-				continue
-			}
-			delay = 200 * time.Millisecond
-		}
-	}
-}
-
-// Busy reports whether streamed parts wait to be published or a compaction
-// runs: tests wait for it before checking that nothing temporary is left.
-func (f *Finalizer) Busy() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, st := range f.streams {
-		if len(st.pending) > 0 || st.compacting {
-			return true
-		}
-	}
-	return false
-}
-
-// compactAsync runs an idle compaction of source (st.compacting is set by
-// the caller) and clears the mark when done.
-func (f *Finalizer) compactAsync(ctx context.Context, source string, st *streamState) {
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		defer func() {
-			f.mu.Lock()
-			st.compacting = false
-			f.mu.Unlock()
-		}()
-		if err := f.compactIdle(ctx, source); err != nil && ctx.Err() == nil {
-			f.log.Warn("compact partitions", "source", source, "err", err)
-		}
-	}()
 }
 
 // publishStream moves streamed parts into their partitions and publishes
 // an extract reading them. It returns the parts it is done with (published,
 // dropped as copies, or set aside as unusable) and the event announcing them.
 func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart, tables map[string]schemas.Event) ([]string, *schemas.Event, error) {
-	mu := f.sourceLock(source)
-	mu.Lock()
-	defer mu.Unlock()
 	start := time.Now()
 	dir, err := f.layout.Source(source)
 	if err != nil {
