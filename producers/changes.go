@@ -4,18 +4,15 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"log/slog"
 	"runtime/debug"
 	"slices"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
-	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // changeSet turns changes into the stored rows of partitioned tables,
@@ -108,15 +105,10 @@ func partitionHeader(t connectors.TableInfo, month string) nats.Header {
 // connector's Changes: every change becomes rows (or a marker) in every
 // table, published per table and month. The version cursor (the newest
 // change published) is kept with the first table.
-func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, src config.Source, state jetstream.KeyValue, conn connectors.Connector, tables []connectors.TableInfo) []schemas.TableResult {
+func (r *run) changeTables(ctx context.Context, tables []connectors.TableInfo) []schemas.TableResult {
 	results := make([]schemas.TableResult, len(tables))
-	log := p.log.With("run", req.RunID, "source", req.Source)
-	fail := func(i int, err error) {
-		results[i].Status, results[i].Error = schemas.StatusFailed, err.Error()
-		log.Warn("table failed", "table", tables[i].Name, "err", err)
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source,
-			Table: tables[i].Name, Error: results[i].Error, SchemaChanges: results[i].SchemaChanges})
-	}
+	p, req, src, state, conn, log := r.p, r.req, r.src, r.state, r.conn, r.log
+	fail := func(i int, err error) { results[i] = r.failTable(ctx, results[i], err) }
 	var group []int
 	for i, t := range tables {
 		results[i] = schemas.TableResult{Table: t.Name, Status: schemas.StatusDone, QueryMode: schemas.ModeLocal, WriteMode: schemas.WritePartitioned}
@@ -170,15 +162,16 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 		t := tables[i]
 		inGroup = append(inGroup, t)
 		enc, _ := schemas.EncodeSchema(t.Schema)
-		if err := p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableStarted, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source,
-			Table: t.Name, Description: t.Description, Schema: enc, SchemaChanges: results[i].SchemaChanges}); err != nil {
+		start := r.event(schemas.EventTableStarted, t.Name)
+		start.Description, start.Schema, start.SchemaChanges = t.Description, enc, results[i].SchemaChanges
+		if err := r.publish(ctx, start); err != nil {
 			fail(i, err)
 			return results
 		}
 		sinks[t.Name] = p.newSink(req.RunID, req.Source, t.Name, req.Attempt, schemas.PartitionedSchema(t.Schema), log.With("table", t.Name))
 	}
 	started := time.Now()
-	maxVersion, boundary, err := p.backfillChanges(ctx, req, cr, since, prevBoundary, inGroup, sinks, log)
+	maxVersion, boundary, err := r.backfillChanges(ctx, cr, since, prevBoundary, inGroup, sinks)
 	for _, s := range sinks {
 		if werr := s.wait(ctx, 0); err == nil && werr != nil {
 			err = werr
@@ -194,9 +187,9 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 		t := tables[i]
 		s := sinks[t.Name]
 		enc, _ := schemas.EncodeSchema(t.Schema)
-		done := schemas.Event{Type: schemas.EventTableDone, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Table: t.Name,
-			Description: t.Description, QueryMode: schemas.ModeLocal, Schema: enc, Batches: s.seq, Rows: s.rows,
-			SchemaChanges: results[i].SchemaChanges, WriteMode: schemas.WritePartitioned, PrimaryKey: []string{t.Partition.KeyColumn}}
+		done := r.event(schemas.EventTableDone, t.Name)
+		done.Description, done.QueryMode, done.Schema, done.Batches, done.Rows = t.Description, schemas.ModeLocal, enc, s.seq, s.rows
+		done.SchemaChanges, done.WriteMode, done.PrimaryKey = results[i].SchemaChanges, schemas.WritePartitioned, []string{t.Partition.KeyColumn}
 		if n == 0 {
 			done.CursorRevision = cursorRev
 			if maxVersion != 0 {
@@ -210,7 +203,7 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 			done.Reconcile = started.Add(-connectors.ReconcileMargin).UnixMicro()
 		}
 		results[i].Batches, results[i].Rows = s.seq, s.rows
-		if err := p.publishEvent(ctx, done); err != nil {
+		if err := r.publish(ctx, done); err != nil {
 			fail(i, err)
 		}
 	}
@@ -222,8 +215,9 @@ func (p *Producer) changeTables(ctx context.Context, req schemas.SyncRequest, sr
 // cursor's boundary). An incremental read (since set) drops changes older
 // than the cursor and the boundary keys at exactly the cursor: they are
 // published already, so a read that finds nothing new publishes nothing.
-func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest, cr connectors.ChangeReader, since string, prevBoundary []string,
-	tables []connectors.TableInfo, sinks map[string]*sink, log *slog.Logger) (maxVersion int64, boundary []string, err error) {
+func (r *run) backfillChanges(ctx context.Context, cr connectors.ChangeReader, since string, prevBoundary []string,
+	tables []connectors.TableInfo, sinks map[string]*sink) (maxVersion int64, boundary []string, err error) {
+	log := r.log
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("connector panicked reading changes: %v\n%s", v, debug.Stack())
@@ -304,8 +298,9 @@ func (p *Producer) backfillChanges(ctx context.Context, req schemas.SyncRequest,
 		if time.Since(last) >= progressEvery {
 			last = time.Now()
 			for name, s := range sinks {
-				p.publishEvent(ctx, schemas.Event{Type: schemas.EventTableProgress, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source,
-					Table: name, Batches: s.seq, Rows: s.rows})
+				ev := r.event(schemas.EventTableProgress, name)
+				ev.Batches, ev.Rows = s.seq, s.rows
+				r.publish(ctx, ev)
 			}
 		}
 	}

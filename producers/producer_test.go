@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
-	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -65,8 +64,13 @@ func start(tb testing.TB, maxPayload int) jetstream.JetStream {
 	js := natstest.MustStart(tb)
 	reg := connectors.NewRegistry()
 	reg.MustRegisterManifest("tcon.yaml", []byte(manifest), func(connectors.Config) (connectors.Connector, error) { return tcon{}, nil })
-	cfg := &config.Config{Sources: []config.Source{{Name: "src", Connector: "tcon"}}}
-	p := New(Options{JS: js, Registry: reg, Sources: cfg.Source, MaxPayload: maxPayload, Logger: slog.New(slog.DiscardHandler)})
+	sources := func(name string) (Source, error) {
+		if name != "src" {
+			return Source{}, fmt.Errorf("unknown source %q", name)
+		}
+		return Source{Name: "src", Connector: "tcon"}, nil
+	}
+	p := New(Options{JS: js, Registry: reg, Sources: sources, MaxPayload: maxPayload, Logger: slog.New(slog.DiscardHandler)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()

@@ -153,7 +153,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	for _, role := range o.Roles {
 		switch role {
 		case RoleProducer:
-			po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: o.Config.Source,
+			po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: ProducerSources(o.Config),
 				MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger}
 			start(role, producers.New(po).Run)
 			start("webhooks", producers.NewHooks(po).Run)
@@ -207,6 +207,24 @@ func (s *Stack) startGateway(o Options) error {
 	go s.gateway.Serve(ln)
 	o.Logger.Info("webhook gateway listening", "addr", s.GatewayAddr)
 	return nil
+}
+
+// ProducerSources translates the configured sources into what the
+// producer needs of them.
+func ProducerSources(cfg *config.Config) producers.SourceLookup {
+	return func(name string) (producers.Source, error) {
+		src, err := cfg.Source(name)
+		if err != nil {
+			return producers.Source{}, err
+		}
+		out := producers.Source{Name: src.Name, Connector: src.Connector, Config: src.Config, Tables: src.Tables,
+			SchemaPolicy: src.SchemaPolicy, Options: make(map[string]producers.TablePolicy, len(src.TableOptions))}
+		for t, o := range src.TableOptions {
+			out.Options[t] = producers.TablePolicy{SchemaPolicy: o.SchemaPolicy, IncrementalKey: o.IncrementalKey,
+				PrimaryKey: o.PrimaryKey, Incremental: o.Incremental, QueryMode: o.QueryMode, Query: o.Query}
+		}
+		return out, nil
+	}
 }
 
 func writerName(base string, i int) string {
