@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/finalizer/duck"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
@@ -603,7 +604,7 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		return schemas.Event{}, err
 	}
 	return schemas.Event{Type: schemas.EventExtractPublished, RunID: runID, Source: r.source, Results: results, Skipped: r.done.Skipped,
-		Path: filepath.Join(pub.dir, ExtractFile)}, nil
+		Path: filepath.Join(pub.dir, schemas.ExtractFile)}, nil
 }
 
 func (f *Finalizer) openPublication(runID, source string) (*publication, error) {
@@ -763,10 +764,10 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 		names = append(names, n)
 	}
 	sort.Strings(names)
-	rows := make([]metaRow, 0, len(names))
+	rows := make([]duck.Table, 0, len(names))
 	for _, n := range names {
 		ct := cat.Tables[n]
-		mr := metaRow{Table: n, Description: ct.Description, Rows: ct.Rows, SizeBytes: ct.SizeBytes, ExtractedAt: ct.ExtractedAt,
+		mr := duck.Table{Table: n, Description: ct.Description, Rows: ct.Rows, SizeBytes: ct.SizeBytes, ExtractedAt: ct.ExtractedAt,
 			QueryMode: ct.QueryMode, RemotePath: ct.RemotePath, RemoteQuery: ct.RemoteQuery}
 		if len(ct.Schema) > 0 {
 			mr.Schema, _ = schemas.DecodeSchema(ct.Schema)
@@ -786,7 +787,7 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 		}
 		rows = append(rows, mr)
 	}
-	if err := buildExtract(ctx, dir, rows, cat.Remote); err != nil {
+	if err := duck.Build(ctx, dir, rows, cat.Remote); err != nil {
 		return err
 	}
 	// data/ follows the extract: its links change only once the extract

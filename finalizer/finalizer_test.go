@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/finalizer/duck"
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -167,7 +168,7 @@ func TestBuildExtract(t *testing.T) {
 	st, _ := os.Stat(filepath.Join(data, "things.parquet"))
 	est, _ := os.Stat(empty)
 	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
-	rows := []metaRow{
+	rows := []duck.Table{
 		{Table: "things", Description: "it's things", Rows: 30, SizeBytes: st.Size(), ExtractedAt: at, QueryMode: schemas.ModeLocal, Path: filepath.Join(data, "things.parquet")},
 		{Table: "nothing", Rows: 0, SizeBytes: est.Size(), ExtractedAt: at, QueryMode: schemas.ModeLocal, Path: empty},
 		{Table: "far_away", Description: "remote", Rows: 99, SizeBytes: 99, ExtractedAt: at, QueryMode: schemas.ModeRemote,
@@ -175,10 +176,10 @@ func TestBuildExtract(t *testing.T) {
 		{Table: "unviewed", Description: "remote without a path", ExtractedAt: at, QueryMode: schemas.ModeRemote},
 	}
 	remote := []schemas.RemoteAttach{{Alias: "kbc", Extension: "keboola", URL: "https://connection.keboola.com/", TokenEnv: "KEBOOLA_STORAGE_TOKEN"}}
-	if err := buildExtract(context.Background(), dir, rows, remote); err != nil {
+	if err := duck.Build(context.Background(), dir, rows, remote); err != nil {
 		t.Fatal(err)
 	}
-	x, err := extractcheck.Verify(context.Background(), filepath.Join(dir, ExtractFile))
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dir, schemas.ExtractFile))
 	if err != nil {
 		t.Fatalf("contract: %v", err)
 	}
@@ -208,15 +209,15 @@ func TestBuildExtract(t *testing.T) {
 
 func TestBuildExtractRejectsBadNames(t *testing.T) {
 	dir := t.TempDir()
-	for i, rows := range [][]metaRow{
+	for i, rows := range [][]duck.Table{
 		{{Table: "bad name", QueryMode: schemas.ModeRemote}},
 		{{Table: "rel", QueryMode: schemas.ModeLocal, Path: "data/rel.parquet"}},
 	} {
-		if err := buildExtract(context.Background(), dir, rows, nil); err == nil {
+		if err := duck.Build(context.Background(), dir, rows, nil); err == nil {
 			t.Errorf("case %d: accepted %+v", i, rows)
 		}
 	}
-	if err := buildExtract(context.Background(), dir, nil, []schemas.RemoteAttach{{Alias: "x'; DROP", Extension: "keboola"}}); !errors.Is(err, schemas.ErrInvalidName) {
+	if err := duck.Build(context.Background(), dir, nil, []schemas.RemoteAttach{{Alias: "x'; DROP", Extension: "keboola"}}); !errors.Is(err, schemas.ErrInvalidName) {
 		t.Errorf("bad alias: %v", err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, "*")); len(m) != 0 {

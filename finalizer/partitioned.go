@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/finalizer/duck"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -31,31 +32,11 @@ const (
 	DefaultRetireGrace = 5 * time.Minute
 )
 
-// winnersSQL selects, from files, the rows of the newest change of every
-// key: the highest version, a delete before rows on a tie, then the highest
-// event. Every column is kept, the hidden ones and delete markers included.
-func winnersSQL(files []string, keyCol string, hive bool) string {
-	opts := "union_by_name = true"
-	if hive {
-		opts = "hive_partitioning = true, " + opts
-	}
-	return "SELECT * FROM read_parquet(" + fileList(files) + ", " + opts + ") QUALIFY rank() OVER (PARTITION BY " +
-		quoteIdent(keyCol) + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " +
-		schemas.EventColumn + " DESC) = 1"
-}
-
-// partitionedViewSQL is the body of a partitioned table's view: the newest
-// rows per key, no deleted keys, no hidden columns, plus the hive month.
-func partitionedViewSQL(files []string, keyCol string) string {
-	return "SELECT * EXCLUDE (" + schemas.VersionColumn + ", " + schemas.DeletedColumn + ", " + schemas.EventColumn + ") FROM (" +
-		winnersSQL(files, keyCol, true) + ") WHERE NOT " + schemas.DeletedColumn
-}
-
 // duck returns the finalizer's in-memory DuckDB, used to count and compact
 // partitions.
 func (f *Finalizer) duck() (*sql.DB, error) {
 	f.duckOnce.Do(func() {
-		f.duckDB, f.duckErr = sql.Open("duckdb", "")
+		f.duckDB, f.duckErr = duck.Open()
 	})
 	return f.duckDB, f.duckErr
 }
@@ -77,81 +58,13 @@ func (f *Finalizer) recount(ctx context.Context, db *sql.DB, dataDir string, ct 
 	prev, known := ct.MonthRows[month]
 	all := absFiles(dataDir, filesOf(ct.Files, month))
 	if !known || len(old) == 0 {
-		return countVisible(ctx, db, all, ct.KeyColumn)
+		return duck.CountVisible(ctx, db, all, ct.KeyColumn)
 	}
-	key := quoteIdent(ct.KeyColumn)
-	win := "rank() OVER (PARTITION BY " + key + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " +
-		schemas.EventColumn + " DESC) = 1"
-	newFiles := absFiles(dataDir, adds)
-	lits := make([]string, len(newFiles))
-	for i, p := range newFiles {
-		lits[i] = quoteLit(p)
-	}
-	q := "WITH x AS (SELECT " + key + ", " + schemas.VersionColumn + ", " + schemas.DeletedColumn + ", " + schemas.EventColumn +
-		", _agnes_file IN (" + strings.Join(lits, ", ") + ") AS _new FROM read_parquet(" + fileList(all) +
-		", union_by_name = true, filename = '_agnes_file') WHERE " + key + " IN (SELECT " + key + " FROM read_parquet(" + fileList(newFiles) +
-		", union_by_name = true))) SELECT " +
-		"(SELECT count(*) FROM (SELECT " + schemas.DeletedColumn + " FROM x WHERE NOT _new QUALIFY " + win + ") WHERE NOT " + schemas.DeletedColumn + "), " +
-		"(SELECT count(*) FROM (SELECT " + schemas.DeletedColumn + " FROM x QUALIFY " + win + ") WHERE NOT " + schemas.DeletedColumn + ")"
-	var before, after int64
-	if err := db.QueryRowContext(ctx, q).Scan(&before, &after); err != nil {
-		return 0, fmt.Errorf("count rows of changed keys: %w", err)
+	before, after, err := duck.CountChanged(ctx, db, all, absFiles(dataDir, adds), ct.KeyColumn)
+	if err != nil {
+		return 0, err
 	}
 	return prev - before + after, nil
-}
-
-func fileList(files []string) string {
-	lits := make([]string, len(files))
-	for i, f := range files {
-		lits[i] = quoteLit(f)
-	}
-	return "[" + strings.Join(lits, ", ") + "]"
-}
-
-// countVisible counts what the view shows of files.
-func countVisible(ctx context.Context, db *sql.DB, files []string, keyCol string) (int64, error) {
-	if len(files) == 0 {
-		return 0, nil
-	}
-	var n int64
-	err := db.QueryRowContext(ctx, "SELECT count(*) FROM ("+partitionedViewSQL(files, keyCol)+")").Scan(&n)
-	if err != nil {
-		return 0, fmt.Errorf("count partition rows: %w", err)
-	}
-	return n, nil
-}
-
-// compactFiles writes the newest change of every key of files into one
-// file at dst (delete markers kept: an older change of a deleted key may
-// still arrive). Dropping the older rows is safe because the view would
-// never show them: a key's newest change among these files outranks them.
-func compactFiles(ctx context.Context, db *sql.DB, files []string, keyCol, dst string) (rows, size int64, err error) {
-	tmp := dst + parquetfile.TempMarker + "compact"
-	defer os.Remove(tmp)
-	// Sorted by key, so a key filter (the recount, an analyst's lookup)
-	// skips row groups by their statistics.
-	q := "COPY (" + winnersSQL(files, keyCol, false) + " ORDER BY " + quoteIdent(keyCol) + ") TO " + quoteLit(tmp) +
-		" (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE " + fmt.Sprint(parquetfile.DefaultRowGroupRows) + ")"
-	if _, err := db.ExecContext(ctx, q); err != nil {
-		return 0, 0, fmt.Errorf("compact: %w", err)
-	}
-	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM read_parquet("+quoteLit(tmp)+")").Scan(&rows); err != nil {
-		return 0, 0, fmt.Errorf("compact: %w", err)
-	}
-	fh, err := os.Open(tmp)
-	if err != nil {
-		return 0, 0, err
-	}
-	err = fh.Sync()
-	st, serr := fh.Stat()
-	fh.Close()
-	if err != nil || serr != nil {
-		return 0, 0, fmt.Errorf("compact: sync: %w", errors.Join(err, serr))
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return 0, 0, fmt.Errorf("compact: %w", err)
-	}
-	return rows, st.Size(), nil
 }
 
 // partitionedTable describes what a publish adds to a partitioned table.
@@ -292,27 +205,15 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 	for _, p := range ct.Files {
 		months[p.Month] = true
 	}
-	key, tcol := quoteIdent(pt.keyCol), quoteIdent(timeCol)
 	for m := range months {
 		old := absFiles(dataDir, filesOf(ct.Files, m))
-		notSeen := " AND " + key + " NOT IN (SELECT " + key + " FROM read_parquet(" + fileList(newFiles) + ", union_by_name = true))"
 		rel := filepath.Join(pt.name, "month="+m, marker)
 		dst := filepath.Join(dataDir, rel)
 		tmp := dst + parquetfile.TempMarker + "reconcile"
-		q := "COPY (SELECT DISTINCT " + key + ", " + tcol + ", CAST(" + fmt.Sprint(pt.reconcile) + " AS BIGINT) AS " + schemas.VersionColumn +
-			", true AS " + schemas.DeletedColumn + ", CAST(0 AS BIGINT) AS " + schemas.EventColumn + " FROM (SELECT " + key + ", " + tcol + ", " +
-			schemas.VersionColumn + ", " + schemas.DeletedColumn + " FROM read_parquet(" + fileList(old) + ", union_by_name = true) QUALIFY rank() OVER (PARTITION BY " +
-			key + " ORDER BY " + schemas.VersionColumn + " DESC, " + schemas.DeletedColumn + " DESC, " + schemas.EventColumn + " DESC) = 1) WHERE NOT " +
-			schemas.DeletedColumn + " AND " + schemas.VersionColumn + " < " + fmt.Sprint(pt.reconcile) + notSeen + " ORDER BY " + key + ") TO " + quoteLit(tmp) +
-			" (FORMAT parquet, COMPRESSION zstd)"
-		if _, err := db.ExecContext(ctx, q); err != nil {
+		n, err := duck.DeleteMarkers(ctx, db, old, newFiles, pt.keyCol, timeCol, pt.reconcile, tmp)
+		if err != nil {
 			os.Remove(tmp)
 			return fmt.Errorf("reconcile month %s: %w", m, err)
-		}
-		var n int64
-		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM read_parquet("+quoteLit(tmp)+")").Scan(&n); err != nil {
-			os.Remove(tmp)
-			return err
 		}
 		if n == 0 {
 			os.Remove(tmp)
@@ -502,7 +403,7 @@ func (f *Finalizer) pickCompaction(ct *catalogTable, table, month string) *compa
 // build writes the compacted file. Its inputs never change, so it needs no
 // lock.
 func (c *compaction) build(ctx context.Context, db *sql.DB, dataDir string) error {
-	rows, size, err := compactFiles(ctx, db, absFiles(dataDir, c.inputs), c.keyCol, filepath.Join(dataDir, c.out.Path))
+	rows, size, err := duck.Compact(ctx, db, absFiles(dataDir, c.inputs), c.keyCol, filepath.Join(dataDir, c.out.Path))
 	c.out.Rows, c.out.Size = rows, size
 	return err
 }

@@ -249,7 +249,7 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].Table < results[j].Table })
 	ev := &schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Results: results,
-		Parts: done, Path: filepath.Join(dir, ExtractFile)}
+		Parts: done, Path: filepath.Join(dir, schemas.ExtractFile)}
 	metrics.StreamPublishes.Inc()
 	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	f.log.Debug("streamed parts published", "source", source, "parts", len(done), "rows", rows, "duration", time.Since(start).Round(time.Millisecond))

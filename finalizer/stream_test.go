@@ -108,7 +108,7 @@ func TestStreamedCopiesPublishedOnce(t *testing.T) {
 		return n == 3
 	})
 	stop()
-	extract := filepath.Join(dataDir, "extracts", "src", ExtractFile)
+	extract := filepath.Join(dataDir, "extracts", "src", schemas.ExtractFile)
 	check := func() {
 		t.Helper()
 		x, err := extractcheck.Verify(ctx, extract)
@@ -188,7 +188,7 @@ func TestStagedPartWithoutAnnouncementIsPublished(t *testing.T) {
 	}
 	natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool { return len(evs) > 1 })
 	stop()
-	x, err := extractcheck.Verify(context.Background(), filepath.Join(dataDir, "extracts", "src", ExtractFile))
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dataDir, "extracts", "src", schemas.ExtractFile))
 	if err != nil {
 		t.Fatal(err)
 	}

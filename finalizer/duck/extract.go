@@ -1,4 +1,9 @@
-package finalizer
+// Package duck is the finalizer's DuckDB room, the one package of the
+// services that links DuckDB: it builds extract.duckdb from table
+// descriptions and runs the queries over partition files (counting what a
+// partitioned view shows, compacting, writing delete markers). Every name
+// and path it puts into SQL is validated or quoted here.
+package duck
 
 import (
 	"context"
@@ -17,9 +22,6 @@ import (
 	_ "github.com/duckdb/duckdb-go/v2" // registers the "duckdb" database/sql driver
 )
 
-// ExtractFile is the name of the published extract in a source's folder.
-const ExtractFile = "extract.duckdb"
-
 // MetaColumns is the exact _meta contract: names and types, in order.
 var MetaColumns = []struct{ Name, Type string }{
 	{"table_name", "VARCHAR"},
@@ -30,8 +32,8 @@ var MetaColumns = []struct{ Name, Type string }{
 	{"query_mode", "VARCHAR"},
 }
 
-// metaRow is one _meta row plus, for local tables, the Parquet path its view reads.
-type metaRow struct {
+// Table is one _meta row plus, for local tables, the Parquet path its view reads.
+type Table struct {
 	Table       string
 	Description string
 	Rows        int64
@@ -51,13 +53,14 @@ type metaRow struct {
 	Schema      *arrow.Schema
 }
 
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+// QuoteIdent quotes a SQL identifier.
+func QuoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 func quoteLit(s string) string   { return `'` + strings.ReplaceAll(s, `'`, `''`) + `'` }
 
-// buildExtract writes extract.duckdb for dir atomically: it builds the file
+// Build writes extract.duckdb for dir atomically: it builds the file
 // under a temporary name, checkpoints, closes, fsyncs and renames it over the
 // live file. The live file is never opened.
-func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []schemas.RemoteAttach) (err error) {
+func Build(ctx context.Context, dir string, rows []Table, remote []schemas.RemoteAttach) (err error) {
 	for _, r := range rows {
 		if err := schemas.ValidateName("table", r.Table); err != nil {
 			return err
@@ -84,7 +87,7 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 			return err
 		}
 	}
-	tmp := filepath.Join(dir, ExtractFile+parquetfile.TempMarker+uuid.NewString()[:8])
+	tmp := filepath.Join(dir, schemas.ExtractFile+parquetfile.TempMarker+uuid.NewString()[:8])
 	defer func() {
 		if err != nil {
 			os.Remove(tmp)
@@ -136,11 +139,11 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 		}
 		switch {
 		case r.QueryMode == schemas.ModeLocal && r.Files != nil:
-			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS " + partitionedViewSQL(r.Files, r.KeyColumn)); err != nil {
+			if err := exec("CREATE VIEW " + QuoteIdent(r.Table) + " AS " + PartitionedView(r.Files, r.KeyColumn)); err != nil {
 				return err
 			}
 		case schemas.Stored(r.QueryMode):
-			if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS SELECT * FROM read_parquet(" + quoteLit(r.Path) + ")"); err != nil {
+			if err := exec("CREATE VIEW " + QuoteIdent(r.Table) + " AS SELECT * FROM read_parquet(" + quoteLit(r.Path) + ")"); err != nil {
 				return err
 			}
 		}
@@ -180,7 +183,7 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("build extract: %w", err)
 	}
-	return parquetfile.ReplaceFile(tmp, filepath.Join(dir, ExtractFile))
+	return parquetfile.ReplaceFile(tmp, filepath.Join(dir, schemas.ExtractFile))
 }
 
 // remoteViews creates a view over <alias>.<path> for every remote table
@@ -188,8 +191,8 @@ func buildExtract(ctx context.Context, dir string, rows []metaRow, remote []sche
 // stood in for by an in-memory database with empty tables of the same names,
 // detached afterwards; the view's SQL resolves against the real catalog
 // once the orchestrator attaches it.
-func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schemas.RemoteAttach) error {
-	var views []metaRow
+func remoteViews(exec func(string, ...any) error, rows []Table, remote []schemas.RemoteAttach) error {
+	var views []Table
 	for _, r := range rows {
 		if r.QueryMode == schemas.ModeRemote && len(r.RemotePath) > 0 {
 			views = append(views, r)
@@ -202,7 +205,7 @@ func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schem
 		return fmt.Errorf("build extract: remote tables but no _remote_attach row")
 	}
 	alias := remote[0].Alias
-	if err := exec("ATTACH ':memory:' AS " + quoteIdent(alias)); err != nil {
+	if err := exec("ATTACH ':memory:' AS " + QuoteIdent(alias)); err != nil {
 		return err
 	}
 	schemasMade := map[string]bool{}
@@ -219,10 +222,10 @@ func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schem
 				return fmt.Errorf("build extract: remote path %q of %s has an empty or unsafe part", v.RemotePath, v.Table)
 			}
 		}
-		ref := quoteIdent(alias) + "." + quoteIdent(schemaName) + "." + quoteIdent(table)
+		ref := QuoteIdent(alias) + "." + QuoteIdent(schemaName) + "." + QuoteIdent(table)
 		if !schemasMade[schemaName] {
 			schemasMade[schemaName] = true
-			if err := exec("CREATE SCHEMA IF NOT EXISTS " + quoteIdent(alias) + "." + quoteIdent(schemaName)); err != nil {
+			if err := exec("CREATE SCHEMA IF NOT EXISTS " + QuoteIdent(alias) + "." + QuoteIdent(schemaName)); err != nil {
 				return err
 			}
 		}
@@ -230,18 +233,18 @@ func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schem
 		if v.Schema != nil && v.Schema.NumFields() > 0 {
 			var defs []string
 			for _, f := range v.Schema.Fields() {
-				defs = append(defs, quoteIdent(f.Name)+" VARCHAR")
+				defs = append(defs, QuoteIdent(f.Name)+" VARCHAR")
 			}
 			cols = strings.Join(defs, ", ")
 		}
 		if err := exec("CREATE TABLE IF NOT EXISTS " + ref + " (" + cols + ")"); err != nil {
 			return err
 		}
-		if err := exec("CREATE VIEW " + quoteIdent(v.Table) + " AS SELECT * FROM " + ref); err != nil {
+		if err := exec("CREATE VIEW " + QuoteIdent(v.Table) + " AS SELECT * FROM " + ref); err != nil {
 			return err
 		}
 	}
-	return exec("DETACH " + quoteIdent(alias))
+	return exec("DETACH " + QuoteIdent(alias))
 }
 
 // functionViews creates a view over an extension's table function for
@@ -250,7 +253,7 @@ func remoteViews(exec func(string, ...any) error, rows []metaRow, remote []schem
 // the same name returning the table's columns, dropped afterwards: the view
 // keeps its SQL and resolves against the extension once the orchestrator
 // loads it. Nothing temporary is stored in the file.
-func functionViews(exec func(string, ...any) error, rows []metaRow) error {
+func functionViews(exec func(string, ...any) error, rows []Table) error {
 	for _, r := range rows {
 		q := r.RemoteQuery
 		if r.QueryMode != schemas.ModeRemote || q == nil {
@@ -269,17 +272,17 @@ func functionViews(exec func(string, ...any) error, rows []metaRow) error {
 		if r.Schema != nil && r.Schema.NumFields() > 0 {
 			var defs []string
 			for _, f := range r.Schema.Fields() {
-				defs = append(defs, "NULL::VARCHAR AS "+quoteIdent(f.Name))
+				defs = append(defs, "NULL::VARCHAR AS "+QuoteIdent(f.Name))
 			}
 			cols = strings.Join(defs, ", ")
 		}
-		if err := exec("CREATE TEMP MACRO " + quoteIdent(q.Function) + "(" + strings.Join(params, ", ") + ") AS TABLE SELECT " + cols); err != nil {
+		if err := exec("CREATE TEMP MACRO " + QuoteIdent(q.Function) + "(" + strings.Join(params, ", ") + ") AS TABLE SELECT " + cols); err != nil {
 			return err
 		}
-		if err := exec("CREATE VIEW " + quoteIdent(r.Table) + " AS SELECT * FROM " + q.Function + "(" + strings.Join(args, ", ") + ")"); err != nil {
+		if err := exec("CREATE VIEW " + QuoteIdent(r.Table) + " AS SELECT * FROM " + q.Function + "(" + strings.Join(args, ", ") + ")"); err != nil {
 			return err
 		}
-		if err := exec("DROP MACRO TABLE temp." + quoteIdent(q.Function)); err != nil {
+		if err := exec("DROP MACRO TABLE temp." + QuoteIdent(q.Function)); err != nil {
 			return err
 		}
 	}
