@@ -931,7 +931,9 @@ func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table stri
 	if done, n, size := appliedBy(prev, runID); done {
 		return assembled{size: size, rows: n, applied: true}, nil
 	}
-	out, err := combine(ctx, dst, schema, parts, owner, prev, mode, t.done.PrimaryKey, runID, f.opts.RowGroupRows, f.opts.Mem)
+	m := &merger{schema: schema, parts: parts, owner: owner, prev: prev, mode: mode, pk: t.done.PrimaryKey, run: runID,
+		rowGroupRows: f.opts.RowGroupRows, mem: f.opts.Mem}
+	out, err := m.combine(ctx, dst)
 	if err != nil {
 		return assembled{}, fmt.Errorf("table %s: %w", table, err)
 	}

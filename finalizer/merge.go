@@ -276,30 +276,43 @@ func appliedBy(path, run string) (bool, int64, int64) {
 	return true, r.NumRows(), st.Size()
 }
 
-// combine writes at dst the previous table at prev combined with the run's
-// batches: appended after them, or merged by primary key (the run's latest
-// row for a key replaces every previous row with that key).
-func combine(ctx context.Context, dst string, schema *arrow.Schema, parts []part, owner []int, prev, mode string, pk []string,
-	run string, rowGroupRows int64, mem memory.Allocator) (assembled, error) {
-	old, err := parquetfile.Open(prev, 16*1024, mem)
+// merger combines the previous file of a table with a run's batches:
+// appended after them, or merged by primary key (the run's latest row for a
+// key replaces every previous row with that key).
+type merger struct {
+	schema *arrow.Schema
+	// parts and owner are the run's batches: owner[seq] is the part
+	// holding seq.
+	parts []part
+	owner []int
+	// prev is the live file, mode append or merge, pk the key of a merge.
+	prev, mode string
+	pk         []string
+	run        string
+	// Output tuning.
+	rowGroupRows int64
+	mem          memory.Allocator
+
+	keyCols []int
+	// last is the position of each key's latest new row (merge only).
+	last map[uint64]int64
+}
+
+// combine writes the combined table at dst; the file records the run, so a
+// retried finalization knows it is applied.
+func (m *merger) combine(ctx context.Context, dst string) (assembled, error) {
+	old, err := parquetfile.Open(m.prev, 16*1024, m.mem)
 	if err != nil {
 		return assembled{}, err
 	}
 	defer old.Close()
-	if !sameColumns(old.Schema, schema) {
-		return assembled{}, fmt.Errorf("the published data has schema %s, the new rows %s; run the sync with --full-refresh", old.Schema, schema)
+	if !sameColumns(old.Schema, m.schema) {
+		return assembled{}, fmt.Errorf("the published data has schema %s, the new rows %s; run the sync with --full-refresh", old.Schema, m.schema)
 	}
-	var keyCols []int
-	if mode == schemas.WriteMerge {
-		for _, k := range pk {
-			idx := schema.FieldIndices(k)
-			if len(idx) != 1 {
-				return assembled{}, fmt.Errorf("primary key column %q is not a column of the table", k)
-			}
-			keyCols = append(keyCols, idx[0])
-		}
+	if err := m.keys(ctx); err != nil {
+		return assembled{}, err
 	}
-	out, err := parquetfile.Create(dst, schema, rowGroupRows, map[string]string{RunMetaKey: run}, mem)
+	out, err := parquetfile.Create(dst, m.schema, m.rowGroupRows, map[string]string{RunMetaKey: m.run}, m.mem)
 	if err != nil {
 		return assembled{}, err
 	}
@@ -308,67 +321,83 @@ func combine(ctx context.Context, dst string, schema *arrow.Schema, parts []part
 		rows += rec.NumRows()
 		return out.Write(rec)
 	}
-	fail := func(err error) (assembled, error) {
+	err = m.copyOld(ctx, old, write)
+	if err == nil {
+		err = m.copyNew(ctx, write)
+	}
+	if err != nil {
 		out.Abort()
 		return assembled{}, err
-	}
-	// The last position of each key among the new rows: only that row is kept.
-	var last map[uint64]int64
-	if mode == schemas.WriteMerge {
-		last = map[uint64]int64{}
-		var pos int64
-		if err := eachBatch(ctx, schema, parts, owner, mem, func(rec arrow.RecordBatch) error {
-			for i := range int(rec.NumRows()) {
-				last[schemas.RowKey(rec, i, keyCols)] = pos
-				pos++
-			}
-			return nil
-		}); err != nil {
-			return fail(err)
-		}
-	}
-	copyOld := func() error {
-		rr, err := old.Records(ctx)
-		if err != nil {
-			return err
-		}
-		defer rr.Release()
-		for rr.Next() {
-			rec := rr.RecordBatch()
-			if last == nil {
-				r := array.NewRecordBatch(schema, rec.Columns(), rec.NumRows())
-				err := write(r)
-				r.Release()
-				if err != nil {
-					return err
-				}
-				continue
-			}
-			if err := writeRuns(schema, rec, func(i int) bool { _, replaced := last[schemas.RowKey(rec, i, keyCols)]; return !replaced }, write); err != nil {
-				return err
-			}
-		}
-		return rr.Err()
-	}
-	if err := copyOld(); err != nil {
-		return fail(err)
-	}
-	var pos int64
-	if err := eachBatch(ctx, schema, parts, owner, mem, func(rec arrow.RecordBatch) error {
-		if last == nil {
-			return write(rec)
-		}
-		base := pos
-		pos += rec.NumRows()
-		return writeRuns(schema, rec, func(i int) bool { return last[schemas.RowKey(rec, i, keyCols)] == base+int64(i) }, write)
-	}); err != nil {
-		return fail(err)
 	}
 	size, err := out.Commit()
 	if err != nil {
 		return assembled{}, err
 	}
 	return assembled{size: size, rows: rows}, nil
+}
+
+// keys finds, for a merge, the key columns and the last position of each
+// key among the new rows: only that row is kept.
+func (m *merger) keys(ctx context.Context) error {
+	if m.mode != schemas.WriteMerge {
+		return nil
+	}
+	for _, k := range m.pk {
+		idx := m.schema.FieldIndices(k)
+		if len(idx) != 1 {
+			return fmt.Errorf("primary key column %q is not a column of the table", k)
+		}
+		m.keyCols = append(m.keyCols, idx[0])
+	}
+	m.last = map[uint64]int64{}
+	var pos int64
+	return eachBatch(ctx, m.schema, m.parts, m.owner, m.mem, func(rec arrow.RecordBatch) error {
+		for i := range int(rec.NumRows()) {
+			m.last[schemas.RowKey(rec, i, m.keyCols)] = pos
+			pos++
+		}
+		return nil
+	})
+}
+
+// copyOld writes the previous rows, without those whose key the run
+// replaces.
+func (m *merger) copyOld(ctx context.Context, old *parquetfile.Reader, write func(arrow.RecordBatch) error) error {
+	rr, err := old.Records(ctx)
+	if err != nil {
+		return err
+	}
+	defer rr.Release()
+	for rr.Next() {
+		rec := rr.RecordBatch()
+		if m.last == nil {
+			r := array.NewRecordBatch(m.schema, rec.Columns(), rec.NumRows())
+			err := write(r)
+			r.Release()
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		keep := func(i int) bool { _, replaced := m.last[schemas.RowKey(rec, i, m.keyCols)]; return !replaced }
+		if err := writeRuns(m.schema, rec, keep, write); err != nil {
+			return err
+		}
+	}
+	return rr.Err()
+}
+
+// copyNew writes the run's rows: all of them, or each key's latest.
+func (m *merger) copyNew(ctx context.Context, write func(arrow.RecordBatch) error) error {
+	var pos int64
+	return eachBatch(ctx, m.schema, m.parts, m.owner, m.mem, func(rec arrow.RecordBatch) error {
+		if m.last == nil {
+			return write(rec)
+		}
+		base := pos
+		pos += rec.NumRows()
+		return writeRuns(m.schema, rec, func(i int) bool { return m.last[schemas.RowKey(rec, i, m.keyCols)] == base+int64(i) }, write)
+	})
 }
 
 // writeRuns passes the contiguous runs of rows of rec for which keep is true.

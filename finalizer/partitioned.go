@@ -86,44 +86,8 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	if err := schemas.ValidateName("key column", pt.keyCol); err != nil {
 		return fmt.Errorf("table %s: %w", pt.name, err)
 	}
-	cat.mu.Lock()
-	ct, ok := cat.Tables[pt.name]
-	if ok && !ct.Partitioned && schemas.Stored(ct.QueryMode) {
-		// The table switches layout: its version is retired and its link
-		// removed once the extract is swapped, never both layouts.
-		if ct.Version != "" {
-			cat.retire([]string{ct.Version}, now)
-		} else {
-			cat.retire([]string{pt.name + ".parquet"}, now)
-		}
-		ct = catalogTable{}
-	}
-	cat.mu.Unlock()
-	if !ok || !ct.Partitioned {
-		ct = catalogTable{Partitioned: true, MonthRows: map[string]int64{}}
-	}
-	if ct.MonthRows == nil {
-		ct.MonthRows = map[string]int64{}
-	}
-	ct.QueryMode, ct.KeyColumn, ct.ExtractedAt, ct.RunID = schemas.ModeLocal, pt.keyCol, now, pt.runID
-	if pt.description != "" {
-		ct.Description = pt.description
-	}
-	if len(pt.schema) > 0 {
-		ct.Schema = pt.schema
-	}
-	have := map[string]bool{}
-	for _, p := range ct.Files {
-		have[p.Path] = true
-	}
-	added := map[string][]partFile{}
-	for _, a := range pt.adds {
-		if have[a.Path] {
-			continue // a retried publish: already counted
-		}
-		have[a.Path] = true
-		added[a.Month] = append(added[a.Month], a)
-	}
+	ct := partitionedEntry(cat, pt, now)
+	added := newFilesByMonth(ct, pt.adds)
 	db, err := f.duck()
 	if err != nil {
 		return err
@@ -146,7 +110,7 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
 		}
 		ct.MonthRows[m] = n
-		// Compaction runs when the source is idle (compactIdle); only a
+		// Compaction runs when the source is idle (startCompaction); only a
 		// partition with far too many files is compacted on the way.
 		// Compaction keeps what the view shows, so the count stays.
 		if len(filesOf(ct.Files, m)) >= 4*f.opts.CompactMinFiles {
@@ -167,6 +131,56 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 	cat.Tables[pt.name] = ct
 	cat.mu.Unlock()
 	return nil
+}
+
+// partitionedEntry is the catalog entry pt updates: the table's, or a new
+// one when it was not partitioned before (its batch version is retired:
+// never both layouts).
+func partitionedEntry(cat *catalog, pt partitionedTable, now time.Time) catalogTable {
+	cat.mu.Lock()
+	ct, ok := cat.Tables[pt.name]
+	if ok && !ct.Partitioned && schemas.Stored(ct.QueryMode) {
+		// The link is removed once the extract is swapped.
+		if ct.Version != "" {
+			cat.retire([]string{ct.Version}, now)
+		} else {
+			cat.retire([]string{pt.name + ".parquet"}, now)
+		}
+		ct = catalogTable{}
+	}
+	cat.mu.Unlock()
+	if !ok || !ct.Partitioned {
+		ct = catalogTable{Partitioned: true, MonthRows: map[string]int64{}}
+	}
+	if ct.MonthRows == nil {
+		ct.MonthRows = map[string]int64{}
+	}
+	ct.QueryMode, ct.KeyColumn, ct.ExtractedAt, ct.RunID = schemas.ModeLocal, pt.keyCol, now, pt.runID
+	if pt.description != "" {
+		ct.Description = pt.description
+	}
+	if len(pt.schema) > 0 {
+		ct.Schema = pt.schema
+	}
+	return ct
+}
+
+// newFilesByMonth are the files of adds the entry does not hold yet (a
+// retried publish counted the others already), by month.
+func newFilesByMonth(ct catalogTable, adds []partFile) map[string][]partFile {
+	have := map[string]bool{}
+	for _, p := range ct.Files {
+		have[p.Path] = true
+	}
+	added := map[string][]partFile{}
+	for _, a := range adds {
+		if have[a.Path] {
+			continue
+		}
+		have[a.Path] = true
+		added[a.Month] = append(added[a.Month], a)
+	}
+	return added
 }
 
 // reconcile writes delete markers, after a full backfill, for the keys

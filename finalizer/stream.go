@@ -178,31 +178,7 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 		return nil, nil, err
 	}
 	now := time.Now().UTC()
-	sort.Slice(batch, func(i, j int) bool { return batch[i].ev.Part < batch[j].ev.Part })
-	byTable := map[string]*partitionedTable{}
-	var done []string
-	for _, pp := range batch {
-		ev := pp.ev
-		key := ev.Table + "/" + ev.Part
-		pf, ok, err := f.placeStreamed(ctx, source, pp, dataDir)
-		if err != nil {
-			f.log.Error("streamed part set aside", "source", source, "table", ev.Table, "part", ev.Part, "err", err)
-			f.setAside(source, ev)
-			done = append(done, key)
-			continue
-		}
-		done = append(done, key)
-		if !ok {
-			continue
-		}
-		pt := byTable[ev.Table]
-		if pt == nil {
-			pt = &partitionedTable{name: ev.Table, keyCol: ev.PrimaryKey[0], runID: schemas.StreamRun,
-				description: tables[ev.Table].Description, schema: tables[ev.Table].Schema}
-			byTable[ev.Table] = pt
-		}
-		pt.adds = append(pt.adds, pf)
-	}
+	byTable, done := f.placeBatch(ctx, source, batch, tables, dataDir)
 	if len(byTable) == 0 {
 		// Only copies of published batches: nothing to rebuild, but say the
 		// parts are handled.
@@ -210,28 +186,7 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	}
 	var results []schemas.TableResult
 	var rows int64
-	// Tables are counted (and compacted, if need be) at once.
-	var wg sync.WaitGroup
-	errs := make([]error, 0, len(byTable))
-	var errMu sync.Mutex
-	for _, pt := range byTable {
-		if ct, ok := cat.Tables[pt.name]; ok && ct.Partitioned && ct.KeyColumn != "" {
-			pt.keyCol = ct.KeyColumn
-		}
-	}
-	for _, pt := range byTable {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f.applyPartitioned(ctx, cat, dataDir, *pt, now); err != nil {
-				errMu.Lock()
-				errs = append(errs, err)
-				errMu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := f.applyTables(ctx, cat, dataDir, byTable, now); err != nil {
 		return nil, nil, err
 	}
 	for _, pt := range byTable {
@@ -254,6 +209,59 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	f.log.Debug("streamed parts published", "source", source, "parts", len(done), "rows", rows, "duration", time.Since(start).Round(time.Millisecond))
 	return done, ev, nil
+}
+
+// placeBatch moves the parts of batch into their partitions, by table;
+// done are the parts it is finished with (placed, dropped as copies, or set
+// aside as unusable).
+func (f *Finalizer) placeBatch(ctx context.Context, source string, batch []*pendingPart, tables map[string]schemas.Event, dataDir string) (map[string]*partitionedTable, []string) {
+	sort.Slice(batch, func(i, j int) bool { return batch[i].ev.Part < batch[j].ev.Part })
+	byTable := map[string]*partitionedTable{}
+	var done []string
+	for _, pp := range batch {
+		ev := pp.ev
+		done = append(done, ev.Table+"/"+ev.Part)
+		pf, ok, err := f.placeStreamed(ctx, source, pp, dataDir)
+		if err != nil {
+			f.log.Error("streamed part set aside", "source", source, "table", ev.Table, "part", ev.Part, "err", err)
+			f.setAside(source, ev)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		pt := byTable[ev.Table]
+		if pt == nil {
+			pt = &partitionedTable{name: ev.Table, keyCol: ev.PrimaryKey[0], runID: schemas.StreamRun,
+				description: tables[ev.Table].Description, schema: tables[ev.Table].Schema}
+			byTable[ev.Table] = pt
+		}
+		pt.adds = append(pt.adds, pf)
+	}
+	return byTable, done
+}
+
+// applyTables adds the placed files to their tables in the catalog, the
+// tables at once (each is counted, and compacted if need be, on its own).
+func (f *Finalizer) applyTables(ctx context.Context, cat *catalog, dataDir string, byTable map[string]*partitionedTable, now time.Time) error {
+	for _, pt := range byTable {
+		if ct, ok := cat.Tables[pt.name]; ok && ct.Partitioned && ct.KeyColumn != "" {
+			pt.keyCol = ct.KeyColumn
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(byTable))
+	i := 0
+	for _, pt := range byTable {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errs[i] = f.applyPartitioned(ctx, cat, dataDir, *pt, now)
+		}(i)
+		i++
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // placeStreamed moves one streamed part into its partition (or rewrites it

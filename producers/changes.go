@@ -107,54 +107,30 @@ func partitionHeader(t connectors.TableInfo, month string) nats.Header {
 // change published) is kept with the first table.
 func (r *run) changeTables(ctx context.Context, tables []connectors.TableInfo) []schemas.TableResult {
 	results := make([]schemas.TableResult, len(tables))
-	p, req, src, state, conn, log := r.p, r.req, r.src, r.state, r.conn, r.log
-	fail := func(i int, err error) { results[i] = r.failTable(ctx, results[i], err) }
-	var group []int
-	for i, t := range tables {
-		results[i] = schemas.TableResult{Table: t.Name, Status: schemas.StatusDone, QueryMode: schemas.ModeLocal, WriteMode: schemas.WritePartitioned}
-		if err := schemas.CheckPartitioned(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn); err != nil {
-			fail(i, fmt.Errorf("table %s: %w", t.Name, err))
-			continue
+	failAll := func(group []int, err error) []schemas.TableResult {
+		for _, i := range group {
+			results[i] = r.failTable(ctx, results[i], err)
 		}
-		prev, err := loadSchema(ctx, state, req.Source, t.Name)
-		if err != nil {
-			fail(i, err)
-			continue
-		}
-		// Partitions keep the rows of earlier schemas; the view reads them by
-		// column name, so a change is published as it is, unless frozen.
-		plan := tablePlan{prevSchema: prev, policy: src.Table(t.Name).SchemaPolicy, mode: schemas.WritePartitioned}
-		err = plan.check(t.Schema)
-		results[i].SchemaChanges = plan.changes
-		if err != nil {
-			fail(i, err)
-			continue
-		}
-		group = append(group, i)
+		return results
 	}
+	group := r.checkPartitioned(ctx, tables, results)
 	if len(group) == 0 {
 		return results
 	}
-	cr, ok := conn.(connectors.ChangeReader)
+	cr, ok := r.conn.(connectors.ChangeReader)
 	if !ok {
 		for _, i := range group {
-			fail(i, fmt.Errorf("table %s is partitioned but connector %s has no Changes method to backfill it", tables[i].Name, src.Connector))
+			failAll([]int{i}, fmt.Errorf("table %s is partitioned but connector %s has no Changes method to backfill it", tables[i].Name, r.src.Connector))
 		}
 		return results
 	}
-	first := tables[group[0]]
-	var since string
-	var prevBoundary []string
-	var cursorRev uint64
-	if c, rev, err := loadCursor(ctx, state, req.Source, first.Name); err != nil {
-		for _, i := range group {
-			fail(i, err)
-		}
-		return results
-	} else if c != nil && c.Column == schemas.VersionColumn && !req.FullRefresh {
-		since, cursorRev, prevBoundary = c.Value, rev, c.Boundary
-	} else {
-		cursorRev = rev
+	c, cursorRev, err := loadCursor(ctx, r.state, r.req.Source, tables[group[0]].Name)
+	if err != nil {
+		return failAll(group, err)
+	}
+	var cur backfillCursor
+	if c != nil && c.Column == schemas.VersionColumn && !r.req.FullRefresh {
+		cur = backfillCursor{since: c.Value, boundary: c.Boundary}
 	}
 	var inGroup []connectors.TableInfo
 	sinks := map[string]*sink{}
@@ -165,49 +141,106 @@ func (r *run) changeTables(ctx context.Context, tables []connectors.TableInfo) [
 		start := r.event(schemas.EventTableStarted, t.Name)
 		start.Description, start.Schema, start.SchemaChanges = t.Description, enc, results[i].SchemaChanges
 		if err := r.publish(ctx, start); err != nil {
-			fail(i, err)
-			return results
+			return failAll([]int{i}, err)
 		}
-		sinks[t.Name] = p.newSink(req.RunID, req.Source, t.Name, req.Attempt, schemas.PartitionedSchema(t.Schema), log.With("table", t.Name))
+		sinks[t.Name] = r.p.newSink(r.req.RunID, r.req.Source, t.Name, r.req.Attempt, schemas.PartitionedSchema(t.Schema), r.log.With("table", t.Name))
 	}
 	started := time.Now()
-	maxVersion, boundary, err := r.backfillChanges(ctx, cr, since, prevBoundary, inGroup, sinks)
+	maxVersion, boundary, err := r.backfillChanges(ctx, cr, cur.since, cur.boundary, inGroup, sinks)
 	for _, s := range sinks {
 		if werr := s.wait(ctx, 0); err == nil && werr != nil {
 			err = werr
 		}
 	}
 	if err != nil {
-		for _, i := range group {
-			fail(i, err)
-		}
-		return results
+		return failAll(group, err)
 	}
 	for n, i := range group {
-		t := tables[i]
-		s := sinks[t.Name]
-		enc, _ := schemas.EncodeSchema(t.Schema)
+		t, s := tables[i], sinks[tables[i].Name]
 		done := r.event(schemas.EventTableDone, t.Name)
-		done.Description, done.QueryMode, done.Schema, done.Batches, done.Rows = t.Description, schemas.ModeLocal, enc, s.seq, s.rows
+		done.Schema, _ = schemas.EncodeSchema(t.Schema)
+		done.Description, done.QueryMode, done.Batches, done.Rows = t.Description, schemas.ModeLocal, s.seq, s.rows
 		done.SchemaChanges, done.WriteMode, done.PrimaryKey = results[i].SchemaChanges, schemas.WritePartitioned, []string{t.Partition.KeyColumn}
 		if n == 0 {
-			done.CursorRevision = cursorRev
-			if maxVersion != 0 {
-				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp",
-					Value: time.UnixMicro(maxVersion).UTC().Format(time.RFC3339Nano), Boundary: boundary}
-			} else if since != "" {
-				done.Cursor = &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp", Value: since, Boundary: prevBoundary}
-			}
+			done.CursorRevision, done.Cursor = cursorRev, cur.next(maxVersion, boundary)
 		}
-		if since == "" && t.Partition.FullBackfillDeletes {
+		if cur.since == "" && t.Partition.FullBackfillDeletes {
 			done.Reconcile = started.Add(-connectors.ReconcileMargin).UnixMicro()
 		}
 		results[i].Batches, results[i].Rows = s.seq, s.rows
 		if err := r.publish(ctx, done); err != nil {
-			fail(i, err)
+			failAll([]int{i}, err)
 		}
 	}
 	return results
+}
+
+// backfillCursor is where an incremental backfill starts: the version
+// published last and the keys already published at exactly it.
+type backfillCursor struct {
+	since    string
+	boundary []string
+}
+
+// next is the cursor to commit after a backfill that read up to maxVersion
+// (0: nothing newer), with the keys at it.
+func (c backfillCursor) next(maxVersion int64, boundary []string) *schemas.Cursor {
+	switch {
+	case maxVersion != 0:
+		return &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp",
+			Value: time.UnixMicro(maxVersion).UTC().Format(time.RFC3339Nano), Boundary: boundary}
+	case c.since != "":
+		return &schemas.Cursor{Column: schemas.VersionColumn, Type: "timestamp", Value: c.since, Boundary: c.boundary}
+	}
+	return nil
+}
+
+// checkPartitioned fills the results of the partitioned tables and returns
+// the indexes of those that can be backfilled: their schema suits a
+// partitioned table and passes the schema policy. Partitions keep the rows
+// of earlier schemas and the view reads them by column name, so a change is
+// published as it is, unless frozen.
+func (r *run) checkPartitioned(ctx context.Context, tables []connectors.TableInfo, results []schemas.TableResult) []int {
+	var group []int
+	for i, t := range tables {
+		results[i] = schemas.TableResult{Table: t.Name, Status: schemas.StatusDone, QueryMode: schemas.ModeLocal, WriteMode: schemas.WritePartitioned}
+		err := schemas.CheckPartitioned(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn)
+		if err != nil {
+			err = fmt.Errorf("table %s: %w", t.Name, err)
+		}
+		var prev *arrow.Schema
+		if err == nil {
+			prev, err = loadSchema(ctx, r.state, r.req.Source, t.Name)
+		}
+		if err == nil {
+			plan := tablePlan{prevSchema: prev, policy: r.src.Table(t.Name).SchemaPolicy, mode: schemas.WritePartitioned}
+			err = plan.check(t.Schema)
+			results[i].SchemaChanges = plan.changes
+		}
+		if err != nil {
+			results[i] = r.failTable(ctx, results[i], err)
+			continue
+		}
+		group = append(group, i)
+	}
+	return group
+}
+
+// backfill is one pass over a connector's changes into the sinks of the
+// partitioned tables.
+type backfill struct {
+	r     *run
+	cs    *changeSet
+	sinks map[string]*sink
+	batch int64
+	// sinceV is the cursor's version; published the keys at exactly it
+	// already published.
+	sinceV    int64
+	published map[string]bool
+	// maxVersion is the newest version read, atMax the keys at it.
+	maxVersion int64
+	atMax      []string
+	n, skipped int64
 }
 
 // backfillChanges reads every change and publishes its rows; it returns the
@@ -217,108 +250,116 @@ func (r *run) changeTables(ctx context.Context, tables []connectors.TableInfo) [
 // published already, so a read that finds nothing new publishes nothing.
 func (r *run) backfillChanges(ctx context.Context, cr connectors.ChangeReader, since string, prevBoundary []string,
 	tables []connectors.TableInfo, sinks map[string]*sink) (maxVersion int64, boundary []string, err error) {
-	log := r.log
 	defer func() {
 		if v := recover(); v != nil {
 			err = fmt.Errorf("connector panicked reading changes: %v\n%s", v, debug.Stack())
 		}
 	}()
-	cs := newChangeSet(tables)
-	defer cs.release()
-	batch := int64(connectors.DefaultBatchSize)
-	flush := func(k partKey) error {
-		rec, err := cs.take(k)
-		if err != nil {
-			return err
-		}
-		defer rec.Release()
-		s := sinks[k.table]
-		s.header = partitionHeader(cs.tables[k.table], k.month)
-		return s.publish(ctx, rec)
-	}
-	flushAll := func() error {
-		for k := range cs.recs {
-			if err := flush(k); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	// Event numbers of a backfill: unique per change, and distinct from the
-	// stream's (the bus sequence of a webhook, far below this base).
-	base := time.Now().UnixMicro() * 1000
-	var n, skipped int64
-	last := time.Now()
-	var sinceV int64 = -1 << 63
-	published := map[string]bool{}
+	b := &backfill{r: r, cs: newChangeSet(tables), sinks: sinks, batch: int64(connectors.DefaultBatchSize),
+		sinceV: -1 << 63, published: map[string]bool{}}
+	defer b.cs.release()
 	if since != "" {
 		t, err := time.Parse(time.RFC3339Nano, since)
 		if err != nil {
 			return 0, nil, fmt.Errorf("cursor %q is not an RFC 3339 time", since)
 		}
-		sinceV = t.UnixMicro()
-		for _, b := range prevBoundary {
-			published[b] = true
+		b.sinceV = t.UnixMicro()
+		for _, k := range prevBoundary {
+			b.published[k] = true
 		}
 	}
-	var atMax []string
-	for ch, rerr := range cr.Changes(ctx, connectors.ReadOptions{IncrementalKey: schemas.VersionColumn, IncrementalValue: since, BatchSize: int(batch)}) {
+	// Event numbers of a backfill: unique per change, and distinct from the
+	// stream's (the bus sequence of a webhook, far below this base).
+	base := time.Now().UnixMicro() * 1000
+	last := time.Now()
+	for ch, rerr := range cr.Changes(ctx, connectors.ReadOptions{IncrementalKey: schemas.VersionColumn, IncrementalValue: since, BatchSize: int(b.batch)}) {
 		if rerr != nil {
 			return 0, nil, fmt.Errorf("read changes: %w", rerr)
 		}
-		id := keyIdentity(ch.Key)
-		if ch.Version < sinceV || (ch.Version == sinceV && published[id]) {
-			ch.Release()
-			skipped++
-			continue
-		}
-		if ch.Version > maxVersion {
-			maxVersion, atMax = ch.Version, atMax[:0]
-		}
-		if ch.Version == maxVersion && !slices.Contains(atMax, id) {
-			atMax = append(atMax, id)
-		}
-		touched, err := cs.add(ch, base+n)
-		if err != nil {
+		if err := b.add(ctx, ch, base); err != nil {
 			return 0, nil, err
-		}
-		n++
-		for _, k := range touched {
-			if cs.rows[k] >= batch {
-				if err := flush(k); err != nil {
-					return 0, nil, err
-				}
-			}
-		}
-		if cs.total >= 4*batch {
-			if err := flushAll(); err != nil {
-				return 0, nil, err
-			}
 		}
 		if time.Since(last) >= progressEvery {
 			last = time.Now()
-			for name, s := range sinks {
-				ev := r.event(schemas.EventTableProgress, name)
-				ev.Batches, ev.Rows = s.seq, s.rows
-				r.publish(ctx, ev)
-			}
+			b.progress(ctx)
 		}
 	}
-	if err := flushAll(); err != nil {
+	if err := b.flushAll(ctx); err != nil {
 		return 0, nil, err
 	}
-	log.Debug("changes read", "changes", n, "already_published", skipped)
-	if maxVersion == sinceV {
+	r.log.Debug("changes read", "changes", b.n, "already_published", b.skipped)
+	if b.maxVersion == b.sinceV {
 		// Nothing newer than the cursor: its boundary grows by the keys
 		// first seen at it now.
-		for _, b := range prevBoundary {
-			if !slices.Contains(atMax, b) {
-				atMax = append(atMax, b)
+		for _, k := range prevBoundary {
+			if !slices.Contains(b.atMax, k) {
+				b.atMax = append(b.atMax, k)
 			}
 		}
 	}
-	slices.Sort(atMax)
-	return maxVersion, atMax, nil
+	slices.Sort(b.atMax)
+	return b.maxVersion, b.atMax, nil
+}
+
+// add takes one change (unless it is published already) and publishes
+// what filled a batch.
+func (b *backfill) add(ctx context.Context, ch connectors.Change, base int64) error {
+	id := keyIdentity(ch.Key)
+	if ch.Version < b.sinceV || (ch.Version == b.sinceV && b.published[id]) {
+		ch.Release()
+		b.skipped++
+		return nil
+	}
+	if ch.Version > b.maxVersion {
+		b.maxVersion, b.atMax = ch.Version, b.atMax[:0]
+	}
+	if ch.Version == b.maxVersion && !slices.Contains(b.atMax, id) {
+		b.atMax = append(b.atMax, id)
+	}
+	touched, err := b.cs.add(ch, base+b.n)
+	if err != nil {
+		return err
+	}
+	b.n++
+	for _, k := range touched {
+		if b.cs.rows[k] >= b.batch {
+			if err := b.flush(ctx, k); err != nil {
+				return err
+			}
+		}
+	}
+	if b.cs.total >= 4*b.batch {
+		return b.flushAll(ctx)
+	}
+	return nil
+}
+
+func (b *backfill) flush(ctx context.Context, k partKey) error {
+	rec, err := b.cs.take(k)
+	if err != nil {
+		return err
+	}
+	defer rec.Release()
+	s := b.sinks[k.table]
+	s.header = partitionHeader(b.cs.tables[k.table], k.month)
+	return s.publish(ctx, rec)
+}
+
+func (b *backfill) flushAll(ctx context.Context) error {
+	for k := range b.cs.recs {
+		if err := b.flush(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *backfill) progress(ctx context.Context) {
+	for name, s := range b.sinks {
+		ev := b.r.event(schemas.EventTableProgress, name)
+		ev.Batches, ev.Rows = s.seq, s.rows
+		b.r.publish(ctx, ev)
+	}
 }
 
 // keyIdentity is the cursor-boundary identity of a key group.

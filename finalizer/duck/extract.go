@@ -61,31 +61,8 @@ func quoteLit(s string) string   { return `'` + strings.ReplaceAll(s, `'`, `''`)
 // under a temporary name, checkpoints, closes, fsyncs and renames it over the
 // live file. The live file is never opened.
 func Build(ctx context.Context, dir string, rows []Table, remote []schemas.RemoteAttach) (err error) {
-	for _, r := range rows {
-		if err := schemas.ValidateName("table", r.Table); err != nil {
-			return err
-		}
-		if schemas.Stored(r.QueryMode) && r.Files == nil && !filepath.IsAbs(r.Path) {
-			return fmt.Errorf("build extract: view path %q of %s is not absolute", r.Path, r.Table)
-		}
-		for _, p := range r.Files {
-			if !filepath.IsAbs(p) || !strings.HasSuffix(p, ".parquet") {
-				return fmt.Errorf("build extract: partition file %q of %s is not an absolute .parquet path", p, r.Table)
-			}
-		}
-		if r.Files != nil {
-			if err := schemas.ValidateName("key column", r.KeyColumn); err != nil {
-				return fmt.Errorf("build extract: table %s: %w", r.Table, err)
-			}
-		}
-	}
-	for _, ra := range remote {
-		if err := schemas.ValidateName("alias", ra.Alias); err != nil {
-			return err
-		}
-		if err := schemas.ValidateName("extension", ra.Extension); err != nil {
-			return err
-		}
+	if err := validate(rows, remote); err != nil {
+		return err
 	}
 	tmp := filepath.Join(dir, schemas.ExtractFile+parquetfile.TempMarker+uuid.NewString()[:8])
 	defer func() {
@@ -115,6 +92,64 @@ func Build(ctx context.Context, dir string, rows []Table, remote []schemas.Remot
 		}
 		return nil
 	}
+	for _, step := range []func() error{
+		func() error { return metaAndViews(exec, rows) },
+		func() error { return remoteViews(exec, rows, remote) },
+		func() error { return functionViews(exec, rows) },
+		func() error { return remoteAttach(exec, remote) },
+		func() error { return exec("CHECKPOINT") },
+	} {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	conn.Close()
+	closed = true
+	if err := db.Close(); err != nil {
+		return fmt.Errorf("build extract: close: %w", err)
+	}
+	if err := syncFile(tmp); err != nil {
+		return fmt.Errorf("build extract: %w", err)
+	}
+	return parquetfile.ReplaceFile(tmp, filepath.Join(dir, schemas.ExtractFile))
+}
+
+// validate refuses names and paths that must not reach SQL: table and key
+// names that are not identifiers, view paths that are not absolute Parquet
+// files, remote aliases and extensions that are not names.
+func validate(rows []Table, remote []schemas.RemoteAttach) error {
+	for _, r := range rows {
+		if err := schemas.ValidateName("table", r.Table); err != nil {
+			return err
+		}
+		if schemas.Stored(r.QueryMode) && r.Files == nil && !filepath.IsAbs(r.Path) {
+			return fmt.Errorf("build extract: view path %q of %s is not absolute", r.Path, r.Table)
+		}
+		for _, p := range r.Files {
+			if !filepath.IsAbs(p) || !strings.HasSuffix(p, ".parquet") {
+				return fmt.Errorf("build extract: partition file %q of %s is not an absolute .parquet path", p, r.Table)
+			}
+		}
+		if r.Files != nil {
+			if err := schemas.ValidateName("key column", r.KeyColumn); err != nil {
+				return fmt.Errorf("build extract: table %s: %w", r.Table, err)
+			}
+		}
+	}
+	for _, ra := range remote {
+		if err := schemas.ValidateName("alias", ra.Alias); err != nil {
+			return err
+		}
+		if err := schemas.ValidateName("extension", ra.Extension); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// metaAndViews creates _meta with one row per table and the view of every
+// table kept in Parquet.
+func metaAndViews(exec func(string, ...any) error, rows []Table) error {
 	var cols []string
 	for i, c := range MetaColumns {
 		def := c.Name + " " + c.Type
@@ -148,42 +183,36 @@ func Build(ctx context.Context, dir string, rows []Table, remote []schemas.Remot
 			}
 		}
 	}
-	if err := remoteViews(exec, rows, remote); err != nil {
+	return nil
+}
+
+// remoteAttach records how the orchestrator attaches the source's catalog.
+func remoteAttach(exec func(string, ...any) error, remote []schemas.RemoteAttach) error {
+	if len(remote) == 0 {
+		return nil
+	}
+	if err := exec("CREATE TABLE _remote_attach (alias VARCHAR, extension VARCHAR, url VARCHAR, token_env VARCHAR)"); err != nil {
 		return err
 	}
-	if err := functionViews(exec, rows); err != nil {
-		return err
-	}
-	if len(remote) > 0 {
-		if err := exec("CREATE TABLE _remote_attach (alias VARCHAR, extension VARCHAR, url VARCHAR, token_env VARCHAR)"); err != nil {
+	for _, ra := range remote {
+		if err := exec("INSERT INTO _remote_attach VALUES (?, ?, ?, ?)", ra.Alias, ra.Extension, strings.TrimRight(ra.URL, "/"), ra.TokenEnv); err != nil {
 			return err
 		}
-		for _, ra := range remote {
-			if err := exec("INSERT INTO _remote_attach VALUES (?, ?, ?, ?)", ra.Alias, ra.Extension, strings.TrimRight(ra.URL, "/"), ra.TokenEnv); err != nil {
-				return err
-			}
-		}
 	}
-	if err := exec("CHECKPOINT"); err != nil {
-		return err
-	}
-	conn.Close()
-	closed = true
-	if err := db.Close(); err != nil {
-		return fmt.Errorf("build extract: close: %w", err)
-	}
-	f, err := os.OpenFile(tmp, os.O_RDWR, 0)
+	return nil
+}
+
+// syncFile flushes path to disk.
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
-		return fmt.Errorf("build extract: %w", err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("build extract: fsync: %w", err)
+		return fmt.Errorf("fsync: %w", err)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("build extract: %w", err)
-	}
-	return parquetfile.ReplaceFile(tmp, filepath.Join(dir, schemas.ExtractFile))
+	return f.Close()
 }
 
 // remoteViews creates a view over <alias>.<path> for every remote table
