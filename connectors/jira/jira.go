@@ -353,79 +353,19 @@ func (c *Connector) Changes(ctx context.Context, opts connectors.ReadOptions) it
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		type result struct {
-			ch  connectors.Change
-			err error
-			ok  bool
-		}
-		type job struct {
-			key string
-			out chan result
-		}
 		// Issues are fetched several at a time but yielded in search order,
 		// so two reads of the same data give the same sequence.
-		jobs := make(chan job)
-		order := make(chan chan result, 2*c.opts.FetchConcurrency)
+		jobs := make(chan fetchJob)
+		order := make(chan chan fetched, 2*c.opts.FetchConcurrency)
 		var wg sync.WaitGroup
 		for range c.opts.FetchConcurrency {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for j := range jobs {
-					ch, err := c.change(ctx, j.key)
-					switch {
-					case errors.Is(err, ErrNotFound):
-						// Deleted since the search; its delete event removes it.
-						j.out <- result{}
-					case err != nil:
-						j.out <- result{err: fmt.Errorf("fetch issue %s: %w", j.key, err)}
-					default:
-						j.out <- result{ch: ch, ok: true}
-					}
-				}
+				c.fetchIssues(ctx, jobs)
 			}()
 		}
-		go func() {
-			defer func() {
-				close(jobs)
-				close(order)
-			}()
-			token := ""
-			for {
-				page, err := c.c.search(ctx, jql, token, c.opts.PageSize)
-				if err != nil {
-					out := make(chan result, 1)
-					out <- result{err: fmt.Errorf("search issues: %w", err)}
-					select {
-					case order <- out:
-					case <-ctx.Done():
-					}
-					return
-				}
-				for _, is := range page.Issues {
-					// The search's minute overlap returns issues older than
-					// the cursor: published already, not fetched again.
-					if u, err := ParseTime(is.Fields.Updated); err == nil && u.Before(since) {
-						continue
-					}
-					out := make(chan result, 1)
-					select {
-					case order <- out:
-					case <-ctx.Done():
-						return
-					}
-					select {
-					case jobs <- job{is.Key, out}:
-					case <-ctx.Done():
-						return
-					}
-				}
-				if page.IsLast || page.NextPageToken == "" {
-					return
-				}
-				token = page.NextPageToken
-			}
-		}()
+		go c.searchIssues(ctx, jql, since, jobs, order)
 		defer func() {
 			cancel()
 			// Drain: free what workers fetched after the consumer stopped.
@@ -439,7 +379,7 @@ func (c *Connector) Changes(ctx context.Context, opts connectors.ReadOptions) it
 			wg.Wait()
 		}()
 		for out := range order {
-			var r result
+			var r fetched
 			select {
 			case r = <-out:
 			case <-ctx.Done():
@@ -450,13 +390,84 @@ func (c *Connector) Changes(ctx context.Context, opts connectors.ReadOptions) it
 				yield(connectors.Change{}, r.err)
 				return
 			}
-			if !r.ok {
-				continue
-			}
-			if !yield(r.ch, nil) {
+			if r.ok && !yield(r.ch, nil) {
 				return
 			}
 		}
+	}
+}
+
+// fetched is one issue of a backfill: its change, or why there is none
+// (ok false without an error: deleted since the search).
+type fetched struct {
+	ch  connectors.Change
+	err error
+	ok  bool
+}
+
+// fetchJob asks for one issue, answered on out.
+type fetchJob struct {
+	key string
+	out chan fetched
+}
+
+// fetchIssues answers jobs until they end.
+func (c *Connector) fetchIssues(ctx context.Context, jobs <-chan fetchJob) {
+	for j := range jobs {
+		ch, err := c.change(ctx, j.key)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			// Deleted since the search; its delete event removes it.
+			j.out <- fetched{}
+		case err != nil:
+			j.out <- fetched{err: fmt.Errorf("fetch issue %s: %w", j.key, err)}
+		default:
+			j.out <- fetched{ch: ch, ok: true}
+		}
+	}
+}
+
+// searchIssues pages through the search and hands each issue to a fetcher,
+// queueing its answer in order; it closes both channels when done.
+func (c *Connector) searchIssues(ctx context.Context, jql string, since time.Time, jobs chan<- fetchJob, order chan<- chan fetched) {
+	defer func() {
+		close(jobs)
+		close(order)
+	}()
+	token := ""
+	for {
+		page, err := c.c.search(ctx, jql, token, c.opts.PageSize)
+		if err != nil {
+			out := make(chan fetched, 1)
+			out <- fetched{err: fmt.Errorf("search issues: %w", err)}
+			select {
+			case order <- out:
+			case <-ctx.Done():
+			}
+			return
+		}
+		for _, is := range page.Issues {
+			// The search's minute overlap returns issues older than the
+			// cursor: published already, not fetched again.
+			if u, err := ParseTime(is.Fields.Updated); err == nil && u.Before(since) {
+				continue
+			}
+			out := make(chan fetched, 1)
+			select {
+			case order <- out:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case jobs <- fetchJob{is.Key, out}:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if page.IsLast || page.NextPageToken == "" {
+			return
+		}
+		token = page.NextPageToken
 	}
 }
 

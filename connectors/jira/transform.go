@@ -97,31 +97,53 @@ func named(n *Named) string {
 // issue's browse link. The body of a comment restricted to a role or group
 // is left null unless restricted is set; its visibility is always exported.
 func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem memory.Allocator) (map[string]arrow.RecordBatch, time.Time, error) {
-	f := is.Fields
-	created, err := ParseTime(f.Created)
+	created, err := ParseTime(is.Fields.Created)
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("issue %s: created: %w", is.Key, err)
 	}
-	out := map[string]arrow.RecordBatch{}
-	add := func(table string, r *rows, n int) {
-		rec := r.done()
-		if n == 0 {
-			rec.Release()
-			return
-		}
-		out[table] = rec
-	}
-	head := func(r *rows) {
-		r.str("issue_key", is.Key)
-		r.ts("issue_created", created)
-	}
+	b := &issueTables{is: is, f: is.Fields, created: created, mem: mem, out: map[string]arrow.RecordBatch{}}
+	b.issue(site)
+	b.comments(restricted)
+	b.changelog()
+	b.attachments()
+	b.links()
+	b.remoteLinks(remote)
+	return b.out, created, nil
+}
 
+// issueTables builds the rows one issue gives each table.
+type issueTables struct {
+	is      *Issue
+	f       Fields
+	created time.Time
+	mem     memory.Allocator
+	out     map[string]arrow.RecordBatch
+}
+
+// add keeps the n rows r holds for table.
+func (b *issueTables) add(table string, r *rows, n int) {
+	rec := r.done()
+	if n == 0 {
+		rec.Release()
+		return
+	}
+	b.out[table] = rec
+}
+
+// head starts a row with the issue's key and creation time.
+func (b *issueTables) head(r *rows) {
+	r.str("issue_key", b.is.Key)
+	r.ts("issue_created", b.created)
+}
+
+func (b *issueTables) issue(site string) {
+	f, is := b.f, b.is
 	var comments []Comment
 	if f.Comment != nil {
 		comments = f.Comment.Comments
 	}
-	r := newRows(mem, TableIssues)
-	head(r)
+	r := newRows(b.mem, TableIssues)
+	b.head(r)
 	r.str("issue_id", is.ID)
 	r.str("url", strings.TrimRight(site, "/")+"/browse/"+is.Key)
 	r.str("summary", f.Summary)
@@ -171,11 +193,18 @@ func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem
 		r.i64("comment_count", total)
 	}
 	r.i64("link_count", int64(len(f.IssueLinks)))
-	add(TableIssues, r, 1)
+	b.add(TableIssues, r, 1)
 
-	r = newRows(mem, TableComments)
+}
+
+func (b *issueTables) comments(restricted bool) {
+	var comments []Comment
+	if b.f.Comment != nil {
+		comments = b.f.Comment.Comments
+	}
+	r := newRows(b.mem, TableComments)
 	for _, c := range comments {
-		head(r)
+		b.head(r)
 		r.str("comment_id", c.ID)
 		r.str("author_email", email(c.Author))
 		r.str("author_name", name(c.Author))
@@ -193,14 +222,18 @@ func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem
 		r.str("visibility_type", vt)
 		r.str("visibility_value", vv)
 	}
-	add(TableComments, r, len(comments))
+	b.add(TableComments, r, len(comments))
 
-	r = newRows(mem, TableChangelog)
+}
+
+func (b *issueTables) changelog() {
+	is := b.is
+	r := newRows(b.mem, TableChangelog)
 	n := 0
 	if is.Changelog != nil {
 		for _, h := range is.Changelog.Histories {
 			for _, it := range h.Items {
-				head(r)
+				b.head(r)
 				r.str("change_id", h.ID)
 				r.str("author_email", email(h.Author))
 				r.str("author_name", name(h.Author))
@@ -212,11 +245,15 @@ func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem
 			}
 		}
 	}
-	add(TableChangelog, r, n)
+	b.add(TableChangelog, r, n)
 
-	r = newRows(mem, TableAttachments)
+}
+
+func (b *issueTables) attachments() {
+	f := b.f
+	r := newRows(b.mem, TableAttachments)
 	for _, a := range f.Attachment {
-		head(r)
+		b.head(r)
 		r.str("attachment_id", a.ID)
 		r.str("filename", a.Filename)
 		r.i64("size", a.Size)
@@ -226,15 +263,19 @@ func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem
 		r.tsText("created", a.Created)
 		r.str("content_url", a.Content)
 	}
-	add(TableAttachments, r, len(f.Attachment))
+	b.add(TableAttachments, r, len(f.Attachment))
 
-	r = newRows(mem, TableIssueLinks)
+}
+
+func (b *issueTables) links() {
+	f := b.f
+	r := newRows(b.mem, TableIssueLinks)
 	for _, l := range f.IssueLinks {
 		other, dir, label := l.OutwardIssue, "outward", l.Type.Outward
 		if other == nil {
 			other, dir, label = l.InwardIssue, "inward", l.Type.Inward
 		}
-		head(r)
+		b.head(r)
 		r.str("link_id", l.ID)
 		r.str("link_type", firstNonEmpty(label, l.Type.Name))
 		r.str("direction", dir)
@@ -253,11 +294,14 @@ func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem
 			}
 		}
 	}
-	add(TableIssueLinks, r, len(f.IssueLinks))
+	b.add(TableIssueLinks, r, len(f.IssueLinks))
 
-	r = newRows(mem, TableRemoteLinks)
+}
+
+func (b *issueTables) remoteLinks(remote []RemoteLink) {
+	r := newRows(b.mem, TableRemoteLinks)
 	for _, l := range remote {
-		head(r)
+		b.head(r)
 		r.str("remote_link_id", strconv.FormatInt(l.ID, 10))
 		r.str("url", l.Object.URL)
 		r.str("title", l.Object.Title)
@@ -268,8 +312,7 @@ func issueRows(is *Issue, remote []RemoteLink, site string, restricted bool, mem
 		r.str("application_name", an)
 		r.str("application_type", at)
 	}
-	add(TableRemoteLinks, r, len(remote))
-	return out, created, nil
+	b.add(TableRemoteLinks, r, len(remote))
 }
 
 func deref(s *string) string {
