@@ -211,45 +211,13 @@ func (c *Connector) Discover(ctx context.Context) ([]connectors.TableInfo, error
 	if err := c.credentials(); err != nil {
 		return nil, err
 	}
-	datasets := c.opts.Datasets
-	if len(datasets) == 0 {
-		token := ""
-		for {
-			page, err := c.c.datasets(ctx, c.opts.Project, token)
-			if err != nil {
-				return nil, fmt.Errorf("list datasets of %s: %w", c.opts.Project, err)
-			}
-			for _, d := range page.Datasets {
-				datasets = append(datasets, d.DatasetReference.DatasetID)
-			}
-			if page.NextPageToken == "" {
-				break
-			}
-			token = page.NextPageToken
-		}
+	datasets, err := c.listDatasets(ctx)
+	if err != nil {
+		return nil, err
 	}
-	sort.Strings(datasets)
-	var skipped []string
-	var refs []TableRef
-	for _, ds := range datasets {
-		token := ""
-		for {
-			page, err := c.c.tables(ctx, c.opts.Project, ds, token)
-			if errors.Is(err, ErrForbidden) || errors.Is(err, ErrNotFound) {
-				skipped = append(skipped, fmt.Sprintf("dataset %s: %v", ds, err))
-				break
-			}
-			if err != nil {
-				return nil, fmt.Errorf("list tables of %s: %w", ds, err)
-			}
-			for _, t := range page.Tables {
-				refs = append(refs, t.TableReference)
-			}
-			if page.NextPageToken == "" {
-				break
-			}
-			token = page.NextPageToken
-		}
+	refs, skipped, err := c.listTables(ctx, datasets)
+	if err != nil {
+		return nil, err
 	}
 	tables, err := c.details(ctx, refs)
 	if err != nil {
@@ -268,25 +236,9 @@ func (c *Connector) Discover(ctx context.Context) ([]connectors.TableInfo, error
 			skipped = append(skipped, fmt.Sprintf("table %s.%s: %q is also the name of %s.%s; set config.table_names", ref.DatasetID, ref.TableID, name, prev.TableReference.DatasetID, prev.TableReference.TableID))
 			continue
 		}
-		info := connectors.TableInfo{Name: name, Description: t.Description, PreferRemote: true}
-		if t.Schema != nil {
-			s, err := arrowSchema(*t.Schema)
-			if err != nil {
-				skipped = append(skipped, fmt.Sprintf("table %s.%s: %v", ref.DatasetID, ref.TableID, err))
-				continue
-			}
-			info.Schema = s
-		}
-		switch t.Type {
-		case "TABLE", "":
-			info.Capabilities = connectors.Read | connectors.Remote
-			info.RemotePath = []string{ref.DatasetID, ref.TableID}
-		case "VIEW", "MATERIALIZED_VIEW":
-			info.Capabilities = connectors.Read | connectors.Remote
-			info.RemoteQuery = &connectors.RemoteQuery{Function: "bigquery_query",
-				Args: []string{c.opts.BillingProject, "SELECT * FROM " + quoteRef(ref)}}
-		default:
-			skipped = append(skipped, fmt.Sprintf("table %s.%s: type %s is neither a table nor a view; not published", ref.DatasetID, ref.TableID, t.Type))
+		info, err := c.tableInfo(name, t)
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("table %s.%s: %v", ref.DatasetID, ref.TableID, err))
 			continue
 		}
 		byName[name] = t
@@ -297,6 +249,81 @@ func (c *Connector) Discover(ctx context.Context) ([]connectors.TableInfo, error
 	c.byName, c.skipped = byName, skipped
 	c.mu.Unlock()
 	return out, nil
+}
+
+// listDatasets is the configured datasets, or every dataset of the project.
+func (c *Connector) listDatasets(ctx context.Context) ([]string, error) {
+	datasets := c.opts.Datasets
+	if len(datasets) == 0 {
+		token := ""
+		for {
+			page, err := c.c.datasets(ctx, c.opts.Project, token)
+			if err != nil {
+				return nil, fmt.Errorf("list datasets of %s: %w", c.opts.Project, err)
+			}
+			for _, d := range page.Datasets {
+				datasets = append(datasets, d.DatasetReference.DatasetID)
+			}
+			if page.NextPageToken == "" {
+				break
+			}
+			token = page.NextPageToken
+		}
+	}
+	sort.Strings(datasets)
+	return datasets, nil
+}
+
+// listTables is every table of the datasets; a dataset the credentials may
+// not list (or that is gone) is skipped with the reason.
+func (c *Connector) listTables(ctx context.Context, datasets []string) (refs []TableRef, skipped []string, err error) {
+	for _, ds := range datasets {
+		token := ""
+		for {
+			page, err := c.c.tables(ctx, c.opts.Project, ds, token)
+			if errors.Is(err, ErrForbidden) || errors.Is(err, ErrNotFound) {
+				skipped = append(skipped, fmt.Sprintf("dataset %s: %v", ds, err))
+				break
+			}
+			if err != nil {
+				return nil, nil, fmt.Errorf("list tables of %s: %w", ds, err)
+			}
+			for _, t := range page.Tables {
+				refs = append(refs, t.TableReference)
+			}
+			if page.NextPageToken == "" {
+				break
+			}
+			token = page.NextPageToken
+		}
+	}
+	return refs, skipped, nil
+}
+
+// tableInfo describes one table or view: read by a query, published as a
+// remote table (a view through bigquery_query).
+func (c *Connector) tableInfo(name string, t Table) (connectors.TableInfo, error) {
+	ref := t.TableReference
+	info := connectors.TableInfo{Name: name, Description: t.Description, PreferRemote: true}
+	if t.Schema != nil {
+		s, err := arrowSchema(*t.Schema)
+		if err != nil {
+			return info, err
+		}
+		info.Schema = s
+	}
+	switch t.Type {
+	case "TABLE", "":
+		info.Capabilities = connectors.Read | connectors.Remote
+		info.RemotePath = []string{ref.DatasetID, ref.TableID}
+	case "VIEW", "MATERIALIZED_VIEW":
+		info.Capabilities = connectors.Read | connectors.Remote
+		info.RemoteQuery = &connectors.RemoteQuery{Function: "bigquery_query",
+			Args: []string{c.opts.BillingProject, "SELECT * FROM " + quoteRef(ref)}}
+	default:
+		return info, fmt.Errorf("type %s is neither a table nor a view; not published", t.Type)
+	}
+	return info, nil
 }
 
 // details gets every table (8 at a time); one that vanished meanwhile
@@ -373,34 +400,9 @@ func (c *Connector) Read(ctx context.Context, table string, opts connectors.Read
 }
 
 func (c *Connector) materialize(ctx context.Context, table, sql, location string, batch int, yield func(arrow.RecordBatch, error) bool) error {
-	dry, err := c.c.query(ctx, c.opts.BillingProject, QueryRequest{Query: sql, DryRun: true, Location: location})
+	page, err := c.runQuery(ctx, table, sql, location)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("table %s is gone from BigQuery: %w", table, err)
-		}
-		return fmt.Errorf("dry run of %s: %w", table, err)
-	}
-	scanned, _ := strconv.ParseInt(dry.TotalBytesProcessed, 10, 64)
-	if scanned > c.opts.MaxBytes {
-		return fmt.Errorf("the query of %s would scan %d bytes, over max_bytes_per_materialize (%d): raise the limit or narrow table_options.%s.query", table, scanned, c.opts.MaxBytes, table)
-	}
-	page, err := c.c.query(ctx, c.opts.BillingProject, QueryRequest{Query: sql, MaxResults: c.opts.PageSize, TimeoutMs: 10_000, Location: location})
-	if err != nil {
-		return fmt.Errorf("query %s: %w", table, err)
-	}
-	wait := 100 * time.Millisecond
-	for !page.JobComplete {
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-		wait = min(wait*2, 5*time.Second)
-		if page, err = c.c.results(ctx, page.JobReference, "", c.opts.PageSize); err != nil {
-			return fmt.Errorf("wait for the query of %s: %w", table, err)
-		}
+		return err
 	}
 	if page.Schema == nil {
 		return fmt.Errorf("the query of %s returned no schema", table)
@@ -428,15 +430,8 @@ func (c *Connector) materialize(ctx context.Context, table, sql, location string
 	fields := page.Schema.Fields
 	for {
 		for _, row := range page.Rows {
-			cells, _ := row["f"].([]any)
-			if len(cells) != len(fields) {
-				return fmt.Errorf("a result row of %s has %d cells, the schema %d", table, len(cells), len(fields))
-			}
-			for i, cell := range cells {
-				m, _ := cell.(map[string]any)
-				if err := appendValue(b.Field(i), fields[i], m["v"]); err != nil {
-					return fmt.Errorf("table %s: %w", table, err)
-				}
+			if err := appendRow(b, fields, row); err != nil {
+				return fmt.Errorf("table %s: %w", table, err)
 			}
 			n++
 			if n >= batch && !flush() {
@@ -452,4 +447,54 @@ func (c *Connector) materialize(ctx context.Context, table, sql, location string
 	}
 	flush()
 	return nil
+}
+
+// appendRow appends one result row ({"f": [{"v": cell}, ...]}).
+func appendRow(b *array.RecordBuilder, fields []Field, row map[string]any) error {
+	cells, _ := row["f"].([]any)
+	if len(cells) != len(fields) {
+		return fmt.Errorf("a result row has %d cells, the schema %d", len(cells), len(fields))
+	}
+	for i, cell := range cells {
+		m, _ := cell.(map[string]any)
+		if err := appendValue(b.Field(i), fields[i], m["v"]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runQuery dry-runs sql against the scan limit, runs it and waits for the
+// job: the first page of results.
+func (c *Connector) runQuery(ctx context.Context, table, sql, location string) (QueryResponse, error) {
+	dry, err := c.c.query(ctx, c.opts.BillingProject, QueryRequest{Query: sql, DryRun: true, Location: location})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return QueryResponse{}, fmt.Errorf("table %s is gone from BigQuery: %w", table, err)
+		}
+		return QueryResponse{}, fmt.Errorf("dry run of %s: %w", table, err)
+	}
+	scanned, _ := strconv.ParseInt(dry.TotalBytesProcessed, 10, 64)
+	if scanned > c.opts.MaxBytes {
+		return QueryResponse{}, fmt.Errorf("the query of %s would scan %d bytes, over max_bytes_per_materialize (%d): raise the limit or narrow table_options.%s.query", table, scanned, c.opts.MaxBytes, table)
+	}
+	page, err := c.c.query(ctx, c.opts.BillingProject, QueryRequest{Query: sql, MaxResults: c.opts.PageSize, TimeoutMs: 10_000, Location: location})
+	if err != nil {
+		return QueryResponse{}, fmt.Errorf("query %s: %w", table, err)
+	}
+	wait := 100 * time.Millisecond
+	for !page.JobComplete {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return QueryResponse{}, ctx.Err()
+		case <-t.C:
+		}
+		wait = min(wait*2, 5*time.Second)
+		if page, err = c.c.results(ctx, page.JobReference, "", c.opts.PageSize); err != nil {
+			return QueryResponse{}, fmt.Errorf("wait for the query of %s: %w", table, err)
+		}
+	}
+	return page, nil
 }

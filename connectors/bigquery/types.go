@@ -98,104 +98,130 @@ func appendValue(b array.Builder, f Field, v any) error {
 		return nil
 	}
 	if strings.EqualFold(f.Mode, "REPEATED") {
-		items, ok := v.([]any)
-		if !ok {
-			return fmt.Errorf("%s: a REPEATED value is %T, not a list", f.Name, v)
-		}
-		lb := b.(*array.ListBuilder)
-		lb.Append(true)
-		elem := f
-		elem.Mode = "NULLABLE"
-		for _, it := range items {
-			cell, ok := it.(map[string]any)
-			if !ok {
-				return fmt.Errorf("%s: a list item is %T, not {\"v\": ...}", f.Name, it)
-			}
-			if err := appendValue(lb.ValueBuilder(), elem, cell["v"]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return appendList(b, f, v)
 	}
 	switch strings.ToUpper(f.Type) {
 	case "RECORD", "STRUCT":
-		rec, ok := v.(map[string]any)
-		if !ok {
-			return fmt.Errorf("%s: a RECORD value is %T, not {\"f\": [...]}", f.Name, v)
-		}
-		cells, _ := rec["f"].([]any)
-		if len(cells) != len(f.Fields) {
-			return fmt.Errorf("%s: a RECORD has %d fields, the schema %d", f.Name, len(cells), len(f.Fields))
-		}
-		sb := b.(*array.StructBuilder)
-		sb.Append(true)
-		for i, c := range cells {
-			cell, _ := c.(map[string]any)
-			if err := appendValue(sb.FieldBuilder(i), f.Fields[i], cell["v"]); err != nil {
-				return err
-			}
-		}
-		return nil
+		return appendRecord(b, f, v)
 	}
 	s, ok := v.(string)
 	if !ok {
 		return fmt.Errorf("%s: value %v is %T, not a string", f.Name, v, v)
 	}
-	bad := func(err error) error { return fmt.Errorf("%s: %q is not a %s: %v", f.Name, s, f.Type, err) }
+	if err := appendScalar(b, f, s); err != nil {
+		return fmt.Errorf("%s: %q is not a %s: %v", f.Name, s, f.Type, err)
+	}
+	return nil
+}
+
+// appendList appends a REPEATED value: a list of {"v": item} cells.
+func appendList(b array.Builder, f Field, v any) error {
+	items, ok := v.([]any)
+	if !ok {
+		return fmt.Errorf("%s: a REPEATED value is %T, not a list", f.Name, v)
+	}
+	lb := b.(*array.ListBuilder)
+	lb.Append(true)
+	elem := f
+	elem.Mode = "NULLABLE"
+	for _, it := range items {
+		cell, ok := it.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s: a list item is %T, not {\"v\": ...}", f.Name, it)
+		}
+		if err := appendValue(lb.ValueBuilder(), elem, cell["v"]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendRecord appends a RECORD value: {"f": [{"v": field}, ...]}.
+func appendRecord(b array.Builder, f Field, v any) error {
+	rec, ok := v.(map[string]any)
+	if !ok {
+		return fmt.Errorf("%s: a RECORD value is %T, not {\"f\": [...]}", f.Name, v)
+	}
+	cells, _ := rec["f"].([]any)
+	if len(cells) != len(f.Fields) {
+		return fmt.Errorf("%s: a RECORD has %d fields, the schema %d", f.Name, len(cells), len(f.Fields))
+	}
+	sb := b.(*array.StructBuilder)
+	sb.Append(true)
+	for i, c := range cells {
+		cell, _ := c.(map[string]any)
+		if err := appendValue(sb.FieldBuilder(i), f.Fields[i], cell["v"]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendScalar appends a scalar, which the REST API sends as a string.
+func appendScalar(b array.Builder, f Field, s string) error {
 	switch strings.ToUpper(f.Type) {
 	case "INT64", "INTEGER":
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.Int64Builder).Append(n)
 	case "FLOAT64", "FLOAT":
 		x, err := parseFloat(s)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.Float64Builder).Append(x)
 	case "NUMERIC", "DECIMAL":
 		d, err := decimal128.FromString(s, numericPrecision, numericScale)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.Decimal128Builder).Append(d)
 	case "BOOL", "BOOLEAN":
 		x, err := strconv.ParseBool(s)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.BooleanBuilder).Append(x)
+	default:
+		return appendTemporal(b, f, s)
+	}
+	return nil
+}
+
+// appendTemporal appends dates, times and the rest (bytes, strings).
+func appendTemporal(b array.Builder, f Field, s string) error {
+	switch strings.ToUpper(f.Type) {
 	case "DATE":
 		d, err := time.Parse("2006-01-02", s)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.Date32Builder).Append(arrow.Date32FromTime(d))
 	case "DATETIME":
 		t, err := time.Parse("2006-01-02T15:04:05.999999999", strings.Replace(s, " ", "T", 1))
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.TimestampBuilder).Append(arrow.Timestamp(t.UnixMicro()))
 	case "TIMESTAMP":
 		us, err := secondsToMicros(s)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.TimestampBuilder).Append(arrow.Timestamp(us))
 	case "TIME":
 		t, err := time.Parse("15:04:05.999999999", s)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		day := t.Sub(time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC))
 		b.(*array.Time64Builder).Append(arrow.Time64(day.Microseconds()))
 	case "BYTES":
 		raw, err := base64.StdEncoding.DecodeString(s)
 		if err != nil {
-			return bad(err)
+			return err
 		}
 		b.(*array.BinaryBuilder).Append(raw)
 	default:
