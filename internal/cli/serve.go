@@ -1,9 +1,7 @@
 package cli
 
 import (
-	"net/http"
 	"os"
-	"time"
 
 	"context"
 	"flag"
@@ -16,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/agnes-ai/connector-kit/internal/httpapi"
-	"github.com/agnes-ai/connector-kit/internal/metrics"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/stack"
@@ -80,7 +77,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
 		GatewayListen: *webhookListen,
 		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name,
-		RetireGrace: *retireGrace})
+		RetireGrace: *retireGrace, APIListen: *httpListen, APIToken: os.Getenv(httpapi.TokenEnv), MetricsListen: *metricsListen})
 	if err != nil {
 		return err
 	}
@@ -89,44 +86,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		where = st.Server.ClientURL() + " (embedded)"
 	}
 	log.Info("da serving", "nats", where, "roles", strings.Join(orAll(roles), ","), "data_dir", cfg.DataDir)
-	var srv *http.Server
-	if *httpListen != "" {
-		token := os.Getenv(httpapi.TokenEnv)
-		if token == "" {
-			log.Warn("sync API answers 503 until an admin token is set", "env", httpapi.TokenEnv)
-		}
-		ln, err := net.Listen("tcp", *httpListen)
-		if err != nil {
-			st.Stop()
-			return fmt.Errorf("--http-listen %s: %w", *httpListen, err)
-		}
-		srv = &http.Server{Handler: httpapi.New(st.JS, cfg, token, log).Handler(), ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(ln)
-		log.Info("sync API listening", "addr", ln.Addr().String())
-	}
-	var msrv *http.Server
-	if *metricsListen != "" {
-		ln, err := net.Listen("tcp", *metricsListen)
-		if err != nil {
-			st.Stop()
-			return fmt.Errorf("--metrics-listen %s: %w", *metricsListen, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", metrics.Handler())
-		msrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go msrv.Serve(ln)
-		log.Info("metrics listening", "addr", ln.Addr().String())
-	}
 	<-ctx.Done()
 	log.Info("shutting down")
-	if msrv != nil {
-		msrv.Close()
-	}
-	if srv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		srv.Shutdown(sctx)
-		cancel()
-	}
 	return st.Stop()
 }
 

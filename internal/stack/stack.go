@@ -18,6 +18,8 @@ import (
 	"github.com/agnes-ai/connector-kit/finalizer"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/gateway"
+	"github.com/agnes-ai/connector-kit/internal/httpapi"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/producers"
 	"github.com/agnes-ai/connector-kit/writer"
@@ -74,6 +76,11 @@ type Options struct {
 	// StreamFlushAfter is how long writers gather streamed batches into one
 	// part (zero: writer default).
 	StreamFlushAfter time.Duration
+	// APIListen serves the sync API (empty: off), with APIToken as the
+	// admin token; MetricsListen serves /metrics (empty: off).
+	APIListen     string
+	APIToken      string
+	MetricsListen string
 }
 
 // Stack is a set of running services and, when embedded, their NATS server.
@@ -85,9 +92,11 @@ type Stack struct {
 	Writers []*writer.Writer
 	// Finalizer is the finalizer service, when this stack runs one.
 	Finalizer *finalizer.Finalizer
-	// GatewayAddr is where the webhook gateway listens (RoleGateway).
-	GatewayAddr string
-	gateway     *http.Server
+	// GatewayAddr is where the webhook gateway listens (RoleGateway),
+	// APIAddr the sync API and MetricsAddr /metrics, when they run.
+	GatewayAddr, APIAddr, MetricsAddr string
+	// servers are every HTTP server of the stack, stopped first by Stop.
+	servers []*http.Server
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -96,7 +105,7 @@ type Stack struct {
 }
 
 // Start connects to (or starts) NATS, provisions the streams and starts
-// the requested roles. Stop stops them.
+// the requested roles and HTTP servers. Stop stops them.
 func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -108,12 +117,33 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		o.Writers = 2
 	}
 	s := &Stack{}
+	if err := s.connect(ctx, o); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	for _, role := range o.Roles {
+		if err := s.startRole(runCtx, role, o); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	if err := s.startHTTP(o); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// connect starts the embedded server (or dials the external one) and
+// provisions the streams.
+func (s *Stack) connect(ctx context.Context, o Options) error {
 	var err error
 	if o.NATSURL == "" {
 		s.Server, err = natsbus.StartServer(natsbus.ServerOptions{
 			StoreDir: filepath.Join(o.DataDir, ".nats"), Host: o.ListenHost, Port: o.ListenPort})
 		if err != nil {
-			return nil, err
+			return err
 		}
 		s.NC, err = s.Server.Connect("da")
 	} else {
@@ -121,92 +151,122 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	if err != nil {
 		s.stopServer()
-		return nil, err
+		return err
 	}
-	s.JS, err = jetstream.New(s.NC)
+	if s.JS, err = jetstream.New(s.NC); err != nil {
+		err = fmt.Errorf("jetstream: %w", err)
+	} else {
+		err = natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1))
+	}
 	if err != nil {
 		s.NC.Close()
 		s.stopServer()
-		return nil, fmt.Errorf("jetstream: %w", err)
+		return err
 	}
-	if err := natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1)); err != nil {
-		s.NC.Close()
-		s.stopServer()
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
-	start := func(name string, run func(context.Context) error) {
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			// An error after Stop began (a consumer creation cut short)
-			// is part of stopping, not a failure.
-			if err := run(runCtx); err != nil && runCtx.Err() == nil {
-				o.Logger.Error("service stopped with error", "service", name, "err", err)
-				s.mu.Lock()
-				s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
-				s.mu.Unlock()
-			}
-		}()
-	}
-	for _, role := range o.Roles {
-		switch role {
-		case RoleProducer:
-			po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: ProducerSources(o.Config),
-				MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger}
-			start(role, producers.New(po).Run)
-			start("webhooks", producers.NewHooks(po).Run)
-		case RoleWriter:
-			for i := range o.Writers {
-				w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),
-					AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, MaxBatchBytes: o.MaxBatchBytes, Logger: o.Logger,
-					StreamFlushAfter: o.StreamFlushAfter})
-				s.Writers = append(s.Writers, w)
-				start(role, w.Run)
-			}
-		case RoleNone:
-		case RoleGateway:
-			if err := s.startGateway(o); err != nil {
-				s.Stop()
-				return nil, err
-			}
-		case RoleFinalizer:
-			f, err := finalizer.New(finalizer.Options{JS: s.JS, DataDir: o.DataDir, Logger: o.Logger,
-				CompactMinFiles: o.CompactMinFiles, RetireGrace: o.RetireGrace})
-			if err != nil {
-				s.Stop()
-				return nil, err
-			}
-			s.Finalizer = f
-			start(role, f.Run)
-		default:
-			s.Stop()
-			return nil, fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway)", role)
-		}
-	}
-	return s, nil
+	return nil
 }
 
-// startGateway serves the webhook routes and the health check.
-func (s *Stack) startGateway(o Options) error {
-	addr := o.GatewayListen
-	if addr == "" {
-		addr = DefaultGatewayListen
+// run starts one service; its error, unless it came after Stop began (a
+// consumer creation cut short is part of stopping), is returned by Stop.
+func (s *Stack) run(ctx context.Context, name string, log *slog.Logger, fn func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := fn(ctx); err != nil && ctx.Err() == nil {
+			log.Error("service stopped with error", "service", name, "err", err)
+			s.fail(fmt.Errorf("%s: %w", name, err))
+		}
+	}()
+}
+
+func (s *Stack) fail(err error) {
+	s.mu.Lock()
+	s.errs = append(s.errs, err)
+	s.mu.Unlock()
+}
+
+// startRole starts the services of one role.
+func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
+	switch role {
+	case RoleProducer:
+		po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: ProducerSources(o.Config),
+			MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger}
+		s.run(ctx, role, o.Logger, producers.New(po).Run)
+		s.run(ctx, "webhooks", o.Logger, producers.NewHooks(po).Run)
+	case RoleWriter:
+		for i := range o.Writers {
+			w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),
+				AckWait: o.WriterAckWait, MaxDeliver: o.MaxDeliver, MaxBatchBytes: o.MaxBatchBytes, Logger: o.Logger,
+				StreamFlushAfter: o.StreamFlushAfter})
+			s.Writers = append(s.Writers, w)
+			s.run(ctx, role, o.Logger, w.Run)
+		}
+	case RoleFinalizer:
+		f, err := finalizer.New(finalizer.Options{JS: s.JS, DataDir: o.DataDir, Logger: o.Logger,
+			CompactMinFiles: o.CompactMinFiles, RetireGrace: o.RetireGrace})
+		if err != nil {
+			return err
+		}
+		s.Finalizer = f
+		s.run(ctx, role, o.Logger, f.Run)
+	case RoleGateway:
+		addr := o.GatewayListen
+		if addr == "" {
+			addr = DefaultGatewayListen
+		}
+		g := gateway.New(s.JS, o.Config, o.Registry, 0, o.Logger)
+		mux := http.NewServeMux()
+		g.Register(mux)
+		mux.HandleFunc("GET /healthz", g.Health)
+		var err error
+		s.GatewayAddr, err = s.serve("webhook gateway", addr, mux, o.Logger)
+		return err
+	case RoleNone:
+	default:
+		return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway)", role)
 	}
+	return nil
+}
+
+// startHTTP starts the sync API and the metrics endpoint, when asked for.
+func (s *Stack) startHTTP(o Options) error {
+	var err error
+	if o.APIListen != "" {
+		if o.APIToken == "" {
+			o.Logger.Warn("sync API answers 503 until an admin token is set", "env", httpapi.TokenEnv)
+		}
+		h := httpapi.New(s.JS, o.Config, o.APIToken, o.Logger).Handler()
+		if s.APIAddr, err = s.serve("sync API", o.APIListen, h, o.Logger); err != nil {
+			return err
+		}
+	}
+	if o.MetricsListen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler())
+		if s.MetricsAddr, err = s.serve("metrics", o.MetricsListen, mux, o.Logger); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serve starts one HTTP server on addr and returns the address it listens
+// on; a server that fails later is reported by Stop.
+func (s *Stack) serve(name, addr string, h http.Handler, log *slog.Logger) (string, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("gateway: listen on %s: %w", addr, err)
+		return "", fmt.Errorf("%s: listen on %s: %w", name, addr, err)
 	}
-	g := gateway.New(s.JS, o.Config, o.Registry, 0, o.Logger)
-	mux := http.NewServeMux()
-	g.Register(mux)
-	mux.HandleFunc("GET /healthz", g.Health)
-	s.gateway = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
-	s.GatewayAddr = ln.Addr().String()
-	go s.gateway.Serve(ln)
-	o.Logger.Info("webhook gateway listening", "addr", s.GatewayAddr)
-	return nil
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+	s.servers = append(s.servers, srv)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server stopped", "server", name, "err", err)
+			s.fail(fmt.Errorf("%s: %w", name, err))
+		}
+	}()
+	log.Info(name+" listening", "addr", ln.Addr().String())
+	return ln.Addr().String(), nil
 }
 
 // ProducerSources translates the configured sources into what the
@@ -237,11 +297,11 @@ func writerName(base string, i int) string {
 // Stop cancels the services, waits for them to flush and stop, then closes
 // the connection and the embedded server. It returns the services' errors.
 func (s *Stack) Stop() error {
-	if s.gateway != nil {
-		// Requests in flight finish (their publish is acknowledged or fails)
-		// before the bus goes away.
+	// Requests in flight finish (their publish is acknowledged or fails)
+	// before the bus goes away.
+	for _, srv := range s.servers {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		s.gateway.Shutdown(sctx)
+		srv.Shutdown(sctx)
 		cancel()
 	}
 	if s.cancel != nil {
