@@ -137,6 +137,26 @@ func ParseManifest(path string, b []byte) (*Manifest, error) {
 			bad(fmt.Sprintf("auth.env_vars[%d].name", i), "%q is not an environment variable name (A-Z, 0-9, _)", v.Name)
 		}
 	}
+	checkConfigAndHealth(&m, bad)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidManifest, errors.Join(errs...))
+	}
+	sch, err := compileConfigSchema(&m)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: field config: %v", ErrInvalidManifest, path, err)
+	}
+	m.schema = sch
+	return &m, nil
+}
+
+// MarshalYAML prints the manifest in connector.yaml form.
+func (m Manifest) MarshalYAML() (any, error) {
+	return manifestFile{Manifest: m, Capabilities: m.Capabilities.Strings()}, nil
+}
+
+// checkConfigAndHealth checks the manifest's config fields and health check,
+// filling the health check's defaults.
+func checkConfigAndHealth(m *Manifest, bad func(field, format string, args ...any)) {
 	keys := make([]string, 0, len(m.Config))
 	for k := range m.Config {
 		keys = append(keys, k)
@@ -171,18 +191,4 @@ func ParseManifest(path string, b []byte) (*Manifest, error) {
 			hc.TimeoutSeconds = 10
 		}
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidManifest, errors.Join(errs...))
-	}
-	sch, err := compileConfigSchema(&m)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: field config: %v", ErrInvalidManifest, path, err)
-	}
-	m.schema = sch
-	return &m, nil
-}
-
-// MarshalYAML prints the manifest in connector.yaml form.
-func (m Manifest) MarshalYAML() (any, error) {
-	return manifestFile{Manifest: m, Capabilities: m.Capabilities.Strings()}, nil
 }

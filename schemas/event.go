@@ -270,31 +270,8 @@ func (e Event) Validate() error {
 	}
 	switch e.Type {
 	case EventBatchWritten:
-		if e.Table == "" {
-			return bad("no table")
-		}
-		p, err := ParsePartName(e.Part)
-		if err != nil {
+		if err := e.validatePart(); err != nil {
 			return bad("%v", err)
-		}
-		if p.Month != e.Month {
-			return bad("part %q is not of month %q", e.Part, e.Month)
-		}
-		if e.Attempt != 0 && p.Attempt != e.Attempt {
-			return bad("part %q is not of attempt %d", e.Part, e.Attempt)
-		}
-		if len(e.Seqs) == 0 || len(e.Seqs) != len(e.SeqRows) {
-			return bad("%d seqs with %d row counts", len(e.Seqs), len(e.SeqRows))
-		}
-		var rows int64
-		for i, s := range e.Seqs {
-			if s < 0 || e.SeqRows[i] < 0 || (i > 0 && s <= e.Seqs[i-1]) {
-				return bad("seqs must be non-negative and increasing, row counts non-negative")
-			}
-			rows += e.SeqRows[i]
-		}
-		if rows != e.Rows {
-			return bad("seq rows add up to %d, the event says %d", rows, e.Rows)
 		}
 	case EventTableDone, EventTableStarted, EventTableFailed, EventTableProgress, EventBatchFailed:
 		if e.Table == "" {
@@ -357,4 +334,36 @@ func (e Event) MsgID() string {
 		}
 		return id
 	}
+}
+
+// validatePart checks a batch_written event: a part name of its month and
+// attempt, increasing seqs with row counts that add up to its rows.
+func (e Event) validatePart() error {
+	if e.Table == "" {
+		return fmt.Errorf("no table")
+	}
+	p, err := ParsePartName(e.Part)
+	if err != nil {
+		return err
+	}
+	if p.Month != e.Month {
+		return fmt.Errorf("part %q is not of month %q", e.Part, e.Month)
+	}
+	if e.Attempt != 0 && p.Attempt != e.Attempt {
+		return fmt.Errorf("part %q is not of attempt %d", e.Part, e.Attempt)
+	}
+	if len(e.Seqs) == 0 || len(e.Seqs) != len(e.SeqRows) {
+		return fmt.Errorf("%d seqs with %d row counts", len(e.Seqs), len(e.SeqRows))
+	}
+	var rows int64
+	for i, s := range e.Seqs {
+		if s < 0 || e.SeqRows[i] < 0 || (i > 0 && s <= e.Seqs[i-1]) {
+			return fmt.Errorf("seqs must be non-negative and increasing, row counts non-negative")
+		}
+		rows += e.SeqRows[i]
+	}
+	if rows != e.Rows {
+		return fmt.Errorf("seq rows add up to %d, the event says %d", rows, e.Rows)
+	}
+	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors/bigquery"
 	"github.com/agnes-ai/connector-kit/connectors/bigquery/bigquerytest"
 	"github.com/agnes-ai/connector-kit/connectors/connectortest"
+	"github.com/agnes-ai/connector-kit/connectors/connectortest/extracttest"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -288,7 +289,7 @@ func TestContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connectortest.Run(t, connectortest.Suite{
+	extracttest.Run(t, connectortest.Suite{
 		Registration: reg,
 		Config:       map[string]any{"project": project, "endpoint": srv.URL},
 		Secrets:      []string{srv.PrivateKeyPEM()[40:120], "ya29.fake-1", "ya29.fake-2"},

@@ -4,17 +4,17 @@
 // no secret, invalid config fails clearly, two full reads give the same data
 // and an incremental sync from the latest state adds no duplicates.
 //
-// A connector's test calls Run; "da connector test" runs the same Checks.
+// This package holds the protocol checks, which call the connector alone;
+// package extracttest adds the check through the real pipeline (bus,
+// writers, finalizer, DuckDB). A connector's test calls extracttest.Run;
+// "da connector test" runs the same checks.
 package connectortest
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -23,13 +23,10 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/config"
-	"github.com/agnes-ai/connector-kit/internal/extractcheck"
-	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
-	"github.com/google/uuid"
 )
 
 // Suite describes the connector under test.
@@ -67,10 +64,16 @@ type Check struct {
 	Run  func(ctx context.Context) error
 }
 
-// Run runs every check as a subtest.
+// Run runs the protocol checks as subtests.
 func Run(t *testing.T, s Suite) {
 	t.Helper()
-	for _, c := range Checks(s) {
+	RunChecks(t, Checks(s))
+}
+
+// RunChecks runs checks as subtests, each with five minutes.
+func RunChecks(t *testing.T, checks []Check) {
+	t.Helper()
+	for _, c := range checks {
 		t.Run(c.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
@@ -81,7 +84,9 @@ func Run(t *testing.T, s Suite) {
 	}
 }
 
-// Checks returns the contract checks for s, in order.
+// Checks returns the protocol checks for s, in order: they call the
+// connector directly, with no engine and no DuckDB. The full-extract check
+// through the real pipeline is in package extracttest.
 func Checks(s Suite) []Check {
 	return []Check{
 		{"ManifestMatchesConnector", s.manifest},
@@ -91,7 +96,7 @@ func Checks(s Suite) []Check {
 		{"TwoFullReadsAreIdentical", s.twoReads},
 		{"RemoteInfoHasNoSecret", s.remote},
 		{"StreamYieldsDeclaredTables", s.stream},
-		{"FullExtractIsValid", s.fullExtract},
+		{"ChangesMatchDeclaredTables", s.changes},
 	}
 }
 
@@ -302,7 +307,9 @@ func readTable(ctx context.Context, r connectors.Reader, t connectors.TableInfo)
 
 var envNameRE = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
 
-func (s Suite) secrets() []string {
+// SecretValues are the values no file or remote info may hold: Secrets and
+// the values of the manifest's secret environment variables.
+func (s Suite) SecretValues() []string {
 	out := slices.Clone(s.Secrets)
 	for _, v := range s.Registration.Manifest.Auth.EnvVars {
 		if val := os.Getenv(v.Name); len(val) >= 6 {
@@ -339,7 +346,7 @@ func (s Suite) remote(ctx context.Context) error {
 	if info.TokenEnv != "" && !envNameRE.MatchString(info.TokenEnv) {
 		return fmt.Errorf("token_env %q is not an environment variable name; it must name the variable, never hold the token", info.TokenEnv)
 	}
-	for _, sec := range s.secrets() {
+	for _, sec := range s.SecretValues() {
 		if sec != "" && strings.Contains(info.URL+info.TokenEnv+info.Alias+info.Extension, sec) {
 			return errors.New("remote info contains a secret")
 		}
@@ -394,154 +401,97 @@ func (s Suite) stream(ctx context.Context) error {
 		return errors.New("the connector streams but declares no partitioned table (TableInfo.Partition) to stream into")
 	}
 	for _, ch := range out {
-		if err := ch.Validate(); err != nil {
+		if err := checkChange(ch, declared, "stream"); err != nil {
 			return err
-		}
-		for table, r := range ch.Tables {
-			t, known := declared[table]
-			if !known || t.Partition == nil {
-				return fmt.Errorf("stream yielded rows for %s, which discover does not list as partitioned", table)
-			}
-			if !r.Schema().Equal(t.Schema) {
-				return fmt.Errorf("stream batch for %s has schema\n%s\nnot the declared\n%s", table, r.Schema(), t.Schema)
-			}
-			// The runtime's own conversion checks every row carries the key.
-			stored, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, false, 1, r, memory.DefaultAllocator)
-			if err != nil {
-				return fmt.Errorf("stream rows for %s: %w", table, err)
-			}
-			stored.Release()
 		}
 	}
 	return nil
 }
 
-// fullExtract syncs the connector through the real pipeline (embedded bus,
-// producer, writers, finalizer) into a temporary folder, checks the extract,
-// then, for the Incremental tables, syncs again and checks nothing doubled.
-func (s Suite) fullExtract(ctx context.Context) error {
-	dir, err := os.MkdirTemp("", "connectortest-")
-	if err != nil {
+// checkChange checks one change against the declared tables: its own
+// fields, rows only for partitioned tables, in their declared schema, each
+// row carrying the change's key.
+func checkChange(ch connectors.Change, declared map[string]connectors.TableInfo, from string) error {
+	if err := ch.Validate(); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	name := s.Registration.Manifest.Name
-	if caps := s.Registration.Manifest.Capabilities; !caps.Has(connectors.Read) && !caps.Has(connectors.Remote) {
-		return nil // nothing a batch sync publishes
-	}
-	reg := connectors.NewRegistry()
-	if err := reg.Register(s.Registration); err != nil {
-		return err
-	}
-	src := config.Source{Name: "contract", Connector: name, Config: s.Config, Tables: s.Tables, TableOptions: map[string]config.TableOptions{}}
-	incremental := map[string]string{}
-	for t, o := range s.TableOptions {
-		src.TableOptions[t] = o
-		if o.Incremental {
-			incremental[t] = ""
+	for table, r := range ch.Tables {
+		t, known := declared[table]
+		if !known || t.Partition == nil {
+			return fmt.Errorf("%s yielded rows for %s, which discover does not list as partitioned", from, table)
 		}
-	}
-	for t, col := range s.Incremental {
-		o := src.TableOptions[t]
-		o.IncrementalKey = col
-		src.TableOptions[t] = o
-		incremental[t] = col
-	}
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.Sources = []config.Source{src}
-	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: reg, DataDir: dir, Writers: 2, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		return err
-	}
-	defer st.Stop()
-	sync := func() (*stack.Report, error) {
-		rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "contract", RequestedAt: time.Now().UTC()}, nil)
+		if !r.Schema().Equal(t.Schema) {
+			return fmt.Errorf("%s batch for %s has schema\n%s\nnot the declared\n%s", from, table, r.Schema(), t.Schema)
+		}
+		// The runtime's own conversion checks every row carries the key.
+		stored, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, false, 1, r, memory.DefaultAllocator)
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("%s rows for %s: %w", from, table, err)
 		}
-		for _, r := range rep.Results {
-			if r.Status != schemas.StatusDone {
-				return rep, fmt.Errorf("table %s failed: %s", r.Table, r.Error)
-			}
-		}
-		return rep, nil
+		stored.Release()
 	}
-	if _, err := sync(); err != nil {
-		return err
-	}
-	path := filepath.Join(dir, "extracts", "contract", "extract.duckdb")
-	x, err := extractcheck.Verify(ctx, path)
+	return nil
+}
+
+// maxChanges bounds how many changes the Changes check reads.
+const maxChanges = 1000
+
+// changes checks a connector that backfills partitioned tables
+// (connectors.ChangeReader): every change of a full read is valid for the
+// declared tables, two changes of one key never share a version, and the
+// read ends (or stops when asked).
+func (s Suite) changes(ctx context.Context) error {
+	c, err := s.open()
 	if err != nil {
-		return fmt.Errorf("extract breaks the contract: %w", err)
-	}
-	if len(x.Meta) == 0 {
-		return errors.New("the extract has no table")
-	}
-	if err := s.noSecretInFiles(filepath.Join(dir, "extracts")); err != nil {
 		return err
 	}
-	if len(incremental) == 0 {
+	cr, ok := c.(connectors.ChangeReader)
+	if !ok {
 		return nil
 	}
-	before, err := distinctCounts(ctx, path, incremental)
+	ts, err := s.tables(ctx, c)
 	if err != nil {
 		return err
 	}
-	if _, err := sync(); err != nil {
-		return fmt.Errorf("incremental sync: %w", err)
+	declared := map[string]connectors.TableInfo{}
+	backfilled := 0
+	for _, t := range ts {
+		declared[t.Name] = t
+		if t.Partition != nil && tableReads(c, t) {
+			backfilled++
+		}
 	}
-	after, err := distinctCounts(ctx, path, incremental)
-	if err != nil {
-		return err
+	if backfilled == 0 {
+		return errors.New("the connector has a Changes method but declares no partitioned table it reads (TableInfo.Partition with read)")
 	}
-	for t := range incremental {
-		if after[t] != before[t] {
-			return fmt.Errorf("table %s: %v rows before and %v after an incremental sync of unchanged data", t, before[t], after[t])
+	seen := map[string]int64{}
+	n := 0
+	for ch, err := range cr.Changes(ctx, connectors.ReadOptions{BatchSize: connectors.DefaultBatchSize}) {
+		if err != nil {
+			return fmt.Errorf("changes: %w", err)
+		}
+		err := checkChange(ch, declared, "changes")
+		v, dup := seen[ch.Key]
+		ch.Release()
+		if err != nil {
+			return err
+		}
+		if dup && v == ch.Version {
+			return fmt.Errorf("changes yielded key %q twice at version %d: versions must order a key's changes", ch.Key, ch.Version)
+		}
+		seen[ch.Key] = ch.Version
+		if n++; n >= maxChanges {
+			break
 		}
 	}
 	return nil
 }
 
-// distinctCounts returns "rows/distinct rows" per table.
-func distinctCounts(ctx context.Context, path string, tables map[string]string) (map[string]string, error) {
-	db, err := sql.Open("duckdb", path+"?access_mode=read_only")
-	if err != nil {
-		return nil, err
+// tableReads reports whether t is read by batch syncs.
+func tableReads(c connectors.Connector, t connectors.TableInfo) bool {
+	caps := t.Capabilities
+	if caps == 0 {
+		caps = c.Capabilities()
 	}
-	defer db.Close()
-	out := map[string]string{}
-	for t := range tables {
-		var n, d int64
-		if err := db.QueryRowContext(ctx, `SELECT count(*), (SELECT count(*) FROM (SELECT DISTINCT * FROM "`+t+`")) FROM "`+t+`"`).Scan(&n, &d); err != nil {
-			return nil, fmt.Errorf("count %s: %w", t, err)
-		}
-		if n != d {
-			return nil, fmt.Errorf("table %s holds %d rows but %d distinct", t, n, d)
-		}
-		out[t] = fmt.Sprint(n)
-	}
-	return out, nil
-}
-
-func (s Suite) noSecretInFiles(root string) error {
-	secrets := s.secrets()
-	if len(secrets) == 0 {
-		return nil
-	}
-	return filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		for _, sec := range secrets {
-			if sec != "" && strings.Contains(string(b), sec) {
-				return fmt.Errorf("file %s contains a secret", p)
-			}
-		}
-		return nil
-	})
+	return caps.Has(connectors.Read)
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/connectortest"
+	"github.com/agnes-ai/connector-kit/connectors/connectortest/extracttest"
 	"github.com/agnes-ai/connector-kit/connectors/demo"
 )
 
@@ -15,7 +16,7 @@ func TestContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connectortest.Run(t, connectortest.Suite{
+	extracttest.Run(t, connectortest.Suite{
 		Registration: reg,
 		Config:       map[string]any{"rows": 5000, "customer_rows": 500, "batch_size": 700},
 		Incremental:  map[string]string{"orders": "id"},

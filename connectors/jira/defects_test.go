@@ -12,6 +12,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/connectortest"
+	"github.com/agnes-ai/connector-kit/connectors/connectortest/extracttest"
 	"github.com/agnes-ai/connector-kit/connectors/jira"
 	"github.com/agnes-ai/connector-kit/connectors/jira/jiratest"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -255,7 +256,7 @@ func TestContractWithShippedSampleEvent(t *testing.T) {
 	if len(reg.SampleEvent) == 0 {
 		t.Fatal("jira ships no sample event")
 	}
-	connectortest.Run(t, connectortest.Suite{
+	extracttest.Run(t, connectortest.Suite{
 		Registration: reg,
 		Config:       map[string]any{"url": srv.URL, "email": "bot@example.com"},
 		Secrets:      []string{token},

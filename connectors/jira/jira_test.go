@@ -11,6 +11,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/connectortest"
+	"github.com/agnes-ai/connector-kit/connectors/connectortest/extracttest"
 	"github.com/agnes-ai/connector-kit/connectors/jira"
 	"github.com/agnes-ai/connector-kit/connectors/jira/jiratest"
 	"github.com/apache/arrow-go/v18/arrow/array"
@@ -231,7 +232,7 @@ func TestContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connectortest.Run(t, connectortest.Suite{
+	extracttest.Run(t, connectortest.Suite{
 		Registration: reg,
 		Config:       map[string]any{"url": srv.URL, "email": "bot@example.com", "page_size": 3},
 		Secrets:      []string{token},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/connectortest"
+	"github.com/agnes-ai/connector-kit/connectors/connectortest/extracttest"
 	"github.com/agnes-ai/connector-kit/connectors/keboola"
 	"github.com/agnes-ai/connector-kit/connectors/keboola/keboolatest"
 	"github.com/agnes-ai/connector-kit/internal/config"
@@ -386,7 +387,7 @@ func TestContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	connectortest.Run(t, connectortest.Suite{
+	extracttest.Run(t, connectortest.Suite{
 		Registration: reg,
 		Config:       map[string]any{"url": srv.URL, "job_poll_max_seconds": 1},
 		Secrets:      []string{token},

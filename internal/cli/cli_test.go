@@ -158,7 +158,7 @@ func TestConnectorDiscoverAndTest(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeFile(t, dir, "a.yaml", "sources:\n  - name: small\n    connector: demo\n    config: {rows: 2000, customer_rows: 100}\n    table_options:\n      orders: {incremental_key: id}\n")
 	code, out, errs = run(t, "connector", "test", "small", "--config", cfg)
-	if code != 0 || strings.Count(out, "PASS") != 8 || !strings.Contains(out, "all checks passed") {
+	if code != 0 || strings.Count(out, "PASS") != 9 || !strings.Contains(out, "all checks passed") {
 		t.Errorf("test: code %d\n%s%s", code, out, errs)
 	}
 	bad := writeFile(t, dir, "b.yaml", "sources:\n  - name: small\n    connector: demo\n    config: {rows: -5}\n")

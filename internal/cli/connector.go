@@ -18,6 +18,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/connectors/connectortest"
+	"github.com/agnes-ai/connector-kit/connectors/connectortest/extracttest"
 	"github.com/agnes-ai/connector-kit/internal/config"
 )
 
@@ -158,7 +159,7 @@ func connectorTest(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "contract checks for source %s (connector %s)\n", src.Name, reg.Manifest.Name)
 	failed := 0
-	for _, c := range connectortest.Checks(suite) {
+	for _, c := range extracttest.Checks(suite) {
 		start := time.Now()
 		err := c.Run(ctx)
 		if err != nil {
@@ -169,7 +170,7 @@ func connectorTest(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintf(stdout, "PASS  %-28s %s\n", c.Name, time.Since(start).Round(time.Millisecond))
 	}
 	if failed > 0 {
-		fmt.Fprintf(stdout, "%d of %d checks failed\n", failed, len(connectortest.Checks(suite)))
+		fmt.Fprintf(stdout, "%d of %d checks failed\n", failed, len(extracttest.Checks(suite)))
 		return exitCode(1)
 	}
 	fmt.Fprintln(stdout, "all checks passed")
