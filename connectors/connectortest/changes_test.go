@@ -57,9 +57,13 @@ func TestChangesCheck(t *testing.T) {
 		changes func() []connectors.Change
 		want    string // "" passes
 	}{
-		{"sound", func() []connectors.Change { return []connectors.Change{change("A-1", 1, "issues"), change("A-2", 1, "issues")} }, ""},
+		{"sound", func() []connectors.Change {
+			return []connectors.Change{change("A-1", 1, "issues"), change("A-2", 1, "issues")}
+		}, ""},
 		{"undeclared table", func() []connectors.Change { return []connectors.Change{change("A-1", 1, "nope")} }, "does not list as partitioned"},
-		{"version reused", func() []connectors.Change { return []connectors.Change{change("A-1", 3, "issues"), change("A-1", 3, "issues")} }, "twice at version 3"},
+		{"version reused", func() []connectors.Change {
+			return []connectors.Change{change("A-1", 3, "issues"), change("A-1", 3, "issues")}
+		}, "twice at version 3"},
 	}
 	for _, c := range cases {
 		reg := connectors.NewRegistry()

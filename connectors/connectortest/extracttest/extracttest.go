@@ -48,7 +48,6 @@ func fullExtract(ctx context.Context, s connectortest.Suite) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	name := s.Registration.Manifest.Name
 	if caps := s.Registration.Manifest.Capabilities; !caps.Has(connectors.Read) && !caps.Has(connectors.Remote) {
 		return nil // nothing a batch sync publishes
 	}
@@ -56,20 +55,7 @@ func fullExtract(ctx context.Context, s connectortest.Suite) error {
 	if err := reg.Register(s.Registration); err != nil {
 		return err
 	}
-	src := config.Source{Name: "contract", Connector: name, Config: s.Config, Tables: s.Tables, TableOptions: map[string]config.TableOptions{}}
-	incremental := map[string]string{}
-	for t, o := range s.TableOptions {
-		src.TableOptions[t] = o
-		if o.Incremental {
-			incremental[t] = ""
-		}
-	}
-	for t, col := range s.Incremental {
-		o := src.TableOptions[t]
-		o.IncrementalKey = col
-		src.TableOptions[t] = o
-		incremental[t] = col
-	}
+	src, incremental := contractSource(s)
 	cfg := config.Default()
 	cfg.DataDir = dir
 	cfg.Sources = []config.Source{src}
@@ -124,6 +110,27 @@ func fullExtract(ctx context.Context, s connectortest.Suite) error {
 		}
 	}
 	return nil
+}
+
+// contractSource is the source the full extract syncs, with the tables
+// checked for an incremental sync (and their cursor columns).
+func contractSource(s connectortest.Suite) (config.Source, map[string]string) {
+	name := s.Registration.Manifest.Name
+	src := config.Source{Name: "contract", Connector: name, Config: s.Config, Tables: s.Tables, TableOptions: map[string]config.TableOptions{}}
+	incremental := map[string]string{}
+	for t, o := range s.TableOptions {
+		src.TableOptions[t] = o
+		if o.Incremental {
+			incremental[t] = ""
+		}
+	}
+	for t, col := range s.Incremental {
+		o := src.TableOptions[t]
+		o.IncrementalKey = col
+		src.TableOptions[t] = o
+		incremental[t] = col
+	}
+	return src, incremental
 }
 
 // distinctCounts returns "rows/distinct rows" per table.

@@ -148,21 +148,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		jiraError(w, http.StatusUnauthorized, "Client must be authenticated to access this resource.")
 		return
 	}
-	s.mu.Lock()
-	s.requests[r.URL.Path]++
-	for i := range s.faults {
-		f := &s.faults[i]
-		if f.left > 0 && strings.HasPrefix(r.URL.Path, f.prefix) {
-			f.left--
-			s.mu.Unlock()
-			if f.retryAfter != "" {
-				w.Header().Set("Retry-After", f.retryAfter)
-			}
-			jiraError(w, f.status, http.StatusText(f.status))
-			return
-		}
+	if s.fault(w, r) {
+		return
 	}
-	s.mu.Unlock()
 	if r.URL.Path == "/rest/api/3/search/jql" && r.Method == http.MethodPost {
 		s.search(w, r)
 		return
@@ -201,12 +189,38 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		jiraError(w, http.StatusNotFound, "Issue does not exist or you do not have permission to see it.")
 		return
 	}
+	s.issueResource(w, r, m[2], c, remote)
+}
+
+// fault counts the request and answers it with the next injected fault
+// for its path, if any.
+func (s *Server) fault(w http.ResponseWriter, r *http.Request) bool {
+	s.mu.Lock()
+	s.requests[r.URL.Path]++
+	for i := range s.faults {
+		f := &s.faults[i]
+		if f.left > 0 && strings.HasPrefix(r.URL.Path, f.prefix) {
+			f.left--
+			s.mu.Unlock()
+			if f.retryAfter != "" {
+				w.Header().Set("Retry-After", f.retryAfter)
+			}
+			jiraError(w, f.status, http.StatusText(f.status))
+			return true
+		}
+	}
+	s.mu.Unlock()
+	return false
+}
+
+// issueResource answers GET /issue/{key} and its paged sub-resources.
+func (s *Server) issueResource(w http.ResponseWriter, r *http.Request, sub string, c jira.Issue, remote []jira.RemoteLink) {
 	startAt, _ := strconv.Atoi(r.URL.Query().Get("startAt"))
 	maxResults, _ := strconv.Atoi(r.URL.Query().Get("maxResults"))
 	if maxResults <= 0 || maxResults > 100 {
 		maxResults = 50
 	}
-	switch m[2] {
+	switch sub {
 	case "":
 		writeJSON(w, http.StatusOK, s.render(c))
 	case "/comment":

@@ -453,43 +453,49 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		}
 		writeJSON(w, http.StatusOK, m)
 	case strings.HasPrefix(parts[1], "slice"):
-		i, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(parts[1], "slice"), ".csv.gz"))
-		if err != nil {
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		lo, hi := i*sliceRows, min((i+1)*sliceRows, len(f.rows))
-		if lo >= hi && lo > 0 {
-			w.WriteHeader(http.StatusNotFound)
-			return
-		}
-		s.mu.Lock()
-		cache := s.CacheSlices && f.full
-		key := fmt.Sprintf("%s/%d/%d", f.table.ID(), sliceRows, i)
-		b, ok := s.cache[key]
-		s.mu.Unlock()
-		if cache {
-			if !ok {
-				var buf bytes.Buffer
-				writeCSV(&buf, f, lo, hi, false)
-				b = buf.Bytes()
-				s.mu.Lock()
-				if s.cache == nil {
-					s.cache = map[string][]byte{}
-				}
-				s.cache[key] = b
-				s.mu.Unlock()
-			}
-			w.Header().Set("Content-Type", "application/octet-stream")
-			w.Write(b)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		writeCSV(w, f, lo, hi, false)
+		s.slice(w, f, n, parts[1], sliceRows)
 	default:
 		w.Header().Set("Content-Type", "application/octet-stream")
 		writeCSV(w, f, 0, len(f.rows), true)
 	}
+}
+
+// slice serves one sliced file of an export (cached when asked, as a real
+// file host serves the same bytes every time).
+func (s *Server) slice(w http.ResponseWriter, f *file, n int64, name string, sliceRows int) {
+	i, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(name, "slice"), ".csv.gz"))
+	if err != nil {
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	lo, hi := i*sliceRows, min((i+1)*sliceRows, len(f.rows))
+	if lo >= hi && lo > 0 {
+		w.WriteHeader(http.StatusNotFound)
+		return
+	}
+	s.mu.Lock()
+	cache := s.CacheSlices && f.full
+	key := fmt.Sprintf("%s/%d/%d", f.table.ID(), sliceRows, i)
+	b, ok := s.cache[key]
+	s.mu.Unlock()
+	if cache {
+		if !ok {
+			var buf bytes.Buffer
+			writeCSV(&buf, f, lo, hi, false)
+			b = buf.Bytes()
+			s.mu.Lock()
+			if s.cache == nil {
+				s.cache = map[string][]byte{}
+			}
+			s.cache[key] = b
+			s.mu.Unlock()
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(b)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	writeCSV(w, f, lo, hi, false)
 }
 
 // writeCSV writes rows [lo, hi) of an export as gzipped RFC 4180 CSV,
