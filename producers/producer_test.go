@@ -167,18 +167,14 @@ func TestProducerRunFailures(t *testing.T) {
 	if _, err := js.Publish(context.Background(), schemas.SyncSubject("src"), []byte("{nope")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	natstest.Poll(t, 10*time.Second, func() (bool, string) {
 		cons, err := js.Consumer(context.Background(), schemas.SyncStream, schemas.ProducerConsumer)
 		if err == nil {
 			info, err := cons.Info(context.Background())
 			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
-				break
+				return true, ""
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the malformed request was not terminated")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false, "the malformed request was not terminated"
+	})
 }

@@ -3,6 +3,8 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -95,17 +97,10 @@ func TestSyncAPI(t *testing.T) {
 		t.Fatalf("trigger: %d %v", code, body)
 	}
 	run := body["run_id"].(string)
-	deadline := time.Now().Add(time.Minute)
-	for {
+	natstest.Poll(t, time.Minute, func() (bool, string) {
 		code, body = call(t, "GET", srv.URL+"/api/sync/runs/"+run, "s3cret", "")
-		if code == 200 && body["status"] == "published" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run status %d %v", code, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return code == 200 && body["status"] == "published", fmt.Sprintf("run status %d %v", code, body)
+	})
 	if res, _ := body["results"].([]any); len(res) != 2 {
 		t.Errorf("results %v", body["results"])
 	}
@@ -116,17 +111,10 @@ func TestSyncAPI(t *testing.T) {
 		t.Fatalf("trigger slow: %d %v", code, body)
 	}
 	slowRun := body["run_id"].(string)
-	deadline = time.Now().Add(30 * time.Second)
-	for {
+	natstest.Poll(t, 30*time.Second, func() (bool, string) {
 		code, body = call(t, "POST", srv.URL+"/api/sync/trigger", "s3cret", `{"source":"slow"}`)
-		if code == http.StatusConflict {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("second trigger of a running source: %d %v", code, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return code == http.StatusConflict, fmt.Sprintf("second trigger of a running source: %d %v", code, body)
+	})
 	if body["run_id"] != slowRun {
 		t.Errorf("409 names run %v, want %s", body["run_id"], slowRun)
 	}

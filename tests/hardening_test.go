@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"fmt"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -153,13 +154,7 @@ func waitDeadLetters(tb testing.TB, js jetstream.JetStream, n uint64) []*jetstre
 // poll waits until cond holds, failing tb after timeout.
 func poll(tb testing.TB, timeout time.Duration, cond func() bool) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("condition not met after %s", timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	natstest.Poll(tb, timeout, func() (bool, string) { return cond(), "condition not met" })
 }
 
 // TestHeaderlessBatchIsDeadLettered: a batch without the schema fingerprint

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"flag"
 	"fmt"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"net"
 	"os"
 	"os/exec"
@@ -138,15 +139,14 @@ func freePort(t *testing.T) int {
 
 func waitPort(t *testing.T, port int) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return
+	natstest.Poll(t, 20*time.Second, func() (bool, string) {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return false, fmt.Sprintf("nothing listens on port %d", port)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on port %d", port)
+		c.Close()
+		return true, ""
+	})
 }
 
 // --- an environment of processes ---

@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -212,17 +213,7 @@ func trackParts(t testing.TB, js jetstream.JetStream) *partTracker {
 func (e *jiraEnv) quiet() {
 	e.t.Helper()
 	ctx := context.Background()
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		ok, why := e.isQuiet(ctx)
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("not quiet after 90s: %s", why)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	natstest.Poll(e.t, 90*time.Second, func() (bool, string) { return e.isQuiet(ctx) })
 }
 
 func (e *jiraEnv) isQuiet(ctx context.Context) (bool, string) {

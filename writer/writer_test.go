@@ -242,13 +242,7 @@ func TestSlowWriteIsNotRedelivered(t *testing.T) {
 		publish(t, js, run3, seq, 10, mustBatch(t, seq*10, 10), "")
 	}
 	// Wait until the slow writer holds them, then start a second writer.
-	deadline := time.Now().Add(10 * time.Second)
-	for !slowed.Load() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !slowed.Load() {
-		t.Fatal("the slow writer never started writing")
-	}
+	natstest.Poll(t, 10*time.Second, func() (bool, string) { return slowed.Load(), "the slow writer never started writing" })
 	fast := New(Options{JS: js, DataDir: dir, Name: "fast", AckWait: time.Second, FlushAfter: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
 	go func() { fast.Run(ctx) }()
 	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run3+".batch_written", 20*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,16 +97,10 @@ func TestServeStopsOnCancel(t *testing.T) {
 	go func() {
 		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:-1"}, &bytes.Buffer{}, &errb)
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if strings.Contains(errb.String(), "finalizer started") && strings.Contains(errb.String(), "producer started") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve did not start: %s", errb.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	natstest.Poll(t, 20*time.Second, func() (bool, string) {
+		out := errb.String()
+		return strings.Contains(out, "finalizer started") && strings.Contains(out, "producer started"), "serve did not start: " + out
+	})
 	cancel()
 	select {
 	case code := <-done:

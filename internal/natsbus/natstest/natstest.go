@@ -78,3 +78,20 @@ func WaitEvents(tb testing.TB, js jetstream.JetStream, filter string, timeout ti
 		}
 	}
 }
+
+// Poll checks cond every 20 ms until it holds, failing the test after
+// timeout with what cond last said (why it does not hold yet).
+func Poll(tb testing.TB, timeout time.Duration, cond func() (bool, string)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("not after %s: %s", timeout, why)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
