@@ -52,11 +52,9 @@ type Skipper interface {
 
 // ReadOptions are built by the runtime from config and state and passed to Read.
 type ReadOptions struct {
-	Columns          []string       // projection; nil means all columns
-	Filter           map[string]any // optional filter pushdown, connector-defined
-	IncrementalKey   string         // cursor column for incremental reads
-	IncrementalValue string         // last committed cursor value; empty means full read
-	BatchSize        int            // target rows per batch
+	IncrementalKey   string // cursor column for incremental reads
+	IncrementalValue string // last committed cursor value; empty means full read
+	BatchSize        int    // target rows per batch
 	// Query is the source's own query for the table
 	// (table_options.<t>.query), for connectors that read by query.
 	Query string

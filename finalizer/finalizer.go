@@ -109,8 +109,29 @@ func (t *tableState) doneParts() map[string]schemas.Event {
 	return out
 }
 
+// Validate reports options a finalizer cannot run with.
+func (o Options) Validate() error {
+	var errs []error
+	if o.JS == nil {
+		errs = append(errs, errors.New("no JetStream client"))
+	}
+	if o.DataDir == "" {
+		errs = append(errs, errors.New("no data dir"))
+	}
+	if o.RowGroupRows < 0 || o.CompactMinFiles < 0 || o.CompactSmallBytes < 0 || o.RetireGrace < 0 {
+		errs = append(errs, errors.New("negative size, count or duration"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("finalizer options: %w", err)
+	}
+	return nil
+}
+
 // New returns a Finalizer; Run starts it.
 func New(opts Options) (*Finalizer, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.RowGroupRows <= 0 {
 		opts.RowGroupRows = parquetfile.DefaultRowGroupRows
 	}
@@ -148,10 +169,10 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	}
 	var err error
 	if f.state, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.StateBucket); err != nil {
-		return fmt.Errorf("finalizer: %w", err)
+		return err
 	}
 	if f.lockKV, err = natsbus.KeyValue(ctx, f.opts.JS, schemas.LockBucket); err != nil {
-		return fmt.Errorf("finalizer: %w", err)
+		return err
 	}
 	f.log.Info("finalizer started", "data_dir", f.layout.Root())
 	octx, stopOwners := context.WithCancel(ctx)
@@ -285,11 +306,11 @@ func (f *Finalizer) announce(ctx context.Context, ev schemas.Event) bool {
 func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string, apply func(schemas.Event), caughtUp func()) error {
 	s, err := f.opts.JS.Stream(ctx, stream)
 	if err != nil {
-		return fmt.Errorf("finalizer: %s: %w", stream, err)
+		return fmt.Errorf("%s: %w", stream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("finalizer: %s: %w", stream, err)
+		return fmt.Errorf("%s: %w", stream, err)
 	}
 	replayEnd := info.State.LastSeq
 	f.log.Info("replaying events", "stream", stream, "events", replayEnd)
@@ -317,7 +338,7 @@ func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string,
 		return true
 	})
 	if err != nil && ctx.Err() == nil {
-		return fmt.Errorf("finalizer: follow %s: %w", stream, err)
+		return fmt.Errorf("follow %s: %w", stream, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package finalizer
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/agnes-ai/connector-kit/schemas"
 )
@@ -109,5 +110,14 @@ func TestPlanTable(t *testing.T) {
 		if pl.step == stepVersion && pl.version != ".versions/orders/"+run+".parquet" {
 			t.Errorf("%s: version %q", c.name, pl.version)
 		}
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	if _, err := New(Options{}); err == nil || !strings.Contains(err.Error(), "no JetStream client") || !strings.Contains(err.Error(), "no data dir") {
+		t.Errorf("empty options: %v", err)
+	}
+	if err := (Options{DataDir: "x", RetireGrace: -time.Second}).Validate(); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Errorf("negative grace: %v", err)
 	}
 }

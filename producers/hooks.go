@@ -63,6 +63,9 @@ func NewHooks(opts Options) *Hooks {
 // Run processes accepted webhook bodies until ctx ends.
 func (s *Hooks) Run(ctx context.Context) error {
 	p := s.h.p
+	if err := p.opts.Validate(); err != nil {
+		return err
+	}
 	cons, err := p.opts.JS.CreateOrUpdateConsumer(ctx, schemas.HookStream, jetstream.ConsumerConfig{
 		Durable:       schemas.HookConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,

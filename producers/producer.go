@@ -50,6 +50,27 @@ type Options struct {
 	Logger           *slog.Logger
 }
 
+// Validate reports options a producer cannot run with.
+func (o Options) Validate() error {
+	var errs []error
+	if o.JS == nil {
+		errs = append(errs, errors.New("no JetStream client"))
+	}
+	if o.Registry == nil {
+		errs = append(errs, errors.New("no connector registry"))
+	}
+	if o.Sources == nil {
+		errs = append(errs, errors.New("no source lookup"))
+	}
+	if o.Concurrency < 0 || o.TableConcurrency < 0 || o.MaxInFlight < 0 || o.MaxBacklog < 0 || o.AckWait < 0 {
+		errs = append(errs, errors.New("negative concurrency, in-flight, backlog or ack wait"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("producer options: %w", err)
+	}
+	return nil
+}
+
 // Producer consumes sync requests and publishes their data.
 type Producer struct {
 	opts  Options
@@ -87,6 +108,9 @@ func New(opts Options) *Producer {
 // Run takes sync requests until ctx ends, then waits for runs in progress to
 // stop. A request is acked when its run's events are all on the bus.
 func (p *Producer) Run(ctx context.Context) error {
+	if err := p.opts.Validate(); err != nil {
+		return err
+	}
 	cons, err := p.opts.JS.CreateOrUpdateConsumer(ctx, schemas.SyncStream, jetstream.ConsumerConfig{
 		Durable:       schemas.ProducerConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -95,13 +119,13 @@ func (p *Producer) Run(ctx context.Context) error {
 		MaxAckPending: 1000,
 	})
 	if err != nil {
-		return fmt.Errorf("producer: create consumer: %w", err)
+		return fmt.Errorf("create consumer: %w", err)
 	}
 	if p.state, err = natsbus.KeyValue(ctx, p.opts.JS, schemas.StateBucket); err != nil {
-		return fmt.Errorf("producer: %w", err)
+		return err
 	}
 	if p.locks, err = natsbus.KeyValue(ctx, p.opts.JS, schemas.LockBucket); err != nil {
-		return fmt.Errorf("producer: %w", err)
+		return err
 	}
 	p.log.Info("producer started", "concurrency", p.opts.Concurrency)
 	// A run takes minutes: a request is pulled only when a slot is free, so

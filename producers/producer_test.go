@@ -178,3 +178,18 @@ func TestProducerRunFailures(t *testing.T) {
 		return false, "the malformed request was not terminated"
 	})
 }
+
+func TestOptionsValidate(t *testing.T) {
+	err := Options{}.Validate()
+	for _, want := range []string{"no JetStream client", "no connector registry", "no source lookup"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("empty options: %v, want %q", err, want)
+		}
+	}
+	if err := New(Options{}).Run(context.Background()); err == nil {
+		t.Error("Run started without a bus")
+	}
+	if err := NewHooks(Options{}).Run(context.Background()); err == nil {
+		t.Error("the webhook processor started without a bus")
+	}
+}

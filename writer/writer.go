@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -100,6 +101,25 @@ type buffer struct {
 	since   time.Time
 }
 
+// Validate reports options a writer cannot run with.
+func (o Options) Validate() error {
+	var errs []error
+	if o.JS == nil {
+		errs = append(errs, errors.New("no JetStream client"))
+	}
+	if o.DataDir == "" {
+		errs = append(errs, errors.New("no data dir"))
+	}
+	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.FetchBatch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
+		o.AckWait < 0 || o.FlushAfter < 0 || o.StreamFlushAfter < 0 {
+		errs = append(errs, errors.New("negative size, count or duration"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("writer options: %w", err)
+	}
+	return nil
+}
+
 // New returns a Writer; Run starts it.
 func New(opts Options) *Writer {
 	if opts.RowGroupRows <= 0 {
@@ -148,6 +168,9 @@ func New(opts Options) *Writer {
 // Run consumes batches until ctx ends. On return every buffered batch has
 // been written and acked, or left unacked for redelivery.
 func (w *Writer) Run(ctx context.Context) error {
+	if err := w.opts.Validate(); err != nil {
+		return err
+	}
 	cons, err := w.opts.JS.CreateOrUpdateConsumer(ctx, schemas.DataStream, jetstream.ConsumerConfig{
 		Durable:       schemas.WriterConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -156,7 +179,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		MaxAckPending: 20000,
 	})
 	if err != nil {
-		return fmt.Errorf("writer: create consumer: %w", err)
+		return fmt.Errorf("create consumer: %w", err)
 	}
 	w.log.Info("writer started")
 	defer w.release()

@@ -269,3 +269,20 @@ func TestRedeliveryBackoff(t *testing.T) {
 		}
 	}
 }
+
+func TestOptionsValidate(t *testing.T) {
+	err := Options{}.Validate()
+	if err == nil || !strings.Contains(err.Error(), "no JetStream client") || !strings.Contains(err.Error(), "no data dir") {
+		t.Errorf("empty options: %v", err)
+	}
+	js := natstest.MustStart(t)
+	if err := (Options{JS: js, DataDir: t.TempDir(), AckWait: -time.Second}).Validate(); err == nil {
+		t.Error("a negative ack wait was accepted")
+	}
+	if err := (Options{JS: js, DataDir: t.TempDir()}).Validate(); err != nil {
+		t.Errorf("valid options: %v", err)
+	}
+	if err := New(Options{}).Run(context.Background()); err == nil {
+		t.Error("Run started without a bus")
+	}
+}
