@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -95,10 +94,11 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) != 1 {
 		return usageError{errors.New("usage: da verify <source> [--data-dir DIR] [--loop]")}
 	}
-	if err := schemas.ValidateName("source", pos[0]); err != nil {
+	layout, err := schemas.NewLayout(*dataDir)
+	if err != nil {
 		return err
 	}
-	path, err := filepath.Abs(filepath.Join(*dataDir, "extracts", pos[0], "extract.duckdb"))
+	path, err := layout.Extract(pos[0])
 	if err != nil {
 		return err
 	}

@@ -79,7 +79,11 @@ func fullExtract(ctx context.Context, s connectortest.Suite) error {
 	if _, err := sync(); err != nil {
 		return err
 	}
-	path := filepath.Join(dir, "extracts", "contract", "extract.duckdb")
+	layout := schemas.LayoutAt(dir)
+	path, err := layout.Extract("contract")
+	if err != nil {
+		return err
+	}
 	x, err := extractcheck.Verify(ctx, path)
 	if err != nil {
 		return fmt.Errorf("extract breaks the contract: %w", err)
@@ -87,7 +91,7 @@ func fullExtract(ctx context.Context, s connectortest.Suite) error {
 	if len(x.Meta) == 0 {
 		return errors.New("the extract has no table")
 	}
-	if err := noSecretInFiles(s, filepath.Join(dir, "extracts")); err != nil {
+	if err := noSecretInFiles(s, layout.Extracts()); err != nil {
 		return err
 	}
 	if len(incremental) == 0 {
