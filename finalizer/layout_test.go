@@ -1,6 +1,7 @@
 package finalizer
 
 import (
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,7 +17,7 @@ const (
 
 func mustFinalizer(tb testing.TB, dataDir string) *Finalizer {
 	tb.Helper()
-	f, err := New(Options{DataDir: dataDir, RetireGrace: time.Minute})
+	f, err := New(Options{JS: natstest.MustStart(tb), DataDir: dataDir, RetireGrace: time.Minute})
 	if err != nil {
 		tb.Fatal(err)
 	}

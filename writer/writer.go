@@ -36,7 +36,7 @@ const (
 	// DefaultStreamFlushAfter is how long streamed (webhook) batches wait to
 	// be joined into one part: the floor of an event's time to visibility.
 	DefaultStreamFlushAfter = 100 * time.Millisecond
-	DefaultFetchBatch       = 32
+	DefaultPrefetch         = 8
 	DefaultAckWait          = 60 * time.Second
 	DefaultMaxDeliver       = 10
 	// DefaultMaxBatchBytes is the largest decoded batch a writer accepts.
@@ -54,12 +54,13 @@ type Options struct {
 	FlushAfter     time.Duration
 	// StreamFlushAfter replaces FlushAfter for batches of the stream run.
 	StreamFlushAfter time.Duration
-	FetchBatch       int
-	AckWait          time.Duration
-	MaxDeliver       int
-	MaxBatchBytes    int64
-	Mem              memory.Allocator
-	Logger           *slog.Logger
+	// Prefetch is how many batches are pulled ahead of the one being handled.
+	Prefetch      int
+	AckWait       time.Duration
+	MaxDeliver    int
+	MaxBatchBytes int64
+	Mem           memory.Allocator
+	Logger        *slog.Logger
 
 	// beforeWrite, when set, runs before a part is written (tests slow
 	// writes down with it).
@@ -110,7 +111,7 @@ func (o Options) Validate() error {
 	if o.DataDir == "" {
 		errs = append(errs, errors.New("no data dir"))
 	}
-	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.FetchBatch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
+	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.Prefetch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
 		o.AckWait < 0 || o.FlushAfter < 0 || o.StreamFlushAfter < 0 {
 		errs = append(errs, errors.New("negative size, count or duration"))
 	}
@@ -134,8 +135,8 @@ func New(opts Options) *Writer {
 	if opts.StreamFlushAfter <= 0 {
 		opts.StreamFlushAfter = DefaultStreamFlushAfter
 	}
-	if opts.FetchBatch <= 0 {
-		opts.FetchBatch = DefaultFetchBatch
+	if opts.Prefetch <= 0 {
+		opts.Prefetch = DefaultPrefetch
 	}
 	if opts.AckWait <= 0 {
 		opts.AckWait = DefaultAckWait
@@ -184,7 +185,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	w.log.Info("writer started")
 	defer w.release()
 	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.WriterConsumer, Logger: w.log,
-		Prefetch: w.opts.FetchBatch, Handle: w.handle, Wait: w.fetchWait, Idle: w.flushDue})
+		Prefetch: w.opts.Prefetch, Handle: w.handle, Wait: w.fetchWait, Idle: w.flushDue})
 	// Flush what is buffered so it is not redelivered needlessly.
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	w.flushAll(fctx)

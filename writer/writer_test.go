@@ -229,7 +229,7 @@ func TestSlowWriteIsNotRedelivered(t *testing.T) {
 	js := natstest.MustStart(t)
 	dir := t.TempDir()
 	var slowed atomic.Bool
-	slow := New(Options{JS: js, DataDir: dir, Name: "slow", AckWait: time.Second, FlushAfter: 50 * time.Millisecond, FetchBatch: 100,
+	slow := New(Options{JS: js, DataDir: dir, Name: "slow", AckWait: time.Second, FlushAfter: 50 * time.Millisecond, Prefetch: 100,
 		Logger: slog.New(slog.DiscardHandler), beforeWrite: func() {
 			if slowed.CompareAndSwap(false, true) {
 				time.Sleep(3500 * time.Millisecond)
