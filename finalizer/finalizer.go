@@ -192,11 +192,7 @@ func (f *Finalizer) Run(ctx context.Context) error {
 	sctx, stopStream := context.WithCancel(ctx)
 	defer stopStream()
 	go func() {
-		err := f.follow(sctx, schemas.StreamEventStream, "agnes.stream.>", true)
-		if err != nil {
-			f.log.Error("following streamed parts stopped", "err", err)
-		}
-		streamErr <- err
+		streamErr <- f.follow(sctx, schemas.StreamEventStream, "agnes.stream.>", true)
 	}()
 	err = f.follow(ctx, schemas.EventStream, "agnes.events.>", false)
 	stopStream()
