@@ -221,7 +221,10 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 	}
 	for m := range months {
 		old := absFiles(dataDir, filesOf(ct.Files, m))
-		rel := filepath.Join(pt.name, "month="+m, marker)
+		rel, err := schemas.PartitionRel(pt.name, m, marker)
+		if err != nil {
+			return err
+		}
 		dst := filepath.Join(dataDir, rel)
 		tmp := dst + parquetfile.TempMarker + "reconcile"
 		n, err := duck.DeleteMarkers(ctx, db, old, newFiles, pt.keyCol, timeCol, pt.reconcile, tmp)
@@ -410,7 +413,11 @@ func (f *Finalizer) pickCompaction(ct *catalogTable, table, month string) *compa
 	for i, p := range small {
 		names[i] = p.Path
 	}
-	rel := filepath.Join(table, "month="+month, "c-"+shortHash(strings.Join(names, "\n"))+".parquet")
+	rel, err := schemas.PartitionRel(table, month, "c-"+shortHash(strings.Join(names, "\n"))+".parquet")
+	if err != nil {
+		f.log.Error("compaction output refused", "table", table, "month", month, "err", err)
+		return nil
+	}
 	return &compaction{table: table, month: month, keyCol: ct.KeyColumn, inputs: small, out: partFile{Path: rel, Month: month}}
 }
 
@@ -539,7 +546,10 @@ func (f *Finalizer) placeRun(ctx context.Context, runID, source, table string, t
 		}
 		total += rows
 		name := "r" + runID[:min(8, len(runID))] + "-" + strings.TrimSuffix(filepath.Base(p.path), ".part") + ".parquet"
-		rel := filepath.Join(table, "month="+p.month, name)
+		rel, err := schemas.PartitionRel(table, p.month, name)
+		if err != nil {
+			return nil, nil, err
+		}
 		final := filepath.Join(dataDir, rel)
 		if _, err := os.Stat(p.path); errors.Is(err, os.ErrNotExist) {
 			st, err := os.Stat(final)

@@ -287,7 +287,10 @@ func (f *Finalizer) placeStreamed(ctx context.Context, source string, pp *pendin
 	if err != nil {
 		return partFile{}, false, err
 	}
-	rel := filepath.Join(ev.Table, "month="+ev.Month, "s-"+pn.Stem()+".parquet")
+	rel, err := schemas.PartitionRel(ev.Table, ev.Month, "s-"+pn.Stem()+".parquet")
+	if err != nil {
+		return partFile{}, false, err
+	}
 	final := filepath.Join(dataDir, rel)
 	var rows int64
 	for i, s := range ev.Seqs {

@@ -200,6 +200,26 @@ func VersionRel(table, run string) (string, error) {
 	return filepath.Join(VersionFolder, table, run+".parquet"), nil
 }
 
+// partitionFileRE is the name of a file of a partitioned table's month:
+// a kind letter (s streamed part, r run part, c compaction, d delete
+// markers) and a derived id.
+var partitionFileRE = regexp.MustCompile(`^[a-z][A-Za-z0-9-]{0,127}\.parquet$`)
+
+// PartitionRel is the path, relative to the data folder, of the file name
+// of table's partition of month: <table>/month=YYYY-MM/<name>.
+func PartitionRel(table, month, name string) (string, error) {
+	if err := ValidateName("table", table); err != nil {
+		return "", err
+	}
+	if err := ValidateMonth(month); err != nil {
+		return "", err
+	}
+	if !partitionFileRE.MatchString(name) {
+		return "", fmt.Errorf("%w: partition file name %q of %s", ErrInvalidName, name, table)
+	}
+	return filepath.Join(table, "month="+month, name), nil
+}
+
 // Version is the absolute path of the version of table that run published.
 func (l Layout) Version(source, table, run string) (string, error) {
 	rel, err := VersionRel(table, run)

@@ -250,3 +250,21 @@ func FuzzDecodeSyncRequest(f *testing.F) {
 		}
 	})
 }
+
+func TestPartitionRel(t *testing.T) {
+	got, err := PartitionRel("issues", "2026-05", "s-m2026-05-a1-s0000000001-0000000002-abcabcabcabc.parquet")
+	if err != nil || got != filepath.Join("issues", "month=2026-05", "s-m2026-05-a1-s0000000001-0000000002-abcabcabcabc.parquet") {
+		t.Errorf("PartitionRel = %q, %v", got, err)
+	}
+	for _, c := range [][3]string{
+		{"../x", "2026-05", "s-a.parquet"},
+		{"issues", "2026-13", "s-a.parquet"},
+		{"issues", "2026-05", "../../x.parquet"},
+		{"issues", "2026-05", "s-a.csv"},
+		{"issues", "2026-05", ".parquet"},
+	} {
+		if _, err := PartitionRel(c[0], c[1], c[2]); err == nil {
+			t.Errorf("PartitionRel%v accepted", c)
+		}
+	}
+}
