@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
@@ -25,9 +24,6 @@ type catalog struct {
 	// Retired are files no published extract references any more, kept
 	// for a grace period for readers of an older extract, then deleted.
 	Retired []retiredFile `json:"retired,omitempty"`
-
-	// mu guards the catalog while partitioned tables are updated at once.
-	mu sync.Mutex
 }
 
 // partFile is one Parquet file of a partitioned table.

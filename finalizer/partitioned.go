@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -83,39 +84,85 @@ type partitionedTable struct {
 // extract is built afterwards; until then the live extract still reads the
 // old file set.
 func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir string, pt partitionedTable, now time.Time) error {
-	if err := schemas.ValidateName("key column", pt.keyCol); err != nil {
-		return fmt.Errorf("table %s: %w", pt.name, err)
-	}
-	ct := partitionedEntry(cat, pt, now)
-	added := newFilesByMonth(ct, pt.adds)
-	db, err := f.duck()
+	e, err := f.partitionEdit(ctx, cat.Tables[pt.name], dataDir, pt, now)
 	if err != nil {
 		return err
 	}
+	cat.apply(e, now)
+	return nil
+}
+
+// tableEdit is what updating one table does to the catalog: its new entry
+// and, in order, the files it retires or brings back. Edits are computed
+// from the catalog's values (several tables at once) and applied one by one.
+type tableEdit struct {
+	name  string
+	entry catalogTable
+	files []fileEdit
+}
+
+type fileEdit struct {
+	path   string
+	retire bool // else unretire
+}
+
+func (e *tableEdit) retire(paths ...string) {
+	for _, p := range paths {
+		e.files = append(e.files, fileEdit{path: p, retire: true})
+	}
+}
+
+func (e *tableEdit) unretire(path string) { e.files = append(e.files, fileEdit{path: path}) }
+
+// apply records e in the catalog.
+func (c *catalog) apply(e tableEdit, now time.Time) {
+	for _, fe := range e.files {
+		if fe.retire {
+			c.retire([]string{fe.path}, now)
+		} else {
+			c.unretire(fe.path)
+		}
+	}
+	c.Tables[e.name] = e.entry
+}
+
+// partitionEdit is the edit that adds pt's files to the table whose entry
+// is old (zero if none): delete markers of a reconciling backfill, the
+// months recounted, a month with far too many files compacted on the way.
+// It reads only old and the files; the catalog is not touched.
+func (f *Finalizer) partitionEdit(ctx context.Context, old catalogTable, dataDir string, pt partitionedTable, now time.Time) (tableEdit, error) {
+	e := tableEdit{name: pt.name}
+	if err := schemas.ValidateName("key column", pt.keyCol); err != nil {
+		return e, fmt.Errorf("table %s: %w", pt.name, err)
+	}
+	ct := partitionedEntry(&e, old, pt, now)
+	added := newFilesByMonth(ct, pt.adds)
+	db, err := f.duck()
+	if err != nil {
+		return e, err
+	}
 	if pt.reconcile > 0 && len(pt.schema) > 0 {
 		if err := f.reconcile(ctx, db, dataDir, &ct, pt, added); err != nil {
-			return fmt.Errorf("table %s: %w", pt.name, err)
+			return e, fmt.Errorf("table %s: %w", pt.name, err)
 		}
 	}
 	for m, adds := range added {
-		old := filesOf(ct.Files, m)
+		before := filesOf(ct.Files, m)
 		ct.Files = append(ct.Files, adds...)
-		cat.mu.Lock()
 		for _, a := range adds {
-			cat.unretire(a.Path)
+			e.unretire(a.Path)
 		}
-		cat.mu.Unlock()
-		n, err := f.recount(ctx, db, dataDir, ct, m, old, adds)
+		n, err := f.recount(ctx, db, dataDir, ct, m, before, adds)
 		if err != nil {
-			return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+			return e, fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
 		}
 		ct.MonthRows[m] = n
 		// Compaction runs when the source is idle (startCompaction); only a
 		// partition with far too many files is compacted on the way.
 		// Compaction keeps what the view shows, so the count stays.
 		if len(filesOf(ct.Files, m)) >= 4*f.opts.CompactMinFiles {
-			if _, err := f.maybeCompact(ctx, db, cat, &ct, dataDir, pt.name, m, now); err != nil {
-				return fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
+			if _, err := f.maybeCompact(ctx, db, &e, &ct, dataDir, pt.name, m); err != nil {
+				return e, fmt.Errorf("table %s, month %s: %w", pt.name, m, err)
 			}
 		}
 	}
@@ -127,31 +174,28 @@ func (f *Finalizer) applyPartitioned(ctx context.Context, cat *catalog, dataDir 
 		ct.SizeBytes += p.Size
 	}
 	sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
-	cat.mu.Lock()
-	cat.Tables[pt.name] = ct
-	cat.mu.Unlock()
-	return nil
+	e.entry = ct
+	return e, nil
 }
 
 // partitionedEntry is the catalog entry pt updates: the table's, or a new
 // one when it was not partitioned before (its batch version is retired:
 // never both layouts).
-func partitionedEntry(cat *catalog, pt partitionedTable, now time.Time) catalogTable {
-	cat.mu.Lock()
-	ct, ok := cat.Tables[pt.name]
-	if ok && !ct.Partitioned && schemas.Stored(ct.QueryMode) {
+func partitionedEntry(e *tableEdit, ct catalogTable, pt partitionedTable, now time.Time) catalogTable {
+	if !ct.Partitioned && schemas.Stored(ct.QueryMode) {
 		// The link is removed once the extract is swapped.
 		if ct.Version != "" {
-			cat.retire([]string{ct.Version}, now)
+			e.retire(ct.Version)
 		} else {
-			cat.retire([]string{pt.name + ".parquet"}, now)
+			e.retire(pt.name + ".parquet")
 		}
-		ct = catalogTable{}
 	}
-	cat.mu.Unlock()
-	if !ok || !ct.Partitioned {
+	if !ct.Partitioned {
 		ct = catalogTable{Partitioned: true, MonthRows: map[string]int64{}}
 	}
+	// The edit owns its entry: nothing it changes shows in the catalog
+	// before it is applied.
+	ct.MonthRows, ct.Files = maps.Clone(ct.MonthRows), slices.Clone(ct.Files)
 	if ct.MonthRows == nil {
 		ct.MonthRows = map[string]int64{}
 	}
@@ -340,13 +384,15 @@ func (o *owner) applyCompaction(ctx context.Context, b *compactionBuild) error {
 	applied := 0
 	for i, c := range b.plan {
 		ct, ok := cat.Tables[c.table]
-		if b.errs[i] != nil || !ok || !ct.Partitioned || !c.apply(cat, &ct, now) {
+		e := tableEdit{name: c.table}
+		if b.errs[i] != nil || !ok || !ct.Partitioned || !c.apply(&e, &ct) {
 			if b.errs[i] == nil && !slices.ContainsFunc(ct.Files, func(p partFile) bool { return p.Path == c.out.Path }) {
 				os.Remove(filepath.Join(dataDir, c.out.Path))
 			}
 			continue
 		}
-		cat.Tables[c.table] = ct
+		e.entry = ct
+		cat.apply(e, now)
 		applied++
 		f.logCompaction(c, b.took)
 	}
@@ -432,7 +478,7 @@ func (c *compaction) build(ctx context.Context, db *sql.DB, dataDir string) erro
 // apply swaps the inputs for the compacted file in the catalog table and
 // retires them; it reports false, changing nothing, when an input is no
 // longer in the table (compacted or replaced meanwhile).
-func (c *compaction) apply(cat *catalog, ct *catalogTable, now time.Time) bool {
+func (c *compaction) apply(e *tableEdit, ct *catalogTable) bool {
 	for _, in := range c.inputs {
 		if !slices.ContainsFunc(ct.Files, func(p partFile) bool { return p.Path == in.Path }) {
 			return false
@@ -449,16 +495,14 @@ func (c *compaction) apply(cat *catalog, ct *catalogTable, now time.Time) bool {
 		ct.SizeBytes += p.Size
 	}
 	sort.Slice(ct.Files, func(i, j int) bool { return ct.Files[i].Path < ct.Files[j].Path })
-	cat.mu.Lock()
-	cat.unretire(c.out.Path)
-	cat.retire(names, now)
-	cat.mu.Unlock()
+	e.unretire(c.out.Path)
+	e.retire(names...)
 	metrics.Compactions.Inc()
 	return true
 }
 
 // maybeCompact compacts one partition on the spot, when a merge is due.
-func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, ct *catalogTable, dataDir, table, month string, now time.Time) (bool, error) {
+func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, e *tableEdit, ct *catalogTable, dataDir, table, month string) (bool, error) {
 	c := f.pickCompaction(ct, table, month)
 	if c == nil {
 		return false, nil
@@ -467,7 +511,7 @@ func (f *Finalizer) maybeCompact(ctx context.Context, db *sql.DB, cat *catalog, 
 	if err := c.build(ctx, db, dataDir); err != nil {
 		return false, err
 	}
-	c.apply(cat, ct, now)
+	c.apply(e, ct)
 	f.logCompaction(c, time.Since(start))
 	return true, nil
 }

@@ -251,17 +251,24 @@ func (f *Finalizer) applyTables(ctx context.Context, cat *catalog, dataDir strin
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(byTable))
+	edits := make([]tableEdit, len(byTable))
 	i := 0
 	for _, pt := range byTable {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			errs[i] = f.applyPartitioned(ctx, cat, dataDir, *pt, now)
+			edits[i], errs[i] = f.partitionEdit(ctx, cat.Tables[pt.name], dataDir, *pt, now)
 		}(i)
 		i++
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for _, e := range edits {
+		cat.apply(e, now)
+	}
+	return nil
 }
 
 // placeStreamed moves one streamed part into its partition (or rewrites it
