@@ -62,7 +62,12 @@ func (r *retry) failed(now time.Time) time.Duration {
 	return d
 }
 
-func (r *retry) reset() { *r = retry{backoff: r.backoff} }
+// reset forgets the failures after a success: the next one waits the
+// shortest delay.
+func (r *retry) reset() {
+	r.since, r.at = time.Time{}, time.Time{}
+	r.backoff.Reset()
+}
 
 // message is what the followers and helpers send an owner.
 type message struct {
@@ -137,10 +142,10 @@ func (o *owner) loop(ctx context.Context) {
 	}
 }
 
-// working reports whether anything waits: streamed parts to publish, a
-// compaction, or messages not yet folded.
+// working reports whether anything waits: streamed parts to publish or a
+// compaction (messages not yet folded are the inbox's, which Busy reads).
 func (o *owner) working() bool {
-	return len(o.stream.pending) > 0 || o.compacting || o.compactDue || !o.inbox.empty()
+	return len(o.stream.pending) > 0 || o.compacting || o.compactDue
 }
 
 func (o *owner) fold(ctx context.Context, m message) {

@@ -1,6 +1,7 @@
 package finalizer
 
 import (
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"strings"
 	"testing"
 	"time"
@@ -119,5 +120,22 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	if err := (Options{DataDir: "x", RetireGrace: -time.Second}).Validate(); err == nil || !strings.Contains(err.Error(), "negative") {
 		t.Errorf("negative grace: %v", err)
+	}
+}
+
+// TestRetryResetStartsOver: after a success the next failure waits the
+// shortest delay again, not the one the earlier failures had reached.
+func TestRetryResetStartsOver(t *testing.T) {
+	r := retry{backoff: natsbus.Backoff{Min: time.Second, Max: time.Minute}}
+	now := time.Now()
+	for range 4 {
+		r.failed(now)
+	}
+	r.reset()
+	if !r.since.IsZero() || !r.due(now) {
+		t.Errorf("after reset: since %v, due %v", r.since, r.due(now))
+	}
+	if d := r.failed(now); d != time.Second {
+		t.Errorf("first failure after a reset waits %v, want 1s", d)
 	}
 }

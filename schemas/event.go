@@ -2,6 +2,7 @@ package schemas
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -340,7 +341,7 @@ func (e Event) MsgID() string {
 // attempt, increasing seqs with row counts that add up to its rows.
 func (e Event) validatePart() error {
 	if e.Table == "" {
-		return fmt.Errorf("no table")
+		return errors.New("no table")
 	}
 	p, err := ParsePartName(e.Part)
 	if err != nil {
@@ -358,7 +359,7 @@ func (e Event) validatePart() error {
 	var rows int64
 	for i, s := range e.Seqs {
 		if s < 0 || e.SeqRows[i] < 0 || (i > 0 && s <= e.Seqs[i-1]) {
-			return fmt.Errorf("seqs must be non-negative and increasing, row counts non-negative")
+			return errors.New("seqs must be non-negative and increasing, row counts non-negative")
 		}
 		rows += e.SeqRows[i]
 	}
