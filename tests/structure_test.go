@@ -16,10 +16,10 @@ const module = "github.com/agnes-ai/connector-kit/"
 // services meet only on the bus: none imports another.
 var services = []string{"producers", "writer", "finalizer", "internal/gateway", "internal/httpapi"}
 
-// goFiles parses the non-test Go files under dir (recursively when deep).
-func goFiles(t *testing.T, dir string, deep bool) map[string]*ast.File {
+// goFiles parses the non-test Go files under dir (recursively when deep,
+// hidden folders left out) into fset.
+func goFiles(t *testing.T, fset *token.FileSet, dir string, deep bool) map[string]*ast.File {
 	t.Helper()
-	fset := token.NewFileSet()
 	out := map[string]*ast.File{}
 	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -57,7 +57,7 @@ func imports(f *ast.File) []string {
 // package imports no NATS package.
 func TestPackageBoundaries(t *testing.T) {
 	for _, svc := range services {
-		for path, f := range goFiles(t, filepath.Join("..", svc), false) {
+		for path, f := range goFiles(t, token.NewFileSet(), filepath.Join("..", svc), false) {
 			for _, imp := range imports(f) {
 				for _, other := range services {
 					if other != svc && imp == module+other {
@@ -67,7 +67,7 @@ func TestPackageBoundaries(t *testing.T) {
 			}
 		}
 	}
-	for path, f := range goFiles(t, filepath.Join("..", "schemas"), false) {
+	for path, f := range goFiles(t, token.NewFileSet(), filepath.Join("..", "schemas"), false) {
 		for _, imp := range imports(f) {
 			if strings.HasPrefix(imp, "github.com/nats-io/") {
 				t.Errorf("%s imports %s: schemas is types, names and codecs", path, imp)
@@ -79,20 +79,7 @@ func TestPackageBoundaries(t *testing.T) {
 // TestFunctionLength: no function outside tests is longer than 80 lines.
 func TestFunctionLength(t *testing.T) {
 	fset := token.NewFileSet()
-	err := filepath.WalkDir("..", func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() && p != ".." && strings.HasPrefix(d.Name(), ".") {
-			return filepath.SkipDir
-		}
-		if d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
-			return nil
-		}
-		f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
-		if err != nil {
-			return err
-		}
+	for p, f := range goFiles(t, fset, "..", true) {
 		for _, decl := range f.Decls {
 			fd, ok := decl.(*ast.FuncDecl)
 			if !ok || fd.Body == nil {
@@ -102,9 +89,5 @@ func TestFunctionLength(t *testing.T) {
 				t.Errorf("%s: %s is %d lines; split it (the limit is 80)", p, fd.Name.Name, n)
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }

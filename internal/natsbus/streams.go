@@ -8,67 +8,26 @@ import (
 )
 
 // StreamConfigs returns the JetStream streams the services need. replicas is
-// 1 for a single server and 3 for a cluster.
+// 1 for a single server and 3 for a cluster. Every stream deduplicates
+// publishes within 10 minutes by their message id, except the dead letters
+// (a batch dead-lettered twice is two records of what happened).
 func StreamConfigs(replicas int) []jetstream.StreamConfig {
-	if replicas < 1 {
-		replicas = 1
+	replicas = max(replicas, 1)
+	stream := func(name, description, subjects string, retention jetstream.RetentionPolicy, maxAge time.Duration) jetstream.StreamConfig {
+		return jetstream.StreamConfig{Name: name, Description: description, Subjects: []string{subjects}, Retention: retention,
+			Storage: jetstream.FileStorage, Replicas: replicas, MaxAge: maxAge, Duplicates: 10 * time.Minute}
 	}
+	dlq := stream(schemas.DeadLetterStream, "Agnes batches that could not be written, with the reason", "agnes.dlq.>",
+		jetstream.LimitsPolicy, 30*24*time.Hour)
+	dlq.Duplicates = 0
 	return []jetstream.StreamConfig{
-		{
-			Name:        schemas.SyncStream,
-			Description: "Agnes sync requests",
-			Subjects:    []string{"agnes.sync.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        schemas.DataStream,
-			Description: "Agnes Arrow IPC batches, one subject per table",
-			Subjects:    []string{"agnes.data.*.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        schemas.EventStream,
-			Description: "Agnes run events",
-			Subjects:    []string{"agnes.events.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			MaxAge:      7 * 24 * time.Hour,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        schemas.StreamEventStream,
-			Description: "Agnes events of streamed (webhook) data: parts written and published",
-			Subjects:    []string{"agnes.stream.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			MaxAge:      schemas.StreamEventRetention,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        schemas.HookStream,
-			Description: "Agnes webhook bodies accepted by the gateway, one subject per source",
-			Subjects:    []string{"agnes.hooks.*"},
-			Retention:   jetstream.WorkQueuePolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			Duplicates:  10 * time.Minute,
-		},
-		{
-			Name:        schemas.DeadLetterStream,
-			Description: "Agnes batches that could not be written, with the reason",
-			Subjects:    []string{"agnes.dlq.>"},
-			Retention:   jetstream.LimitsPolicy,
-			Storage:     jetstream.FileStorage,
-			Replicas:    replicas,
-			MaxAge:      30 * 24 * time.Hour,
-		},
+		stream(schemas.SyncStream, "Agnes sync requests", "agnes.sync.*", jetstream.WorkQueuePolicy, 0),
+		stream(schemas.DataStream, "Agnes Arrow IPC batches, one subject per table", "agnes.data.*.*", jetstream.WorkQueuePolicy, 0),
+		stream(schemas.EventStream, "Agnes run events", "agnes.events.>", jetstream.LimitsPolicy, 7*24*time.Hour),
+		stream(schemas.StreamEventStream, "Agnes events of streamed (webhook) data: parts written and published", "agnes.stream.>",
+			jetstream.LimitsPolicy, schemas.StreamEventRetention),
+		stream(schemas.HookStream, "Agnes webhook bodies accepted by the gateway, one subject per source", "agnes.hooks.*",
+			jetstream.WorkQueuePolicy, 0),
+		dlq,
 	}
 }
