@@ -9,7 +9,6 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
-	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -31,9 +30,7 @@ func (r *run) event(t schemas.EventType, table string) schemas.Event {
 }
 
 // publish publishes e and waits for the stream's acknowledgement.
-func (r *run) publish(ctx context.Context, e schemas.Event) error {
-	return natsbus.PublishEvent(ctx, r.p.opts.JS, e)
-}
+func (r *run) publish(ctx context.Context, e schemas.Event) error { return r.p.publishEvent(ctx, e) }
 
 // failTable reports a table failed with err and returns its result.
 func (r *run) failTable(ctx context.Context, res schemas.TableResult, err error) schemas.TableResult {
