@@ -314,7 +314,7 @@ func (f *Finalizer) replayThenFollow(ctx context.Context, stream, filter string,
 	if !replaying {
 		caughtUp()
 	}
-	err = natsbus.Follow(ctx, f.opts.JS, stream, filter, 0, func(msg jetstream.Msg) bool {
+	err = natsbus.Follow(ctx, f.log, f.opts.JS, stream, filter, 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err == nil {
 			err = schemas.CheckEventSubject(msg.Subject(), ev)

@@ -208,8 +208,12 @@ func (p *Producer) waitBacklog(ctx context.Context, log *slog.Logger) error {
 	poll := natsbus.Backoff{Min: 10 * time.Millisecond, Max: 200 * time.Millisecond}
 	warned := time.Now()
 	for {
-		info, err := cons.Info(ctx)
-		if err != nil {
+		// A cluster electing a new leader answers after a while.
+		var info *jetstream.ConsumerInfo
+		if err := natsbus.Retry(ctx, func() (err error) {
+			info, err = cons.Info(ctx)
+			return err
+		}); err != nil {
 			return fmt.Errorf("check writer backlog: %w", err)
 		}
 		if info.NumPending <= uint64(p.opts.MaxBacklog) {

@@ -6,6 +6,7 @@ import (
 	"iter"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -191,14 +192,24 @@ func anyFailed(ev schemas.Event) bool {
 	return false
 }
 
-// TestClusterNodeLoss: three NATS nodes with replicated streams; one node is
-// killed mid-run; the run completes with nothing lost.
+// TestClusterNodeLoss: three NATS nodes with replicated streams, every core
+// kept busy; the node leading the writers' consumer is killed (SIGKILL)
+// mid-run; the run completes with nothing lost.
 func TestClusterNodeLoss(t *testing.T) {
 	e := newProcEnv(t, 3, 300_000, 20_000)
+	contend(t)
 	e.serveAll(2)
 	run := e.startSync()
 	e.waitBatchWritten(run)
-	e.servers[1].kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cons, err := e.js.Consumer(ctx, schemas.DataStream, schemas.WriterConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := consumerLeader(t, cons)
+	t.Logf("killing %s, the leader of the writers' consumer", leader)
+	e.servers[slices.IndexFunc(e.servers, func(p *proc) bool { return p.name == "nats"+leader[1:] })].kill()
 	ev := e.finish(run, 3*time.Minute)
 	if ev.Type != schemas.EventExtractPublished || anyFailed(ev) {
 		t.Fatalf("run with a node down: %+v", ev)

@@ -6,10 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -149,6 +151,31 @@ func waitPort(t *testing.T, port int) {
 	})
 }
 
+// contend keeps every core busy with spinning goroutines until the test
+// ends, so the processes under test run as on a loaded machine: timeouts
+// tuned to an idle box fail here instead of in CI.
+func contend(t *testing.T) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range runtime.NumCPU() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				if n%1_000_000 == 0 {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				}
+			}
+		}()
+	}
+	t.Cleanup(func() { close(stop); wg.Wait() })
+}
+
 // --- an environment of processes ---
 
 type procEnv struct {
@@ -157,6 +184,7 @@ type procEnv struct {
 	dataDir  string
 	cfgPath  string
 	url      string
+	urls     []string   // per server
 	natsArgs [][]string // per server, to restart it
 	servers  []*proc
 	procs    []*proc
@@ -192,6 +220,7 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 	for _, p := range ports {
 		waitPort(t, p)
 	}
+	e.urls = urls
 	e.url = strings.Join(urls, ",")
 	replicas := 1
 	if nServers >= 3 {
@@ -256,7 +285,7 @@ func (e *procEnv) waitEvent(run string, timeout time.Duration, pred func(schemas
 	defer cancel()
 	var found schemas.Event
 	ok := false
-	natsbus.Follow(ctx, e.js, schemas.EventStream, schemas.RunEventsFilter("demo", run), 0, func(m jetstream.Msg) bool {
+	natsbus.Follow(ctx, nil, e.js, schemas.EventStream, schemas.RunEventsFilter("demo", run), 0, func(m jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(m.Data())
 		if err == nil && pred(ev) {
 			found, ok = ev, true
@@ -290,6 +319,7 @@ func (e *procEnv) finish(run string, timeout time.Duration) schemas.Event {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		e.dumpBus(ctx, &logs)
 		if st, err := e.js.Stream(ctx, schemas.EventStream); err != nil {
 			fmt.Fprintf(&logs, "event stream: %v\n", err)
 		} else if m, err := st.GetLastMsgForSubject(ctx, schemas.EventSubject("demo", run, schemas.EventExtractPublished)); err != nil {
@@ -300,6 +330,39 @@ func (e *procEnv) finish(run string, timeout time.Duration) schemas.Event {
 		e.t.Fatalf("run %s did not finish in %s\n%s", run, timeout, logs.String())
 	}
 	return ev
+}
+
+// dumpBus writes what the bus knows of the run's machinery: each durable
+// consumer's leader, pending, ack-pending and waiting pulls, and the
+// streams' leaders and sizes.
+func (e *procEnv) dumpBus(ctx context.Context, w io.Writer) {
+	for _, c := range [][2]string{{schemas.SyncStream, schemas.ProducerConsumer}, {schemas.DataStream, schemas.WriterConsumer}} {
+		info, err := e.js.Consumer(ctx, c[0], c[1])
+		if err != nil {
+			fmt.Fprintf(w, "consumer %s: %v\n", c[1], err)
+			continue
+		}
+		ci := info.CachedInfo()
+		leader := ""
+		if ci.Cluster != nil {
+			leader = ci.Cluster.Leader
+		}
+		fmt.Fprintf(w, "consumer %s: leader %q pending %d ack-pending %d waiting %d redelivered %d delivered %d acked %d\n",
+			c[1], leader, ci.NumPending, ci.NumAckPending, ci.NumWaiting, ci.NumRedelivered, ci.Delivered.Stream, ci.AckFloor.Stream)
+	}
+	for _, name := range []string{schemas.SyncStream, schemas.DataStream, schemas.EventStream} {
+		st, err := e.js.Stream(ctx, name)
+		if err != nil {
+			fmt.Fprintf(w, "stream %s: %v\n", name, err)
+			continue
+		}
+		si := st.CachedInfo()
+		leader := ""
+		if si.Cluster != nil {
+			leader = si.Cluster.Leader
+		}
+		fmt.Fprintf(w, "stream %s: leader %q msgs %d last seq %d consumers %d\n", name, leader, si.State.Msgs, si.State.LastSeq, si.State.Consumers)
+	}
 }
 
 func tail(s string, n int) string {
@@ -315,7 +378,7 @@ func (e *procEnv) writerShares(run string) map[string]int64 {
 	stream, _ := e.js.Stream(ctx, schemas.EventStream)
 	info, _ := stream.Info(ctx)
 	last := info.State.LastSeq
-	natsbus.Follow(ctx, e.js, schemas.EventStream, schemas.EventSubject("demo", run, schemas.EventBatchWritten), 0, func(m jetstream.Msg) bool {
+	natsbus.Follow(ctx, nil, e.js, schemas.EventStream, schemas.EventSubject("demo", run, schemas.EventBatchWritten), 0, func(m jetstream.Msg) bool {
 		ev, _ := schemas.DecodeEvent(m.Data())
 		shares[ev.Writer] += ev.Rows
 		md, _ := m.Metadata()

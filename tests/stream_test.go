@@ -180,7 +180,7 @@ func trackParts(t testing.TB, js jetstream.JetStream) *partTracker {
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
-		natsbus.Follow(ctx, js, schemas.StreamEventStream, "agnes.stream.>", 0, func(m jetstream.Msg) bool {
+		natsbus.Follow(ctx, nil, js, schemas.StreamEventStream, "agnes.stream.>", 0, func(m jetstream.Msg) bool {
 			ev, err := schemas.DecodeEvent(m.Data())
 			md, _ := m.Metadata()
 			pt.mu.Lock()

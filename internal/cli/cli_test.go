@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -93,7 +92,7 @@ func TestServeStopsOnCancel(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	var errb syncBuffer
+	var errb natstest.LogBuffer
 	go func() {
 		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:-1"}, &bytes.Buffer{}, &errb)
 	}()
@@ -115,23 +114,6 @@ func TestServeStopsOnCancel(t *testing.T) {
 			t.Errorf("serve log lacks %q", w)
 		}
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestThousands(t *testing.T) {

@@ -59,7 +59,7 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 		last := info.State.LastSeq
 		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		natsbus.Follow(fctx, js, schemas.DeadLetterStream, filter, 0, func(m jetstream.Msg) bool {
+		natsbus.Follow(fctx, nil, js, schemas.DeadLetterStream, filter, 0, func(m jetstream.Msg) bool {
 			md, _ := m.Metadata()
 			h := m.Headers()
 			if md != nil && md.Sequence.Stream > last {

@@ -181,6 +181,8 @@ type consumer struct {
 	slots chan struct{}
 	wg    sync.WaitGroup
 	retry Backoff
+	// lostAt is when the consumer lost its server (zero while it has it).
+	lostAt time.Time
 }
 
 func (c *consumer) wait() time.Duration {
@@ -231,11 +233,10 @@ func (c *consumer) fetch(ctx context.Context, cons jetstream.Consumer) error {
 			if ctx.Err() != nil {
 				break
 			}
-			c.opts.Logger.Warn("pull failed; retrying", "consumer", c.opts.Name, "err", err)
+			c.lost(err)
 			c.retry.Wait(ctx)
 			continue
 		}
-		c.retry.Reset()
 		held := true
 		for msg := range batch.Messages() {
 			if !held && !c.take(ctx) {
@@ -248,16 +249,33 @@ func (c *consumer) fetch(ctx context.Context, cons jetstream.Consumer) error {
 		if held {
 			<-c.slots
 		}
+		// Each fetch is a new pull, so a lost server costs one fetch; a
+		// pull no server answered (a cluster electing) is worth a word.
+		if err := batch.Error(); err != nil && ctx.Err() == nil {
+			c.lost(err)
+			c.retry.Wait(ctx)
+		} else {
+			c.retry.Reset()
+			if !held {
+				c.resumed()
+			}
+		}
 		c.idle(ctx)
 	}
 	return nil
 }
 
+// PullHeartbeat is how often the server tells a waiting pull that it is
+// still there. Two missed heartbeats mean the pull is lost (its server died
+// without a word, or a new consumer leader never heard of it); the pull is
+// then issued again, so a lost server costs at most two heartbeats.
+const PullHeartbeat = 5 * time.Second
+
 func (c *consumer) iterate(ctx context.Context, cons jetstream.Consumer) error {
 	for ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(c.opts.Prefetch))
+		it, err := cons.Messages(jetstream.PullMaxMessages(c.opts.Prefetch), jetstream.PullHeartbeat(PullHeartbeat))
 		if err != nil {
-			c.opts.Logger.Warn("pull failed; retrying", "consumer", c.opts.Name, "err", err)
+			c.lost(err)
 			c.retry.Wait(ctx)
 			continue
 		}
@@ -265,51 +283,100 @@ func (c *consumer) iterate(ctx context.Context, cons jetstream.Consumer) error {
 		if ctx.Err() != nil {
 			break
 		}
-		c.opts.Logger.Warn("pull stopped; resuming", "consumer", c.opts.Name, "err", err)
+		c.lost(err)
 		c.retry.Wait(ctx)
 	}
 	return nil
 }
 
-// drain handles it's messages until it breaks or ctx ends.
-func (c *consumer) drain(ctx context.Context, it jetstream.MessagesContext) error {
-	defer c.release(it)
+// lost says once, at WARN, that the consumer lost contact with the server;
+// later failures before it resumes are logged at debug only.
+func (c *consumer) lost(err error) {
+	if c.lostAt.IsZero() {
+		c.lostAt = time.Now()
+		c.opts.Logger.Warn("lost contact with the consumer's server; pulling again until the cluster answers",
+			"consumer", c.opts.Name, "err", err)
+		return
+	}
+	c.opts.Logger.Debug("consumer still without its server", "consumer", c.opts.Name, "err", err)
+}
+
+// resumed logs the end of an outage that lost reported.
+func (c *consumer) resumed() {
+	c.retry.Reset()
+	if c.lostAt.IsZero() {
+		return
+	}
+	c.opts.Logger.Info("consumer resumed", "consumer", c.opts.Name, "after", time.Since(c.lostAt).Round(time.Millisecond).String())
+	c.lostAt = time.Time{}
+}
+
+// pulled is one result of the iterator's Next.
+type pulled struct {
+	msg jetstream.Msg
+	err error
+}
+
+// pump calls it.Next, without a deadline so that its heartbeat check runs,
+// and hands each result to out until Next fails for good; it closes out.
+// A missed heartbeat is handed on too, but the pump goes on: the iterator
+// has already forgotten the lost pull and issues a new one.
+func pump(it jetstream.MessagesContext, out chan<- pulled) {
+	defer close(out)
 	for {
-		nctx, cancel := context.WithTimeout(ctx, c.wait())
-		msg, err := it.Next(jetstream.NextContext(nctx))
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			if msg != nil {
-				Settle(c.opts.Logger, "nak", msg.Nak())
-			}
-			return ctx.Err()
-		case errors.Is(err, context.DeadlineExceeded):
-			c.idle(ctx)
-			continue
-		case err != nil:
-			return err
+		msg, err := it.Next()
+		out <- pulled{msg, err}
+		if err != nil && !errors.Is(err, jetstream.ErrNoHeartbeat) {
+			return
 		}
-		c.retry.Reset()
-		if !c.take(ctx) {
-			Settle(c.opts.Logger, "nak", msg.Nak())
-			return ctx.Err()
-		}
-		c.dispatch(ctx, msg)
-		c.idle(ctx)
 	}
 }
 
-// release stops it and naks what it had prefetched.
-func (c *consumer) release(it jetstream.MessagesContext) {
-	it.Drain()
+// drain handles it's messages until it breaks or ctx ends.
+func (c *consumer) drain(ctx context.Context, it jetstream.MessagesContext) error {
+	results := make(chan pulled)
+	go pump(it, results)
+	defer c.release(it, results)
+	wait := time.NewTimer(c.wait())
+	defer wait.Stop()
 	for {
-		nctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		msg, err := it.Next(jetstream.NextContext(nctx))
-		cancel()
-		if err != nil {
-			return
+		var p pulled
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wait.C:
+			c.idle(ctx)
+			wait.Reset(c.wait())
+			continue
+		case p = <-results:
 		}
-		Settle(c.opts.Logger, "nak", msg.Nak())
+		switch {
+		case errors.Is(p.err, jetstream.ErrNoHeartbeat):
+			c.lost(p.err)
+			continue
+		case p.err != nil:
+			return p.err
+		}
+		c.resumed()
+		if !c.take(ctx) {
+			Settle(c.opts.Logger, "nak", p.msg.Nak())
+			return ctx.Err()
+		}
+		c.dispatch(ctx, p.msg)
+		c.idle(ctx)
+		wait.Reset(c.wait())
+	}
+}
+
+// release stops it and naks what it had prefetched. Draining waits for
+// pulls in flight; a connection that cannot finish that is cut short.
+func (c *consumer) release(it jetstream.MessagesContext, results <-chan pulled) {
+	it.Drain()
+	cut := time.AfterFunc(2*time.Second, it.Stop)
+	defer cut.Stop()
+	for p := range results {
+		if p.msg != nil {
+			Settle(c.opts.Logger, "nak", p.msg.Nak())
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync/atomic"
 	"time"
@@ -153,14 +154,24 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 // from the first one (or from fromSeq when non-zero) until ctx ends or fn
 // returns false. A broken subscription (a server restart, a cluster node
 // going away) is resumed after the last delivered message, so fn sees every
-// message once and in order.
-func Follow(ctx context.Context, js jetstream.JetStream, stream, filter string, fromSeq uint64, fn func(jetstream.Msg) bool) error {
-	f := &follower{js: js, stream: stream, filter: filter, fn: fn}
+// message once and in order; the break is logged once at WARN on log (nil:
+// the default logger) and the resumption at INFO.
+func Follow(ctx context.Context, log *slog.Logger, js jetstream.JetStream, stream, filter string, fromSeq uint64, fn func(jetstream.Msg) bool) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	f := &follower{js: js, stream: stream, filter: filter, fn: fn, log: log}
 	f.next.Store(fromSeq)
 	for {
 		err := f.once(ctx)
 		if err == errStop || ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if f.lostAt.IsZero() {
+			f.lostAt = time.Now()
+			log.Warn("lost the stream's server; following again from the last message", "stream", stream, "filter", filter, "err", err)
+		} else {
+			log.Debug("stream still without its server", "stream", stream, "err", err)
 		}
 		if !Sleep(ctx, 250*time.Millisecond) {
 			return ctx.Err()
@@ -174,14 +185,22 @@ type follower struct {
 	stream, filter string
 	next           atomic.Uint64 // the stream sequence to resume from
 	delivered      atomic.Uint64
+	busy           atomic.Bool // fn is running: a slow fn is no stall
 	fn             func(jetstream.Msg) bool
+	log            *slog.Logger
+	// lostAt is when following broke, zero while it works; only the
+	// following goroutine touches it.
+	lostAt time.Time
 }
 
 // once follows with one ordered consumer until it breaks, stalls or fn says
 // stop (errStop).
 func (f *follower) once(ctx context.Context) error {
+	// The client recreates a broken ordered consumer under the same name,
+	// and a name the cluster placed on a dead server never comes back up:
+	// one attempt, then following starts over under a new name.
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{f.filter}, DeliverPolicy: jetstream.DeliverAllPolicy,
-		InactiveThreshold: FollowInactiveThreshold}
+		InactiveThreshold: FollowInactiveThreshold, MaxResetAttempts: 1}
 	if next := f.next.Load(); next > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, next
 	}
@@ -194,7 +213,7 @@ func (f *follower) once(ctx context.Context) error {
 	// The consumer is deleted when following ends; one left by a crashed
 	// process goes after FollowInactiveThreshold.
 	defer deleteConsumer(f.js, f.stream, cons)
-	it, err := cons.Messages()
+	it, err := cons.Messages(jetstream.PullHeartbeat(FollowHeartbeat))
 	if err != nil {
 		return err
 	}
@@ -203,28 +222,43 @@ func (f *follower) once(ctx context.Context) error {
 	defer stop()
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	go f.watch(wctx, it)
+	stalled := make(chan error, 1)
+	go f.watch(wctx, it, stalled)
 	for {
 		msg, err := it.Next()
 		if err != nil {
-			return err
+			select {
+			case why := <-stalled:
+				return why
+			default:
+				return err
+			}
 		}
 		if md, err := msg.Metadata(); err == nil {
 			f.next.Store(md.Sequence.Stream + 1)
 		}
 		f.delivered.Add(1)
-		if !f.fn(msg) {
+		if !f.lostAt.IsZero() {
+			f.log.Info("following resumed", "stream", f.stream, "filter", f.filter, "after", time.Since(f.lostAt).Round(time.Millisecond).String())
+			f.lostAt = time.Time{}
+		}
+		f.busy.Store(true)
+		more := f.fn(msg)
+		f.busy.Store(false)
+		if !more {
 			return errStop
 		}
 	}
 }
 
 // watch stops it when the consumer stalls: one whose server went away can
-// stop delivering without an error. When nothing arrived for two checks
-// while the stream holds a message past the last one delivered, following
-// starts over from there (if the growth was of other subjects, the restart
-// is merely wasted).
-func (f *follower) watch(ctx context.Context, it jetstream.MessagesContext) {
+// stop delivering without an error. When, for two checks in a row, nothing
+// was delivered while the stream holds a message for the filter past the
+// last one delivered (or cannot be asked), following starts over after the
+// last message delivered; the reason goes to stalled. It asks the stream,
+// not the consumer: the ordered consumer's own methods wait for its
+// recreation, which may never end while its server is gone.
+func (f *follower) watch(ctx context.Context, it jetstream.MessagesContext, stalled chan<- error) {
 	t := time.NewTicker(3 * time.Second)
 	defer t.Stop()
 	seen, idle := f.delivered.Load(), 0
@@ -234,26 +268,54 @@ func (f *follower) watch(ctx context.Context, it jetstream.MessagesContext) {
 			return
 		case <-t.C:
 		}
-		if now := f.delivered.Load(); now != seen {
+		if now := f.delivered.Load(); now != seen || f.busy.Load() {
 			seen, idle = now, 0
 			continue
 		}
-		idle++
-		ictx, icancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := f.js.Stream(ictx, f.stream)
-		var info *jetstream.StreamInfo
-		if err == nil {
-			info, err = st.Info(ictx)
+		err := f.behind(ctx)
+		if ctx.Err() != nil {
+			return
 		}
-		icancel()
-		if err == nil && info.State.LastSeq >= f.next.Load() && idle >= 2 {
+		if err == nil {
+			idle = 0
+			continue
+		}
+		if idle++; idle >= 2 {
+			stalled <- err
 			it.Stop()
 			return
 		}
 	}
 }
 
+// behind says why the follower is behind its stream: a message for the
+// filter past the last one delivered, or a stream that cannot be asked; nil
+// when it is not.
+func (f *follower) behind(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := f.js.Stream(ctx, f.stream)
+	if err != nil {
+		return fmt.Errorf("follower cannot ask its stream: %w", err)
+	}
+	last, err := st.GetLastMsgForSubject(ctx, f.filter)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("follower cannot ask its stream: %w", err)
+	case last.Sequence >= f.next.Load():
+		return fmt.Errorf("the stream holds message %d for the follower, which delivers none", last.Sequence)
+	}
+	return nil
+}
+
 var errStop = errors.New("stop following")
+
+// FollowHeartbeat is how often the server tells an idle follower that its
+// consumer is alive; after two missed heartbeats the client recreates the
+// consumer after the last message delivered.
+const FollowHeartbeat = 2 * time.Second
 
 // FollowInactiveThreshold is how long the server keeps a follower's consumer
 // after its client stopped asking for messages.

@@ -11,6 +11,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// PublishAckTimeout bounds the wait for the ack of an asynchronous publish.
+// Without it an ack lost with its server (a stream leader killed after it
+// took the message) is awaited forever; with it the publish fails and is
+// retried under its deduplication id.
+const PublishAckTimeout = 10 * time.Second
+
+// JetStream returns nc's JetStream client, whose asynchronous publishes fail
+// with jetstream.ErrAsyncPublishTimeout when no ack came within ackTimeout.
+func JetStream(nc *nats.Conn, ackTimeout time.Duration) (jetstream.JetStream, error) {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(ackTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return js, nil
+}
+
 // PublishEvent stamps e with the current time if unset and publishes it on
 // its subject with its deduplication id, waiting for the stream's ack. A
 // failed publish (a server restarting, a cluster electing a leader) is

@@ -153,9 +153,7 @@ func (s *Stack) connect(ctx context.Context, o Options) error {
 		s.stopServer()
 		return err
 	}
-	if s.JS, err = jetstream.New(s.NC); err != nil {
-		err = fmt.Errorf("jetstream: %w", err)
-	} else {
+	if s.JS, err = natsbus.JetStream(s.NC, natsbus.PublishAckTimeout); err == nil {
 		err = natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1))
 	}
 	if err != nil {

@@ -60,7 +60,7 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 	}
 	var rep *Report
 	var runErr error
-	err = natsbus.Follow(ctx, js, schemas.EventStream, schemas.RunEventsFilter(req.Source, req.RunID), 0, func(msg jetstream.Msg) bool {
+	err = natsbus.Follow(ctx, nil, js, schemas.EventStream, schemas.RunEventsFilter(req.Source, req.RunID), 0, func(msg jetstream.Msg) bool {
 		ev, err := schemas.DecodeEvent(msg.Data())
 		if err != nil {
 			return true
