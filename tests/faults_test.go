@@ -194,8 +194,19 @@ func anyFailed(ev schemas.Event) bool {
 
 // TestClusterNodeLoss: three NATS nodes with replicated streams, every core
 // kept busy; the node leading the writers' consumer is killed (SIGKILL)
-// mid-run; the run completes with nothing lost.
+// mid-run; the run completes with nothing lost. With -soak it repeats ten
+// times, each on a fresh cluster.
 func TestClusterNodeLoss(t *testing.T) {
+	trials := 1
+	if *soak {
+		trials = 10
+	}
+	for trial := range trials {
+		t.Run(fmt.Sprintf("Trial%d", trial+1), clusterNodeLoss)
+	}
+}
+
+func clusterNodeLoss(t *testing.T) {
 	e := newProcEnv(t, 3, 300_000, 20_000)
 	contend(t)
 	e.serveAll(2)
