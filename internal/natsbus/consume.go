@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -168,7 +169,9 @@ func Consume(ctx context.Context, cons jetstream.Consumer, opts ConsumeOptions) 
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	c := &consumer{opts: opts, slots: make(chan struct{}, opts.Workers)}
+	c := &consumer{opts: opts, slots: make(chan struct{}, opts.Workers), outage: outage{log: opts.Logger,
+		lost: "lost contact with the consumer's server; pulling again until the cluster answers", resumed: "consumer resumed",
+		attrs: []any{"consumer", opts.Name}}}
 	defer c.wg.Wait()
 	if opts.Prefetch > 0 {
 		return c.iterate(ctx, cons)
@@ -177,12 +180,11 @@ func Consume(ctx context.Context, cons jetstream.Consumer, opts ConsumeOptions) 
 }
 
 type consumer struct {
-	opts  ConsumeOptions
-	slots chan struct{}
-	wg    sync.WaitGroup
-	retry Backoff
-	// lostAt is when the consumer lost its server (zero while it has it).
-	lostAt time.Time
+	opts   ConsumeOptions
+	slots  chan struct{}
+	wg     sync.WaitGroup
+	retry  Backoff
+	outage outage
 }
 
 func (c *consumer) wait() time.Duration {
@@ -233,7 +235,7 @@ func (c *consumer) fetch(ctx context.Context, cons jetstream.Consumer) error {
 			if ctx.Err() != nil {
 				break
 			}
-			c.lost(err)
+			c.outage.begin(err)
 			c.retry.Wait(ctx)
 			continue
 		}
@@ -252,7 +254,7 @@ func (c *consumer) fetch(ctx context.Context, cons jetstream.Consumer) error {
 		// Each fetch is a new pull, so a lost server costs one fetch; a
 		// pull no server answered (a cluster electing) is worth a word.
 		if err := batch.Error(); err != nil && ctx.Err() == nil {
-			c.lost(err)
+			c.outage.begin(err)
 			c.retry.Wait(ctx)
 		} else {
 			c.retry.Reset()
@@ -275,7 +277,7 @@ func (c *consumer) iterate(ctx context.Context, cons jetstream.Consumer) error {
 	for ctx.Err() == nil {
 		it, err := cons.Messages(jetstream.PullMaxMessages(c.opts.Prefetch), jetstream.PullHeartbeat(PullHeartbeat))
 		if err != nil {
-			c.lost(err)
+			c.outage.begin(err)
 			c.retry.Wait(ctx)
 			continue
 		}
@@ -283,32 +285,43 @@ func (c *consumer) iterate(ctx context.Context, cons jetstream.Consumer) error {
 		if ctx.Err() != nil {
 			break
 		}
-		c.lost(err)
+		c.outage.begin(err)
 		c.retry.Wait(ctx)
 	}
 	return nil
 }
 
-// lost says once, at WARN, that the consumer lost contact with the server;
-// later failures before it resumes are logged at debug only.
-func (c *consumer) lost(err error) {
-	if c.lostAt.IsZero() {
-		c.lostAt = time.Now()
-		c.opts.Logger.Warn("lost contact with the consumer's server; pulling again until the cluster answers",
-			"consumer", c.opts.Name, "err", err)
-		return
-	}
-	c.opts.Logger.Debug("consumer still without its server", "consumer", c.opts.Name, "err", err)
-}
-
-// resumed logs the end of an outage that lost reported.
+// resumed ends an outage the consumer reported.
 func (c *consumer) resumed() {
 	c.retry.Reset()
-	if c.lostAt.IsZero() {
+	c.outage.end()
+}
+
+// outage reports a lost server once at WARN (later failures at debug) and
+// its end at INFO with how long it lasted. One goroutine uses it.
+type outage struct {
+	log           *slog.Logger
+	lost, resumed string
+	attrs         []any
+	since         time.Time
+}
+
+func (o *outage) begin(err error) {
+	attrs := append(slices.Clip(o.attrs), "err", err)
+	if !o.since.IsZero() {
+		o.log.Debug(o.lost, attrs...)
 		return
 	}
-	c.opts.Logger.Info("consumer resumed", "consumer", c.opts.Name, "after", time.Since(c.lostAt).Round(time.Millisecond).String())
-	c.lostAt = time.Time{}
+	o.since = time.Now()
+	o.log.Warn(o.lost, attrs...)
+}
+
+func (o *outage) end() {
+	if o.since.IsZero() {
+		return
+	}
+	o.log.Info(o.resumed, append(slices.Clip(o.attrs), "after", time.Since(o.since).Round(time.Millisecond).String())...)
+	o.since = time.Time{}
 }
 
 // pulled is one result of the iterator's Next.
@@ -352,7 +365,7 @@ func (c *consumer) drain(ctx context.Context, it jetstream.MessagesContext) erro
 		}
 		switch {
 		case errors.Is(p.err, jetstream.ErrNoHeartbeat):
-			c.lost(p.err)
+			c.outage.begin(p.err)
 			continue
 		case p.err != nil:
 			return p.err

@@ -160,19 +160,16 @@ func Follow(ctx context.Context, log *slog.Logger, js jetstream.JetStream, strea
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &follower{js: js, stream: stream, filter: filter, fn: fn, log: log}
+	f := &follower{js: js, stream: stream, filter: filter, fn: fn, outage: outage{log: log,
+		lost: "lost the stream's server; following again from the last message", resumed: "following resumed",
+		attrs: []any{"stream", stream, "filter", filter}}}
 	f.next.Store(fromSeq)
 	for {
 		err := f.once(ctx)
 		if err == errStop || ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if f.lostAt.IsZero() {
-			f.lostAt = time.Now()
-			log.Warn("lost the stream's server; following again from the last message", "stream", stream, "filter", filter, "err", err)
-		} else {
-			log.Debug("stream still without its server", "stream", stream, "err", err)
-		}
+		f.outage.begin(err)
 		if !Sleep(ctx, 250*time.Millisecond) {
 			return ctx.Err()
 		}
@@ -187,10 +184,7 @@ type follower struct {
 	delivered      atomic.Uint64
 	busy           atomic.Bool // fn is running: a slow fn is no stall
 	fn             func(jetstream.Msg) bool
-	log            *slog.Logger
-	// lostAt is when following broke, zero while it works; only the
-	// following goroutine touches it.
-	lostAt time.Time
+	outage         outage // touched by the following goroutine only
 }
 
 // once follows with one ordered consumer until it breaks, stalls or fn says
@@ -238,10 +232,7 @@ func (f *follower) once(ctx context.Context) error {
 			f.next.Store(md.Sequence.Stream + 1)
 		}
 		f.delivered.Add(1)
-		if !f.lostAt.IsZero() {
-			f.log.Info("following resumed", "stream", f.stream, "filter", f.filter, "after", time.Since(f.lostAt).Round(time.Millisecond).String())
-			f.lostAt = time.Time{}
-		}
+		f.outage.end()
 		f.busy.Store(true)
 		more := f.fn(msg)
 		f.busy.Store(false)
