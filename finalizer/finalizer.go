@@ -653,6 +653,11 @@ func (f *Finalizer) applyTable(ctx context.Context, pub *publication, pl tablePl
 		ct := catalogTable{ExtractedAt: pub.now, QueryMode: schemas.ModeRemote, RunID: pub.runID}
 		if t := pl.t; t != nil && t.done != nil {
 			ct.Description, ct.Schema, ct.RemotePath, ct.RemoteQuery = t.done.Description, t.done.Schema, t.done.RemotePath, t.done.RemoteQuery
+			if len(t.done.Schema) > 0 {
+				// Recorded like a stored table's: the name rule prefers
+				// published tables, remote ones included.
+				pub.commits = append(pub.commits, t.done)
+			}
 		}
 		pub.cat.Tables[res.Table] = ct
 		return res, nil

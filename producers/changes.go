@@ -19,6 +19,9 @@ import (
 // grouped by table and month, ready to publish.
 type changeSet struct {
 	tables map[string]connectors.TableInfo
+	// cols maps a change's rows onto the published columns (the name
+	// rule); a table missing from it keeps its rows as they are.
+	cols   map[string]connectors.Columns
 	stored map[string]*arrow.Schema
 	mem    memory.Allocator
 	recs   map[partKey][]arrow.RecordBatch
@@ -28,8 +31,8 @@ type changeSet struct {
 
 type partKey struct{ table, month string }
 
-func newChangeSet(tables []connectors.TableInfo) *changeSet {
-	cs := &changeSet{tables: map[string]connectors.TableInfo{}, stored: map[string]*arrow.Schema{}, mem: memory.DefaultAllocator,
+func newChangeSet(tables []connectors.TableInfo, cols map[string]connectors.Columns) *changeSet {
+	cs := &changeSet{tables: map[string]connectors.TableInfo{}, cols: cols, stored: map[string]*arrow.Schema{}, mem: memory.DefaultAllocator,
 		recs: map[partKey][]arrow.RecordBatch{}, rows: map[partKey]int64{}}
 	for _, t := range tables {
 		cs.tables[t.Name] = t
@@ -57,7 +60,16 @@ func (cs *changeSet) add(ch connectors.Change, event int64) ([]partKey, error) {
 		if slices.Contains(ch.Keep, name) {
 			continue // no rows and no marker: the key's rows stay as published
 		}
-		rec, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, ch.Deleted, event, ch.Tables[name], cs.mem)
+		rows := ch.Tables[name]
+		if c, ok := cs.cols[name]; ok && c.Keep != nil && rows != nil {
+			p, err := c.Project(name, rows)
+			if err != nil {
+				return nil, fmt.Errorf("table %s, key %s: %w", name, ch.Key, err)
+			}
+			defer p.Release()
+			rows = p
+		}
+		rec, err := schemas.ChangeRows(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn, ch.Key, ch.Time, ch.Version, ch.Deleted, event, rows, cs.mem)
 		if err != nil {
 			return nil, fmt.Errorf("table %s, key %s: %w", name, ch.Key, err)
 		}
@@ -255,7 +267,7 @@ func (r *run) backfillChanges(ctx context.Context, cr connectors.ChangeReader, s
 			err = fmt.Errorf("connector panicked reading changes: %v\n%s", v, debug.Stack())
 		}
 	}()
-	b := &backfill{r: r, cs: newChangeSet(tables), sinks: sinks, batch: int64(connectors.DefaultBatchSize),
+	b := &backfill{r: r, cs: newChangeSet(tables, r.columns), sinks: sinks, batch: int64(connectors.DefaultBatchSize),
 		sinceV: -1 << 63, published: map[string]bool{}}
 	defer b.cs.release()
 	if since != "" {

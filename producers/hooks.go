@@ -35,6 +35,8 @@ var ErrBadEvent = connectors.ErrBadEvent
 type streamSource struct {
 	conn   connectors.Streamer
 	tables []connectors.TableInfo
+	// cols is the name rule applied to each table's columns.
+	cols map[string]connectors.Columns
 }
 
 // hooks turns accepted webhook bodies into data batches of the stream run:
@@ -106,18 +108,30 @@ func (h *hooks) source(ctx context.Context, name string) (*streamSource, error) 
 	if err != nil {
 		return nil, fmt.Errorf("discover %s: %w", name, err)
 	}
-	s := &streamSource{conn: st}
+	s := &streamSource{conn: st, cols: map[string]connectors.Columns{}}
+	var streamed []connectors.TableInfo
 	for _, t := range all {
-		if t.Partition == nil || !t.Capabilities.Has(connectors.Stream) {
-			continue
+		if t.Partition != nil && t.Capabilities.Has(connectors.Stream) {
+			streamed = append(streamed, t)
 		}
-		if err := schemas.ValidateName("table", t.Name); err != nil {
-			return nil, fmt.Errorf("%w: source %s: %v", ErrBadEvent, name, err)
-		}
+	}
+	// The name rule, as for a sync: the choice between colliding tables
+	// prefers the one already published.
+	streamed, skipped := connectors.ResolveTables(streamed, func(table string) bool {
+		_, err := h.p.state.Get(ctx, schemas.SchemaKey(name, table))
+		return err == nil
+	})
+	for _, t := range streamed {
+		c := connectors.ResolveColumns(t.Name, t.Schema)
+		s.cols[t.Name], t.Schema = c, c.Schema
+		skipped = append(skipped, c.Skipped...)
 		if err := schemas.CheckPartitioned(t.Schema, t.Partition.KeyColumn, t.Partition.TimeColumn); err != nil {
 			return nil, fmt.Errorf("%w: source %s, table %s: %v", ErrBadEvent, name, t.Name, err)
 		}
 		s.tables = append(s.tables, t)
+	}
+	for _, why := range skipped {
+		h.p.log.Warn("streamed table left out", "source", name, "reason", why)
 	}
 	if len(s.tables) == 0 {
 		return nil, fmt.Errorf("%w: source %s has no partitioned streaming tables", ErrBadEvent, name)
@@ -184,7 +198,7 @@ func (h *hooks) process(ctx context.Context, msg jetstream.Msg, source string, h
 		}
 		return err
 	}
-	cs := newChangeSet(s.tables)
+	cs := newChangeSet(s.tables, s.cols)
 	defer cs.release()
 	for _, ch := range changes {
 		if _, err := cs.add(ch, hookSeq); err != nil {

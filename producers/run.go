@@ -21,6 +21,23 @@ type run struct {
 	conn  connectors.Connector
 	state jetstream.KeyValue
 	log   *slog.Logger
+	// columns is the name rule applied to each declared schema (by table),
+	// settled before the tables are read.
+	columns map[string]connectors.Columns
+	// mu guards skipped: columns left out of tables whose schema is only
+	// known from their first batch, noted while tables are read.
+	mu      sync.Mutex
+	skipped []string
+}
+
+// skip notes what a table read left out, for run_done.skipped.
+func (r *run) skip(why []string) {
+	for _, w := range why {
+		r.log.Warn("left out of the extract", "reason", w)
+	}
+	r.mu.Lock()
+	r.skipped = append(r.skipped, why...)
+	r.mu.Unlock()
 }
 
 // event is the envelope of every event of the run: its type, run, attempt,
@@ -55,7 +72,8 @@ func (p *Producer) runRequest(ctx context.Context, req schemas.SyncRequest) erro
 	if err != nil {
 		return fmt.Errorf("source %s: %w", req.Source, err)
 	}
-	r := &run{p: p, req: req, src: src, conn: conn, state: p.state, log: p.log.With("run", req.RunID, "source", req.Source)}
+	r := &run{p: p, req: req, src: src, conn: conn, state: p.state, log: p.log.With("run", req.RunID, "source", req.Source),
+		columns: map[string]connectors.Columns{}}
 	// A source that cannot be reached or refuses the credentials fails the
 	// run before anything is read, with the reason.
 	if err := p.opts.Registry.Health(ctx, src.Connector, src.Config, conn); err != nil {
@@ -82,7 +100,9 @@ func (p *Producer) runRequest(ctx context.Context, req schemas.SyncRequest) erro
 		return err
 	}
 	done := r.event(schemas.EventRunDone, "")
-	done.Results, done.Remote, done.Skipped = results, remote, skipped
+	r.mu.Lock()
+	done.Results, done.Remote, done.Skipped = results, remote, append(skipped, r.skipped...)
+	r.mu.Unlock()
 	if err := r.publish(ctx, done); err != nil {
 		return err
 	}
@@ -108,9 +128,14 @@ func (r *run) catalog(ctx context.Context) (tables []connectors.TableInfo, skipp
 		}
 		if sk, ok := conn.(connectors.Skipper); ok {
 			skipped = sk.Skipped()
-			for _, why := range skipped {
-				r.log.Warn("discovery skipped", "reason", why)
-			}
+		}
+		// One name rule for every connector: names that cannot be views and
+		// names that collide are left out here, visibly.
+		var clashes []string
+		tables, clashes = connectors.ResolveTables(tables, r.published(ctx))
+		skipped = append(skipped, clashes...)
+		for _, why := range skipped {
+			r.log.Warn("discovery skipped", "reason", why)
 		}
 	} else {
 		// Without discovery the configured table list is the catalog; the
@@ -140,12 +165,32 @@ func (r *run) catalog(ctx context.Context) (tables []connectors.TableInfo, skipp
 	if len(tables) == 0 {
 		return nil, nil, fmt.Errorf("source %s: the connector offers no tables", source)
 	}
-	for _, t := range tables {
+	for i, t := range tables {
 		if err := schemas.ValidateName("table", t.Name); err != nil {
 			return nil, nil, fmt.Errorf("source %s: %w", source, err)
 		}
+		// Columns whose names collide: the first is kept (see
+		// connectors.ResolveColumns); batches are projected as they are read.
+		c := connectors.ResolveColumns(t.Name, t.Schema)
+		r.columns[t.Name] = c
+		tables[i].Schema = c.Schema
+		for _, why := range c.Skipped {
+			r.log.Warn("discovery skipped", "reason", why)
+		}
+		skipped = append(skipped, c.Skipped...)
 	}
 	return tables, skipped, nil
+}
+
+// published reports whether a table of the source was published before
+// (its schema is recorded), for the name rule's choice between colliding
+// tables. A state that cannot be read counts as not published: the choice
+// falls back to byte order, which is deterministic too.
+func (r *run) published(ctx context.Context) func(string) bool {
+	return func(table string) bool {
+		_, err := r.state.Get(ctx, schemas.SchemaKey(r.req.Source, table))
+		return err == nil
+	}
 }
 
 // tableCaps are the capabilities of one table: its own, else the

@@ -27,9 +27,10 @@ func (r *run) table(ctx context.Context, t connectors.TableInfo) schemas.TableRe
 	if opts.QueryMode == schemas.ModeMaterialized {
 		res.QueryMode = schemas.ModeMaterialized
 	}
+	cols := r.columns[t.Name]
 	if opts.Query != "" {
 		// The table is the query's result: its schema is the query's.
-		t.Schema = nil
+		t.Schema, cols = nil, connectors.Columns{}
 	}
 	plan, err := r.planTable(ctx, t, opts)
 	if err == nil {
@@ -39,7 +40,7 @@ func (r *run) table(ctx context.Context, t connectors.TableInfo) schemas.TableRe
 		res.SchemaChanges = plan.changes
 		return r.failTable(ctx, res, err)
 	}
-	out := r.publishTable(ctx, reader, t, plan)
+	out := r.publishTable(ctx, reader, t, plan, cols)
 	res.Batches, res.Rows, res.SchemaChanges, res.WriteMode = out.batches, out.rows, plan.changes, plan.mode
 	if out.err != nil {
 		return r.failTable(ctx, res, out.err)
@@ -221,19 +222,22 @@ type tableOutcome struct {
 
 // tableRead is one table being read and published.
 type tableRead struct {
-	r            *run
-	t            connectors.TableInfo
-	plan         *tablePlan
-	out          *sink
-	track        *tracker
+	r     *run
+	t     connectors.TableInfo
+	plan  *tablePlan
+	out   *sink
+	track *tracker
+	// cols maps the batches the connector delivers onto the published
+	// columns; its Raw is nil until the schema is known.
+	cols         connectors.Columns
 	schema       *arrow.Schema
 	lastProgress time.Time
 }
 
 // publishTable reads the table and publishes every batch. A panic in the
 // connector is turned into an error.
-func (r *run) publishTable(ctx context.Context, reader connectors.Reader, t connectors.TableInfo, plan *tablePlan) (o tableOutcome) {
-	rd := &tableRead{r: r, t: t, plan: plan, schema: t.Schema, lastProgress: time.Now(),
+func (r *run) publishTable(ctx context.Context, reader connectors.Reader, t connectors.TableInfo, plan *tablePlan, cols connectors.Columns) (o tableOutcome) {
+	rd := &tableRead{r: r, t: t, plan: plan, cols: cols, schema: t.Schema, lastProgress: time.Now(),
 		out: r.p.newSink(r.req.RunID, r.req.Source, t.Name, r.req.Attempt, t.Schema, r.log.With("table", t.Name))}
 	defer func() {
 		if v := recover(); v != nil {
@@ -299,12 +303,19 @@ func (rd *tableRead) batches(ctx context.Context, reader connectors.Reader) (ite
 // of an incremental read), with a progress event about once a second.
 func (rd *tableRead) batch(ctx context.Context, rec arrow.RecordBatch) error {
 	t, plan := rd.t, rd.plan
-	if rd.schema == nil {
-		rd.schema = rec.Schema()
+	if rd.cols.Raw == nil {
+		// No declared schema: the first batch's is the table's, under the
+		// name rule like a declared one.
+		rd.cols = connectors.ResolveColumns(t.Name, rec.Schema())
+		rd.r.skip(rd.cols.Skipped)
+		rd.schema = rd.cols.Schema
 		rd.out.fingerprint = schemas.Fingerprint(rd.schema)
-	} else if !rec.Schema().Equal(rd.schema) {
-		return fmt.Errorf("read %s: batch schema does not match the declared schema:\n got: %s\nwant: %s", t.Name, rec.Schema(), rd.schema)
 	}
+	rec, err := rd.cols.Project(t.Name, rec)
+	if err != nil {
+		return err
+	}
+	defer rec.Release()
 	if !plan.checked {
 		incremental := plan.cursor != nil
 		if err := plan.check(rd.schema); err != nil {

@@ -3,6 +3,7 @@ package schemas
 import (
 	"fmt"
 	"regexp"
+	"strings"
 )
 
 var identifierRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
@@ -17,4 +18,31 @@ func ValidateName(kind, s string) error {
 			ErrInvalidName, kind, s, identifierRE.String())
 	}
 	return nil
+}
+
+// NameKey is the form in which two view names, or two column names of one
+// table, are compared. DuckDB resolves identifiers without regard to case,
+// so "events" and "Events" name one view and "id" and "ID" one column: two
+// names collide when their keys are equal. Unicode case folding is applied
+// (a superset of DuckDB's ASCII rule), so no pair that DuckDB would merge is
+// missed.
+func NameKey(s string) string { return strings.ToLower(strings.ToUpper(s)) }
+
+// Collisions applies the name rule to names given in order of preference:
+// a name whose key an earlier name already holds collides with it and is not
+// kept. For every name it returns the index of the name it loses to, or -1
+// when the name is kept. Exact duplicates collide too.
+func Collisions(names []string) []int {
+	out := make([]int, len(names))
+	holder := make(map[string]int, len(names))
+	for i, n := range names {
+		k := NameKey(n)
+		if j, taken := holder[k]; taken {
+			out[i] = j
+			continue
+		}
+		holder[k] = i
+		out[i] = -1
+	}
+	return out
 }

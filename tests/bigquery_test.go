@@ -3,9 +3,11 @@ package tests
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,23 @@ import (
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 )
+
+// startBigQuery starts the stack with one source, bqsrc, on the fake srv.
+func startBigQuery(t *testing.T, srv *bigquerytest.Server, opts map[string]config.TableOptions) (string, *stack.Stack) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Sources = []config.Source{{Name: "bqsrc", Connector: "bigquery",
+		Config:       map[string]any{"project": "agnes-data", "billing_project": "agnes-billing", "endpoint": srv.URL, "page_size": 500},
+		TableOptions: opts}}
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Stop() })
+	return dir, st
+}
 
 // TestBigQuerySync: one BigQuery source gives remote tables (views over the
 // attached bq catalog), a remote view (over bigquery_query), a materialized
@@ -38,17 +57,7 @@ func TestBigQuerySync(t *testing.T) {
 	srv.Put(&bigquerytest.Table{Dataset: "sales", ID: "lake", Type: "EXTERNAL", Fields: fields})
 	srv.Forbid("hr")
 
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.Sources = []config.Source{{Name: "bqsrc", Connector: "bigquery",
-		Config:       map[string]any{"project": "agnes-data", "billing_project": "agnes-billing", "endpoint": srv.URL, "page_size": 500},
-		TableOptions: map[string]config.TableOptions{"sales_orders": {QueryMode: "materialized"}}}}
-	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Stop()
+	dir, st := startBigQuery(t, srv, map[string]config.TableOptions{"sales_orders": {QueryMode: "materialized"}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "bqsrc", RequestedAt: time.Now().UTC()}, nil)
@@ -127,4 +136,88 @@ func TestBigQuerySync(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestBigQueryNameCollisions: BigQuery names are case-sensitive, DuckDB's
+// are not. A dataset that gains Events beside events keeps publishing
+// events (the published table wins the name rule) and every other table;
+// Events is skipped with a reason naming events. A table with columns id
+// and ID publishes id alone, with the reason, locally and remotely.
+func TestBigQueryNameCollisions(t *testing.T) {
+	srv := bigquerytest.New("agnes-data")
+	defer srv.Close()
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", srv.KeyFile(t))
+	ev := []bigquery.Field{{Name: "id", Type: "INT64"}, {Name: "kind", Type: "STRING"}}
+	cased := []bigquery.Field{{Name: "id", Type: "INT64"}, {Name: "name", Type: "STRING"}, {Name: "ID", Type: "INT64"}}
+	srv.Put(&bigquerytest.Table{Dataset: "analytics", ID: "events", Fields: ev})
+	srv.Put(&bigquerytest.Table{Dataset: "analytics", ID: "users", Fields: cased, RowCount: 25,
+		Gen: func(i int) []any { return []any{int64(i), fmt.Sprint("u", i), int64(1000 + i)} }})
+	srv.Put(&bigquerytest.Table{Dataset: "analytics", ID: "accounts", Fields: cased})
+
+	dir, st := startBigQuery(t, srv, map[string]config.TableOptions{"analytics_users": {QueryMode: "materialized"}})
+	sync := func() *stack.Report {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "bqsrc", RequestedAt: time.Now().UTC()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Failed != 0 {
+			t.Fatalf("failed tables: %+v", rep.Results)
+		}
+		return rep
+	}
+	sync()
+	// Events sorts before events byte by byte; the published one still wins.
+	srv.Put(&bigquerytest.Table{Dataset: "analytics", ID: "Events", Fields: ev})
+	rep := sync()
+	skipped := strings.Join(rep.Skipped, "\n")
+	for _, want := range []string{
+		`table "analytics_Events": its name collides with table "analytics_events"`,
+		`table "analytics_users", column "ID": its name collides with column "id"`,
+		`table "analytics_accounts", column "ID": its name collides with column "id"`,
+	} {
+		if !strings.Contains(skipped, want) {
+			t.Errorf("skipped lacks %q:\n%s", want, skipped)
+		}
+	}
+	var tables []string
+	for _, r := range rep.Results {
+		tables = append(tables, r.Table)
+	}
+	sort.Strings(tables)
+	if got := strings.Join(tables, ","); got != "analytics_accounts,analytics_events,analytics_users" {
+		t.Errorf("tables synced: %s", got)
+	}
+	t.Chdir(t.TempDir())
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dir, "extracts", "bqsrc", "extract.duckdb"))
+	if err != nil {
+		t.Fatalf("contract: %v", err)
+	}
+	if x.Counts["analytics_users"] != 25 {
+		t.Errorf("analytics_users rows: %d", x.Counts["analytics_users"])
+	}
+	var metaTables []string
+	for _, m := range x.Meta {
+		metaTables = append(metaTables, m.Table)
+	}
+	if got := strings.Join(metaTables, ","); got != "analytics_accounts,analytics_events,analytics_users" {
+		t.Errorf("_meta tables: %s", got)
+	}
+	// The materialized table holds id and name only, with the values of id.
+	db, err := sql.Open("duckdb", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var cols string
+	var sum int64
+	q := "SELECT string_agg(name, ',') FROM parquet_schema(?) WHERE name <> 'schema'"
+	if err := db.QueryRow(q, filepath.Join(dir, "extracts", "bqsrc", "data", "analytics_users.parquet")).Scan(&cols); err != nil || cols != "id,name" {
+		t.Errorf("analytics_users columns %q: %v", cols, err)
+	}
+	if err := db.QueryRow("SELECT sum(id) FROM read_parquet(?)", filepath.Join(dir, "extracts", "bqsrc", "data", "analytics_users.parquet")).Scan(&sum); err != nil || sum != 24*25/2 {
+		t.Errorf("sum(id) %d: %v", sum, err)
+	}
 }

@@ -164,3 +164,40 @@ func TestCursorAdvancesOnlyAfterPublish(t *testing.T) {
 	e.sync(t, false)
 	wantRows(t, e.table(t), "1|1|a", "2|2|b")
 }
+
+// TestColumnNameCollisions: a source with columns id and ID (one column to
+// DuckDB) publishes the first, id, with the values of id, and says ID was
+// left out, whether the schema is declared by discovery or only known
+// from the first batch (a table read by query).
+func TestColumnNameCollisions(t *testing.T) {
+	cased := arrow.NewSchema([]arrow.Field{
+		{Name: "id", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "cursor", Type: arrow.PrimitiveTypes.Int64},
+		{Name: "val", Type: arrow.BinaryTypes.String, Nullable: true},
+		{Name: "ID", Type: arrow.PrimitiveTypes.Int64},
+	}, nil)
+	for name, src := range map[string]config.Source{
+		"declared":    {},
+		"first batch": {TableOptions: map[string]config.TableOptions{"rows": {QueryMode: "materialized", Query: "SELECT * FROM rows"}}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newLedgerEnv(t, src)
+			e.l.set(cased, row(int64(1), int64(1), "a", int64(100)), row(int64(2), int64(2), "b", int64(200)))
+			rep := e.sync(t, false)
+			if res := onlyResult(t, rep); res.Status != schemas.StatusDone {
+				t.Fatalf("table failed: %+v", res)
+			}
+			if !slices.ContainsFunc(rep.Skipped, func(s string) bool {
+				return strings.Contains(s, `table "rows", column "ID": its name collides with column "id"`)
+			}) {
+				t.Errorf("skipped %q", rep.Skipped)
+			}
+			wantRows(t, e.table(t), "1|1|a", "2|2|b")
+			db := openRO(t, e.dataDir+"/extracts/lg/extract.duckdb")
+			var cols string
+			if err := db.QueryRow(`SELECT string_agg(column_name, ',' ORDER BY column_index) FROM duckdb_columns() WHERE table_name = 'rows'`).Scan(&cols); err != nil || cols != "id,cursor,val" {
+				t.Errorf("columns %q: %v", cols, err)
+			}
+		})
+	}
+}
