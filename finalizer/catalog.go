@@ -4,11 +4,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/errclass"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 )
@@ -24,6 +28,10 @@ type catalog struct {
 	// Retired are files no published extract references any more, kept
 	// for a grace period for readers of an older extract, then deleted.
 	Retired []retiredFile `json:"retired,omitempty"`
+
+	// loaded is every table's entry as loaded: what the live extract
+	// shows, for a table the new extract cannot hold to go back to.
+	loaded map[string]catalogTable
 }
 
 // partFile is one Parquet file of a partitioned table.
@@ -95,12 +103,69 @@ func loadCatalog(dir string) (*catalog, error) {
 		return nil, fmt.Errorf("load catalog: %w", err)
 	}
 	if err := json.Unmarshal(b, c); err != nil {
-		return nil, fmt.Errorf("load catalog %s: %w", filepath.Join(dir, catalogFile), err)
+		// A damaged catalog does not mend itself: every try fails alike.
+		return nil, errclass.MarkDeterministic(fmt.Errorf("load catalog %s: %w; restore it from a backup or remove the source's folder to publish it afresh",
+			filepath.Join(dir, catalogFile), err))
 	}
 	if c.Tables == nil {
 		c.Tables = map[string]catalogTable{}
 	}
+	c.loaded = make(map[string]catalogTable, len(c.Tables))
+	for n, ct := range c.Tables {
+		c.loaded[n] = ct.clone()
+	}
 	return c, nil
+}
+
+// clone is a copy of ct that shares nothing mutable with it.
+func (ct catalogTable) clone() catalogTable {
+	ct.Schema = slices.Clone(ct.Schema)
+	ct.RemotePath = slices.Clone(ct.RemotePath)
+	ct.Files = slices.Clone(ct.Files)
+	ct.MonthRows = maps.Clone(ct.MonthRows)
+	return ct
+}
+
+// paths are the data files the entry's view reads, relative to the data
+// folder.
+func (ct catalogTable) paths() []string {
+	var out []string
+	if ct.Version != "" {
+		out = append(out, ct.Version)
+	}
+	for _, p := range ct.Files {
+		out = append(out, p.Path)
+	}
+	return out
+}
+
+// restore puts table back to the entry it had when the catalog was loaded
+// (the files only the newer entry read are retired, those of the loaded
+// one brought back). It reports false when there is nothing to go back
+// to (no loaded entry, or the table already has it): the table is then
+// removed, its files retired.
+func (c *catalog) restore(table string, now time.Time) bool {
+	cur := c.Tables[table]
+	prev, had := c.loaded[table]
+	back := had && !reflect.DeepEqual(cur, prev)
+	keep := map[string]bool{}
+	if back {
+		for _, p := range prev.paths() {
+			keep[p] = true
+			c.unretire(p)
+		}
+	}
+	for _, p := range cur.paths() {
+		if !keep[p] {
+			c.retire([]string{p}, now)
+		}
+	}
+	if back {
+		c.Tables[table] = prev.clone()
+	} else {
+		delete(c.Tables, table)
+	}
+	return back
 }
 
 func (c *catalog) save(dir string) error {

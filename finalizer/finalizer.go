@@ -11,13 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/finalizer/duck"
+	"github.com/agnes-ai/connector-kit/internal/errclass"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
@@ -677,6 +679,11 @@ func (f *Finalizer) applyTable(ctx context.Context, pub *publication, pl tablePl
 		if errors.Is(err, errCatalog) {
 			return res, err
 		}
+		// Worth a retry (the bus, a busy file): the whole finalization is
+		// tried again. Anything else fails this table alone, at once.
+		if errclass.IsTransient(err) {
+			return res, err
+		}
 		res.Status, res.Error = schemas.StatusFailed, err.Error()
 		return res, nil
 	}
@@ -759,17 +766,38 @@ func (f *Finalizer) publish(ctx context.Context, pub *publication, results []sch
 	if err := parquetfile.SyncDir(pub.dataDir); err != nil {
 		return err
 	}
+	failed := map[string]error{}
 	for _, pt := range pub.parted {
+		i := pub.partedIdx[pt.name]
 		if err := f.applyPartitioned(ctx, pub.cat, pub.dataDir, pt, pub.now); err != nil {
-			return err
+			if ctx.Err() != nil || errclass.IsTransient(err) {
+				return err
+			}
+			// The table fails alone; the files placed for it are read by
+			// nothing and go with the retired ones.
+			failed[pt.name] = err
+			for _, a := range pt.adds {
+				pub.cat.retire([]string{a.Path}, pub.now)
+			}
+			continue
 		}
-		ct, i := pub.cat.Tables[pt.name], pub.partedIdx[pt.name]
+		ct := pub.cat.Tables[pt.name]
 		results[i].SizeBytes, results[i].TotalRows = ct.SizeBytes, ct.Rows
 	}
-	if err := f.publishCatalog(ctx, pub.dir, pub.cat, pub.now); err != nil {
+	left, err := f.publishCatalog(ctx, pub.dir, pub.cat, pub.now)
+	if err != nil {
 		return err
 	}
+	maps.Copy(failed, left)
+	for i, res := range results {
+		if why, ok := failed[res.Table]; ok && res.Status == schemas.StatusDone {
+			results[i].Status, results[i].Error = schemas.StatusFailed, "publish: "+why.Error()
+		}
+	}
 	for _, d := range pub.commits {
+		if _, ok := failed[d.Table]; ok {
+			continue // its schema and cursor stay those of what is published
+		}
 		if err := commitState(ctx, f.state, pub.source, d); err != nil {
 			return err
 		}
@@ -779,13 +807,48 @@ func (f *Finalizer) publish(ctx context.Context, pub *publication, results []sch
 
 // publishCatalog builds and swaps the extract the catalog describes, then
 // deletes files retired long enough ago and saves the catalog.
-func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog, now time.Time) error {
+//
+// A table the extract cannot hold (duck.Build left it out for a reason that
+// repeats) goes back to the entry the live extract shows and the file is
+// built again; a table whose earlier entry fails too, or that had none, is
+// left out of the catalog. failed says which tables went back or out, and
+// why; the error is for what fails the whole extract.
+func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog, now time.Time) (failed map[string]error, err error) {
 	dataDir := filepath.Join(dir, schemas.DataFolder)
-	names := make([]string, 0, len(cat.Tables))
-	for n := range cat.Tables {
-		names = append(names, n)
+	failed = map[string]error{}
+	for {
+		rows, err := catalogRows(dataDir, cat)
+		if err != nil {
+			return nil, err
+		}
+		left, err := duck.Build(ctx, dir, rows, cat.Remote)
+		if err != nil {
+			return nil, err
+		}
+		if len(left) == 0 {
+			break
+		}
+		for n, why := range left {
+			if _, seen := failed[n]; !seen {
+				failed[n] = why
+			}
+			back := cat.restore(n, now)
+			f.log.Error("table left out of the extract", "table", n, "err", why, "previous_version_kept", back)
+		}
 	}
-	sort.Strings(names)
+	// data/ follows the extract: its links change only once the extract
+	// that reads the same versions is live.
+	if err := syncLinks(dataDir, cat); err != nil {
+		return nil, err
+	}
+	f.deleteRetired(dataDir, cat, now)
+	return failed, cat.save(dir)
+}
+
+// catalogRows describes every table of the catalog for duck.Build, in
+// name order.
+func catalogRows(dataDir string, cat *catalog) ([]duck.Table, error) {
+	names := slices.Sorted(maps.Keys(cat.Tables))
 	rows := make([]duck.Table, 0, len(names))
 	for _, n := range names {
 		ct := cat.Tables[n]
@@ -803,22 +866,13 @@ func (f *Finalizer) publishCatalog(ctx context.Context, dir string, cat *catalog
 		case schemas.Stored(ct.QueryMode):
 			p, err := ct.file(dataDir, n)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			mr.Path = p
 		}
 		rows = append(rows, mr)
 	}
-	if err := duck.Build(ctx, dir, rows, cat.Remote); err != nil {
-		return err
-	}
-	// data/ follows the extract: its links change only once the extract
-	// that reads the same versions is live.
-	if err := syncLinks(dataDir, cat); err != nil {
-		return err
-	}
-	f.deleteRetired(dataDir, cat, now)
-	return cat.save(dir)
+	return rows, nil
 }
 
 // storedMode is the _meta query mode of a table kept in Parquet:
@@ -982,7 +1036,7 @@ func (f *Finalizer) checkCursor(ctx context.Context, kv jetstream.KeyValue, sour
 		}
 	}
 	if rev != d.CursorRevision {
-		return fmt.Errorf("the cursor of %s moved since this run read it (another run published first); run the sync again", table)
+		return errclass.MarkDeterministic(fmt.Errorf("the cursor of %s moved since this run read it (another run published first); run the sync again", table))
 	}
 	return nil
 }

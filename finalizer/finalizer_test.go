@@ -3,6 +3,7 @@ package finalizer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/agnes-ai/connector-kit/finalizer/duck"
+	"github.com/agnes-ai/connector-kit/internal/errclass"
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -176,8 +178,8 @@ func TestBuildExtract(t *testing.T) {
 		{Table: "unviewed", Description: "remote without a path", ExtractedAt: at, QueryMode: schemas.ModeRemote},
 	}
 	remote := []schemas.RemoteAttach{{Alias: "kbc", Extension: "keboola", URL: "https://connection.keboola.com/", TokenEnv: "KEBOOLA_STORAGE_TOKEN"}}
-	if err := duck.Build(context.Background(), dir, rows, remote); err != nil {
-		t.Fatal(err)
+	if failed, err := duck.Build(context.Background(), dir, rows, remote); err != nil || len(failed) != 0 {
+		t.Fatal(failed, err)
 	}
 	x, err := extractcheck.Verify(context.Background(), filepath.Join(dir, schemas.ExtractFile))
 	if err != nil {
@@ -207,21 +209,55 @@ func TestBuildExtract(t *testing.T) {
 	}
 }
 
-func TestBuildExtractRejectsBadNames(t *testing.T) {
+// TestBuildExtractLeavesOutFailedTables: a table whose name, path or view
+// cannot be published is left out with why (deterministic: not worth a
+// retry), and the extract holds every other table; only what fails the
+// whole file (a bad alias) is an error.
+func TestBuildExtractLeavesOutFailedTables(t *testing.T) {
 	dir := t.TempDir()
-	for i, rows := range [][]duck.Table{
-		{{Table: "bad name", QueryMode: schemas.ModeRemote}},
-		{{Table: "rel", QueryMode: schemas.ModeLocal, Path: "data/rel.parquet"}},
-	} {
-		if err := duck.Build(context.Background(), dir, rows, nil); err == nil {
-			t.Errorf("case %d: accepted %+v", i, rows)
+	p := mustPart(t, dir, "p.part", 0, 1)
+	os.MkdirAll(filepath.Join(dir, "data"), 0o755)
+	things := filepath.Join(dir, "data", "things.parquet")
+	if err := os.Link(p.path, things); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(things)
+	at := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	rows := []duck.Table{
+		{Table: "bad name", QueryMode: schemas.ModeRemote},
+		{Table: "rel", QueryMode: schemas.ModeLocal, Path: "data/rel.parquet"},
+		{Table: "things", QueryMode: schemas.ModeLocal, Path: things, Rows: 20, SizeBytes: st.Size(), ExtractedAt: at},
+		// DuckDB compares view names without regard to case: a Catalog
+		// error that would repeat on every try.
+		{Table: "THINGS", QueryMode: schemas.ModeLocal, Path: things, Rows: 20, SizeBytes: st.Size(), ExtractedAt: at},
+		{Table: "deep", QueryMode: schemas.ModeRemote, RemotePath: []string{"a", "b", "c"}},
+		{Table: "gone", QueryMode: schemas.ModeLocal, Path: filepath.Join(dir, "missing.parquet")},
+	}
+	failed, err := duck.Build(context.Background(), dir, rows, []schemas.RemoteAttach{{Alias: "kbc", Extension: "keboola"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"bad name", "rel", "THINGS", "deep", "gone"} {
+		if !errclass.IsDeterministic(failed[n]) {
+			t.Errorf("%s: %v, want a deterministic failure", n, failed[n])
 		}
 	}
-	if err := duck.Build(context.Background(), dir, nil, []schemas.RemoteAttach{{Alias: "x'; DROP", Extension: "keboola"}}); !errors.Is(err, schemas.ErrInvalidName) {
+	if !strings.Contains(fmt.Sprint(failed["THINGS"]), "already exists") || len(failed) != 5 {
+		t.Errorf("failed %v", failed)
+	}
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dir, schemas.ExtractFile))
+	if err != nil {
+		t.Fatalf("contract: %v", err)
+	}
+	if len(x.Meta) != 1 || x.Meta[0].Table != "things" || x.Counts["things"] != 20 {
+		t.Errorf("_meta %+v counts %v", x.Meta, x.Counts)
+	}
+	bad := t.TempDir()
+	if _, err := duck.Build(context.Background(), bad, nil, []schemas.RemoteAttach{{Alias: "x'; DROP", Extension: "keboola"}}); !errors.Is(err, schemas.ErrInvalidName) || !errclass.IsDeterministic(err) {
 		t.Errorf("bad alias: %v", err)
 	}
-	if m, _ := filepath.Glob(filepath.Join(dir, "*")); len(m) != 0 {
-		t.Errorf("rejected builds left files: %v", m)
+	if m, _ := filepath.Glob(filepath.Join(bad, "*")); len(m) != 0 {
+		t.Errorf("a refused build left files: %v", m)
 	}
 }
 

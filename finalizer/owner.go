@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/errclass"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -235,7 +236,9 @@ func (o *owner) finalizeRun(ctx context.Context, id string, r *runState) {
 			return
 		}
 		now := time.Now()
-		if !r.retry.since.IsZero() && now.Sub(r.retry.since) > FinalizeRetryBudget {
+		// An error that repeats on every try fails the run at once; any
+		// other is retried for FinalizeRetryBudget.
+		if errclass.IsDeterministic(err) || (!r.retry.since.IsZero() && now.Sub(r.retry.since) > FinalizeRetryBudget) {
 			f.log.Error("finalize run", "run", id, "source", r.source, "err", err)
 			r.failed = true
 			f.release(ctx, r.source, id)

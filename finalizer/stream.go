@@ -199,8 +199,14 @@ func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*p
 		results = append(results, schemas.TableResult{Table: pt.name, Status: schemas.StatusDone, Rows: added, TotalRows: ct.Rows,
 			SizeBytes: ct.SizeBytes, WriteMode: schemas.WritePartitioned, QueryMode: schemas.ModeLocal})
 	}
-	if err := f.publishCatalog(ctx, dir, cat, now); err != nil {
+	failed, err := f.publishCatalog(ctx, dir, cat, now)
+	if err != nil {
 		return nil, nil, err
+	}
+	for i, res := range results {
+		if why, ok := failed[res.Table]; ok {
+			results[i].Status, results[i].Error = schemas.StatusFailed, "publish: "+why.Error()
+		}
 	}
 	sort.Slice(results, func(i, j int) bool { return results[i].Table < results[j].Table })
 	ev := &schemas.Event{Type: schemas.EventStreamPublished, RunID: schemas.StreamRun, Source: source, Results: results,

@@ -19,6 +19,8 @@ type fixture struct {
 	// breakTables makes these tables fail (error) or panic mid-read.
 	fail  map[string]string // table -> "error" | "panic"
 	calls atomic.Int64
+	// remotePath, when set, is far_away's path in the remote catalog.
+	remotePath atomic.Pointer[[]string]
 }
 
 var fixtureSchema = arrow.NewSchema([]arrow.Field{
@@ -46,8 +48,12 @@ func (f *fixture) Discover(context.Context) ([]connectors.TableInfo, error) {
 		{Name: "panicky", Schema: fixtureSchema, Capabilities: connectors.Read, Description: "sometimes panics"},
 	}
 	if f.caps.Has(connectors.Remote) {
+		path := []string{"in.c-main", "far-away"}
+		if p := f.remotePath.Load(); p != nil {
+			path = *p
+		}
 		out = append(out, connectors.TableInfo{Name: "far_away", Capabilities: connectors.Remote, Description: "lives in the remote catalog",
-			RemotePath: []string{"in.c-main", "far-away"}, Schema: fixtureSchema})
+			RemotePath: path, Schema: fixtureSchema})
 	}
 	return out, nil
 }

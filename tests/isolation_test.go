@@ -11,6 +11,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
@@ -112,5 +113,55 @@ func TestTableErrorsAreIsolated(t *testing.T) {
 	}
 	if len(x.Remote) != 1 || x.Remote[0].URL != "https://connection.keboola.com" || x.Remote[0].TokenEnv != "KEBOOLA_STORAGE_TOKEN" {
 		t.Errorf("_remote_attach %+v", x.Remote)
+	}
+}
+
+// TestPublishFailureStaysTheTables: a table whose view cannot be created
+// (a remote path DuckDB cannot name: a deterministic error) is left out of
+// the new extract with its previous version kept, the run records why, and
+// every other table publishes, in one attempt: nothing is retried.
+func TestPublishFailureStaysTheTables(t *testing.T) {
+	dataDir := t.TempDir()
+	f := &fixture{caps: connectors.Discover | connectors.Read | connectors.Remote}
+	var logs natstest.LogBuffer
+	cfg := config.Default()
+	cfg.DataDir = dataDir
+	cfg.Sources = []config.Source{{Name: "fx", Connector: "fixture"}}
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: fixtureRegistry(f), DataDir: dataDir,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	if rep := syncFixture(t, st); rep.Failed != 0 {
+		t.Fatalf("first sync: %+v", rep.Results)
+	}
+	f.remotePath.Store(&[]string{"in.c-main", "far-away", "deeper"})
+	rep := syncFixture(t, st)
+	res := results(rep)
+	if r := res["far_away"]; r.Status != schemas.StatusFailed || !strings.Contains(r.Error, "more than schema and table") {
+		t.Errorf("far_away: %+v", r)
+	}
+	for _, n := range []string{"good", "empty", "broken", "panicky"} {
+		if res[n].Status != schemas.StatusDone {
+			t.Errorf("%s: %+v", n, res[n])
+		}
+	}
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dataDir, "extracts", "fx", "extract.duckdb"))
+	if err != nil {
+		t.Fatalf("contract: %v", err)
+	}
+	if v := x.Views["far_away"]; !strings.Contains(v, `"in.c-main"."far-away"`) {
+		t.Errorf("far_away's previous view is not kept: %q", v)
+	}
+	if x.Counts["good"] != 1000 {
+		t.Errorf("good rows %d", x.Counts["good"])
+	}
+	out := logs.String()
+	if n := strings.Count(out, "finalize run failed; retrying"); n != 0 {
+		t.Errorf("a deterministic failure was retried %d times", n)
+	}
+	if n := strings.Count(out, "table left out of the extract"); n != 1 {
+		t.Errorf("the view was tried %d times, want once:\n%s", n, out)
 	}
 }
