@@ -177,9 +177,14 @@ func (c *catalog) save(dir string) error {
 	if err != nil {
 		return fmt.Errorf("save catalog: %w", err)
 	}
-	tmp := path + parquetfile.TempMarker + "catalog"
-	f, err := os.Create(tmp)
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+parquetfile.TempMarker+"*")
 	if err != nil {
+		return fmt.Errorf("save catalog: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // gone already once it replaced the catalog
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
 		return fmt.Errorf("save catalog: %w", err)
 	}
 	if _, err := f.Write(b); err != nil {

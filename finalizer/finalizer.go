@@ -80,6 +80,17 @@ type runState struct {
 	retry     retry
 }
 
+// placesPartitions reports whether finalizing the run places parts into
+// monthly partitions (a table of it is partitioned).
+func (r *runState) placesPartitions() bool {
+	for _, t := range r.tables {
+		if t.done != nil && t.done.WriteMode == schemas.WritePartitioned {
+			return true
+		}
+	}
+	return false
+}
+
 // ready reports whether the run is to be finalized now: reported done,
 // neither published nor failed, and every batch it announced is written.
 func (r *runState) ready() bool {
@@ -288,15 +299,48 @@ func (f *Finalizer) Busy() bool {
 	return false
 }
 
-// announce publishes an event the finalizer decided; it reports whether
-// the event is on the bus.
+// announce publishes an event the finalizer decided (a run published,
+// partly published or failed; streamed parts published) and reports
+// whether the bus took it. Whoever waits for a run (da sync, the API)
+// waits for these events, so a refusal the bus may get over (an election,
+// a node lost, a timeout) is retried, backing off up to AnnounceBackoffMax,
+// until the bus takes it or ctx ends; every try carries the same message
+// id, so the bus keeps one copy. Only a refusal that repeats on every try
+// gives up. A finalizer stopped before the bus took the event leaves the
+// run to the next one, which replays it and announces again.
 func (f *Finalizer) announce(ctx context.Context, ev schemas.Event) bool {
-	if err := natsbus.PublishEvent(ctx, f.opts.JS, ev); err != nil {
-		f.log.Error("announce", "type", ev.Type, "source", ev.Source, "run", ev.RunID, "err", err)
-		return false
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
 	}
-	return true
+	log := f.log.With("type", ev.Type, "source", ev.Source, "run", ev.RunID)
+	b := natsbus.Backoff{Min: 200 * time.Millisecond, Max: AnnounceBackoffMax}
+	var refused time.Time
+	for {
+		err := natsbus.PublishEvent(ctx, f.opts.JS, ev)
+		switch {
+		case err == nil:
+			if !refused.IsZero() {
+				log.Info("announcement taken", "after", time.Since(refused).Round(time.Millisecond))
+			}
+			return true
+		case ctx.Err() != nil:
+			return false
+		case errclass.IsDeterministic(err):
+			log.Error("announce: the bus refuses the event for good", "err", err)
+			return false
+		case refused.IsZero():
+			refused = time.Now()
+			log.Warn("announce: the bus did not take the event; retrying until it does", "err", err)
+		}
+		if b.Wait(ctx) != nil {
+			return false
+		}
+	}
 }
+
+// AnnounceBackoffMax is the longest wait between two tries of an
+// announcement.
+const AnnounceBackoffMax = 10 * time.Second
 
 // replayThenFollow reads stream from its start. Every event goes to apply;
 // caughtUp runs once the events that were there at the start are read (at
@@ -715,7 +759,7 @@ func (f *Finalizer) stagePartitioned(ctx context.Context, pub *publication, pl t
 func (f *Finalizer) stageVersion(ctx context.Context, pub *publication, pl tablePlan) (schemas.TableResult, error) {
 	res, t, cat := pl.res, pl.t, pub.cat
 	final := filepath.Join(pub.dataDir, pl.version)
-	tmp := final + parquetfile.TempMarker + "assemble"
+	tmp := parquetfile.TempName(final)
 	old, had := cat.Tables[res.Table]
 	var prev string
 	if had && schemas.Stored(old.QueryMode) && !old.Partitioned {
@@ -927,8 +971,7 @@ func syncLinks(dataDir string, cat *catalog) error {
 		if sameFile(version, link) {
 			continue
 		}
-		tmp := link + parquetfile.TempMarker + "link"
-		os.Remove(tmp)
+		tmp := parquetfile.TempName(link)
 		if err := os.Link(version, tmp); err != nil {
 			return fmt.Errorf("link %s: %w", link, err)
 		}

@@ -200,6 +200,9 @@ func (o *owner) act(ctx context.Context) time.Duration {
 				wait = min(wait, r.retry.at.Sub(now))
 				continue
 			}
+			if o.compacting && r.placesPartitions() {
+				continue // after the compaction: its result wakes the loop
+			}
 			o.finalizeRun(ctx, id, r)
 			if r.ready() {
 				wait = min(wait, time.Until(r.retry.at))
@@ -208,7 +211,9 @@ func (o *owner) act(ctx context.Context) time.Duration {
 			}
 		}
 	}
-	if o.streamLive && len(o.stream.pending) > 0 {
+	// Placing parts into partitions waits for a compaction in progress:
+	// both rewrite the same partitions and catalog entries.
+	if o.streamLive && len(o.stream.pending) > 0 && !o.compacting {
 		if !o.streamRetry.due(now) {
 			return min(wait, o.streamRetry.at.Sub(now))
 		}

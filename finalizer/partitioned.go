@@ -270,7 +270,7 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 			return err
 		}
 		dst := filepath.Join(dataDir, rel)
-		tmp := dst + parquetfile.TempMarker + "reconcile"
+		tmp := parquetfile.TempName(dst)
 		n, err := duck.DeleteMarkers(ctx, db, old, newFiles, pt.keyCol, timeCol, pt.reconcile, tmp)
 		if err != nil {
 			os.Remove(tmp)

@@ -33,6 +33,20 @@ func (k *flakyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 	return k.KeyValue.Get(ctx, key)
 }
 
+// openState opens the state and lock buckets a finalizer opens in Run.
+func openState(t *testing.T, f *Finalizer, js jetstream.JetStream) jetstream.KeyValue {
+	t.Helper()
+	ctx := context.Background()
+	var err error
+	if f.state, err = natsbus.KeyValue(ctx, js, schemas.StateBucket); err != nil {
+		t.Fatal(err)
+	}
+	if f.lockKV, err = natsbus.KeyValue(ctx, js, schemas.LockBucket); err != nil {
+		t.Fatal(err)
+	}
+	return f.state
+}
+
 // stagedRun is a complete run of source with one incremental table t of
 // three batches, its parts staged on disk.
 func stagedRun(t *testing.T, f *Finalizer, source, runID string) *runState {
@@ -65,13 +79,7 @@ func TestFinalizeRetriesOnlyWhatMayPass(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	real, err := natsbus.KeyValue(ctx, js, schemas.StateBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if f.lockKV, err = natsbus.KeyValue(ctx, js, schemas.LockBucket); err != nil {
-		t.Fatal(err)
-	}
+	real := openState(t, f, js)
 	kv := &flakyKV{KeyValue: real}
 	kv.fail.Store(2)
 	f.state = kv
@@ -122,5 +130,60 @@ func TestFinalizeRetriesOnlyWhatMayPass(t *testing.T) {
 		if ev.Type == schemas.EventRunFailed && ev.RunID == runB && !strings.Contains(ev.Error, "load catalog") {
 			t.Errorf("run_failed says %q", ev.Error)
 		}
+	}
+}
+
+// refusingJS refuses the first refuse publications of extract_published
+// events, as a stream without a leader does.
+type refusingJS struct {
+	jetstream.JetStream
+	refuse, refused atomic.Int32
+}
+
+func (j *refusingJS) Publish(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if strings.HasSuffix(subj, "."+string(schemas.EventExtractPublished)) && j.refuse.Add(-1) >= 0 {
+		j.refused.Add(1)
+		return nil, &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
+	}
+	return j.JetStream.Publish(ctx, subj, data, opts...)
+}
+
+// TestRefusedAnnouncementIsRetried: the bus refuses extract_published for
+// longer than a publish's own retry budget; the finalizer keeps trying
+// until the bus takes it, and whoever waits for the run sees it, once.
+func TestRefusedAnnouncementIsRetried(t *testing.T) {
+	budget := natsbus.RetryBudget
+	natsbus.RetryBudget = 300 * time.Millisecond
+	t.Cleanup(func() { natsbus.RetryBudget = budget })
+	ctx := context.Background()
+	real := natstest.MustStart(t)
+	js := &refusingJS{JetStream: real}
+	js.refuse.Store(12)
+	f, err := New(Options{JS: js, DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	openState(t, f, real)
+	r := stagedRun(t, f, "src", runA)
+	newOwner(f, "src").finalizeRun(ctx, runA, r)
+	if got := js.refused.Load(); got != 12 {
+		t.Errorf("refused %d times, want 12", got)
+	}
+	evs := natstest.WaitEvents(t, real, "agnes.events.src.>", 10*time.Second, func(evs []schemas.Event) bool {
+		for _, ev := range evs {
+			if ev.Type == schemas.EventExtractPublished && ev.RunID == runA {
+				return true
+			}
+		}
+		return false
+	})
+	n := 0
+	for _, ev := range evs {
+		if ev.Type == schemas.EventExtractPublished {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d extract_published events, want 1", n)
 	}
 }

@@ -4,7 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -221,5 +224,106 @@ func rewriteWithMeta(t *testing.T, path string, meta map[string]string) {
 	r.Close()
 	if _, err := out.Commit(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCompactionBesidePlacement: streamed parts keep arriving while the
+// partitions they land in are compacted (a compaction is due after every
+// publish with CompactMinFiles 2). Placement waits for a compaction in
+// progress and every temporary name is unique, so under -race the extract
+// ends with every row once and nothing temporary is left.
+func TestCompactionBesidePlacement(t *testing.T) {
+	js := natstest.MustStart(t)
+	dataDir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	f, err := New(Options{JS: js, DataDir: dataDir, CompactMinFiles: 2, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	const parts = 24
+	for i := int64(1); i <= parts; i++ {
+		ev := streamPart(t, dataDir, fmt.Sprintf("p%02d.pt", i), i)
+		if err := natsbus.PublishEvent(ctx, js, ev); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			// Started once a part is whole: a starting finalizer removes
+			// the temporary files a crash left, a part being written too.
+			go func() { done <- f.Run(ctx) }()
+		}
+		if i == 1 || i%3 == 0 {
+			// Let a publish (and the compaction after it) start before the
+			// next parts arrive.
+			natstest.WaitEvents(t, js, "agnes.stream.src.stream_published", 30*time.Second, func(evs []schemas.Event) bool {
+				n := 0
+				for _, e := range evs {
+					n += len(e.Parts)
+				}
+				return n >= int(i)
+			})
+		}
+	}
+	natstest.Poll(t, 30*time.Second, func() (bool, string) { return !f.Busy(), "finalizer busy" })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	x, err := extractcheck.Verify(context.Background(), filepath.Join(dataDir, "extracts", "src", schemas.ExtractFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x.Counts["items"] != 2*parts {
+		t.Errorf("items has %d rows, want %d", x.Counts["items"], 2*parts)
+	}
+	cat, err := loadCatalog(filepath.Join(dataDir, "extracts", "src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(cat.Tables["items"].Files); n >= parts {
+		t.Errorf("%d partition files for %d parts: nothing was compacted", n, parts)
+	}
+	filepath.WalkDir(dataDir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.Contains(d.Name(), parquetfile.TempMarker) {
+			t.Errorf("temporary file left: %s", p)
+		}
+		return nil
+	})
+}
+
+// TestPlacementWaitsForCompaction: while a compaction of the source is
+// built, neither streamed parts nor a run with partitioned tables are
+// placed; once its result is in, they are.
+func TestPlacementWaitsForCompaction(t *testing.T) {
+	dataDir := t.TempDir()
+	f := mustFinalizer(t, dataDir)
+	openState(t, f, f.opts.JS)
+	ctx := context.Background()
+	o := newOwner(f, "src")
+	o.streamLive, o.runsLive = true, true
+	o.applyStream(streamPart(t, dataDir, "a.part", 1, 2))
+	parted := doneTable(1, 1)
+	parted.done.WriteMode = schemas.WritePartitioned
+	r := &runState{source: "src", tables: map[string]*tableState{"items": parted},
+		done: &schemas.Event{Type: schemas.EventRunDone, RunID: runA, Source: "src", Attempt: 1}}
+	o.runs[runA], o.dirty[runA] = r, true
+	if !r.ready() {
+		t.Fatal("the run is not ready")
+	}
+	o.compacting = true
+	o.act(ctx)
+	if len(o.stream.pending) != 1 || !r.ready() || !r.retry.since.IsZero() {
+		t.Fatalf("placed during a compaction: pending %d, run ready %v, tried %v", len(o.stream.pending), r.ready(), !r.retry.since.IsZero())
+	}
+	if !o.dirty[runA] {
+		t.Error("the held run is forgotten")
+	}
+	o.compacting = false
+	o.act(ctx)
+	if len(o.stream.pending) != 0 {
+		t.Errorf("streamed parts still pending after the compaction: %d", len(o.stream.pending))
+	}
+	if r.ready() && r.retry.since.IsZero() {
+		t.Error("the run was not taken up after the compaction")
 	}
 }

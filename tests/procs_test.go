@@ -139,9 +139,17 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func waitPort(t *testing.T, port int) {
+// waitPort waits for p to listen on port; p exiting first (a port taken
+// meanwhile, a bad flag) fails at once with its output. The wait is long
+// because a loaded CI machine starts processes slowly.
+func waitPort(t *testing.T, p *proc, port int) {
 	t.Helper()
-	natstest.Poll(t, 20*time.Second, func() (bool, string) {
+	natstest.Poll(t, time.Minute, func() (bool, string) {
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited before listening on port %d:\n%s", p.name, port, p.output())
+		default:
+		}
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			return false, fmt.Sprintf("nothing listens on port %d", port)
@@ -217,8 +225,8 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 		e.natsArgs = append(e.natsArgs, args)
 		e.servers = append(e.servers, startProc(t, e.dir, fmt.Sprintf("nats%d", i), natsBin, args...))
 	}
-	for _, p := range ports {
-		waitPort(t, p)
+	for i, p := range ports {
+		waitPort(t, e.servers[i], p)
 	}
 	e.urls = urls
 	e.url = strings.Join(urls, ",")

@@ -29,12 +29,12 @@ func TestStreamProcessesKilled(t *testing.T) {
 	fmt.Fprintf(f, "  - name: jira\n    connector: jira\n    webhook_secret: %s\n    config: {url: %q, email: bot@example.com}\n", hookSecret, srv.URL)
 	f.Close()
 	gwPort := freePort(t)
-	e.serve("gateway", "gateway", "--webhook-listen", fmt.Sprintf("127.0.0.1:%d", gwPort))
+	gw := e.serve("gateway", "gateway", "--webhook-listen", fmt.Sprintf("127.0.0.1:%d", gwPort))
 	producer := e.serve("producer", "producer")
 	w1 := e.serve("w1", "writer")
 	e.serve("w2", "writer")
 	fin := e.serve("finalizer", "finalizer")
-	waitPort(t, gwPort)
+	waitPort(t, gw, gwPort)
 
 	j := &jiraEnv{t: t, js: e.js, srv: srv, dataDir: e.dataDir, url: fmt.Sprintf("http://127.0.0.1:%d", gwPort),
 		extract: filepath.Join(e.dataDir, "extracts", "jira", "extract.duckdb")}

@@ -20,7 +20,6 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
-	"github.com/google/uuid"
 
 	"github.com/duckdb/duckdb-go/v2" // also registers the "duckdb" database/sql driver
 )
@@ -75,7 +74,7 @@ func Build(ctx context.Context, dir string, rows []Table, remote []schemas.Remot
 		return nil, errclass.MarkDeterministic(err)
 	}
 	failed = map[string]error{}
-	tmp := filepath.Join(dir, schemas.ExtractFile+parquetfile.TempMarker+uuid.NewString()[:8])
+	tmp := parquetfile.TempName(filepath.Join(dir, schemas.ExtractFile))
 	defer func() {
 		if err != nil {
 			os.Remove(tmp)

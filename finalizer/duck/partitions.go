@@ -58,7 +58,7 @@ func CountVisible(ctx context.Context, db *sql.DB, files []string, keyCol string
 // still arrive). Dropping the older rows is safe because the view would
 // never show them: a key's newest change among these files outranks them.
 func Compact(ctx context.Context, db *sql.DB, files []string, keyCol, dst string) (rows, size int64, err error) {
-	tmp := dst + parquetfile.TempMarker + "compact"
+	tmp := parquetfile.TempName(dst)
 	defer os.Remove(tmp)
 	// Sorted by key, so a key filter (the recount, an analyst's lookup)
 	// skips row groups by their statistics.

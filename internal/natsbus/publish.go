@@ -49,8 +49,9 @@ func PublishEvent(ctx context.Context, js jetstream.JetStream, e schemas.Event) 
 	})
 }
 
-// RetryBudget is how long Retry keeps trying.
-const RetryBudget = 30 * time.Second
+// RetryBudget is how long Retry keeps trying (a variable so tests can
+// show what outlasts it).
+var RetryBudget = 30 * time.Second
 
 // Retry calls fn until it succeeds, ctx ends or RetryBudget has passed,
 // backing off from 100 ms to 2 s. It returns fn's last error.

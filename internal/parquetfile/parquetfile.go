@@ -30,6 +30,12 @@ const DefaultRowGroupRows = 128 * 1024
 // end in ".parquet" because readers glob for that suffix.
 const TempMarker = ".tmp-"
 
+// TempName is a fresh temporary name beside final: two writers of one
+// file (a retried step, a compaction beside a placement) never share one.
+func TempName(final string) string {
+	return final + TempMarker + strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
+}
+
 // WriterProperties are the Parquet settings used everywhere: zstd,
 // statistics, row groups of rowGroupRows, and dictionary encoding for string
 // and binary columns only. Dictionary-encoding numeric columns (ids,
@@ -76,7 +82,7 @@ func Create(final string, schema *arrow.Schema, rowGroupRows int64, meta map[str
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create parquet %s: %w", final, err)
 	}
-	tmp := final + TempMarker + uuid.NewString()[:8]
+	tmp := TempName(final)
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("create parquet %s: %w", final, err)
