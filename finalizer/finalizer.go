@@ -299,48 +299,13 @@ func (f *Finalizer) Busy() bool {
 	return false
 }
 
-// announce publishes an event the finalizer decided (a run published,
-// partly published or failed; streamed parts published) and reports
-// whether the bus took it. Whoever waits for a run (da sync, the API)
-// waits for these events, so a refusal the bus may get over (an election,
-// a node lost, a timeout) is retried, backing off up to AnnounceBackoffMax,
-// until the bus takes it or ctx ends; every try carries the same message
-// id, so the bus keeps one copy. Only a refusal that repeats on every try
-// gives up. A finalizer stopped before the bus took the event leaves the
-// run to the next one, which replays it and announces again.
+// announce publishes an event the finalizer decided and reports whether
+// the bus took it, retrying until it does (natsbus.Announce). A finalizer
+// stopped first leaves the run to the next one, which replays it and
+// announces again.
 func (f *Finalizer) announce(ctx context.Context, ev schemas.Event) bool {
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
-	}
-	log := f.log.With("type", ev.Type, "source", ev.Source, "run", ev.RunID)
-	b := natsbus.Backoff{Min: 200 * time.Millisecond, Max: AnnounceBackoffMax}
-	var refused time.Time
-	for {
-		err := natsbus.PublishEvent(ctx, f.opts.JS, ev)
-		switch {
-		case err == nil:
-			if !refused.IsZero() {
-				log.Info("announcement taken", "after", time.Since(refused).Round(time.Millisecond))
-			}
-			return true
-		case ctx.Err() != nil:
-			return false
-		case errclass.IsDeterministic(err):
-			log.Error("announce: the bus refuses the event for good", "err", err)
-			return false
-		case refused.IsZero():
-			refused = time.Now()
-			log.Warn("announce: the bus did not take the event; retrying until it does", "err", err)
-		}
-		if b.Wait(ctx) != nil {
-			return false
-		}
-	}
+	return natsbus.Announce(ctx, f.opts.JS, f.log, ev)
 }
-
-// AnnounceBackoffMax is the longest wait between two tries of an
-// announcement.
-const AnnounceBackoffMax = 10 * time.Second
 
 // replayThenFollow reads stream from its start. Every event goes to apply;
 // caughtUp runs once the events that were there at the start are read (at

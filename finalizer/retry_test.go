@@ -133,21 +133,6 @@ func TestFinalizeRetriesOnlyWhatMayPass(t *testing.T) {
 	}
 }
 
-// refusingJS refuses the first refuse publications of extract_published
-// events, as a stream without a leader does.
-type refusingJS struct {
-	jetstream.JetStream
-	refuse, refused atomic.Int32
-}
-
-func (j *refusingJS) Publish(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-	if strings.HasSuffix(subj, "."+string(schemas.EventExtractPublished)) && j.refuse.Add(-1) >= 0 {
-		j.refused.Add(1)
-		return nil, &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
-	}
-	return j.JetStream.Publish(ctx, subj, data, opts...)
-}
-
 // TestRefusedAnnouncementIsRetried: the bus refuses extract_published for
 // longer than a publish's own retry budget; the finalizer keeps trying
 // until the bus takes it, and whoever waits for the run sees it, once.
@@ -157,8 +142,7 @@ func TestRefusedAnnouncementIsRetried(t *testing.T) {
 	t.Cleanup(func() { natsbus.RetryBudget = budget })
 	ctx := context.Background()
 	real := natstest.MustStart(t)
-	js := &refusingJS{JetStream: real}
-	js.refuse.Store(12)
+	js := natstest.Refuse(real, "."+string(schemas.EventExtractPublished), 12)
 	f, err := New(Options{JS: js, DataDir: t.TempDir(), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -166,7 +150,7 @@ func TestRefusedAnnouncementIsRetried(t *testing.T) {
 	openState(t, f, real)
 	r := stagedRun(t, f, "src", runA)
 	newOwner(f, "src").finalizeRun(ctx, runA, r)
-	if got := js.refused.Load(); got != 12 {
+	if got := js.Refused.Load(); got != 12 {
 		t.Errorf("refused %d times, want 12", got)
 	}
 	evs := natstest.WaitEvents(t, real, "agnes.events.src.>", 10*time.Second, func(evs []schemas.Event) bool {

@@ -72,14 +72,19 @@ func (s *Hooks) Run(ctx context.Context) error {
 		Durable:       schemas.HookConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       p.opts.AckWait,
-		MaxDeliver:    hookMaxDeliver,
+		MaxDeliver:    natsbus.Unlimited,
 		MaxAckPending: 1000,
 	})
 	if err != nil {
 		return fmt.Errorf("create hook consumer: %w", err)
 	}
 	return natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.HookConsumer, Logger: p.log,
-		Workers: hookConcurrency, Prefetch: hookConcurrency, Handle: s.h.handle})
+		Workers: hookConcurrency, Prefetch: hookConcurrency, Handle: s.h.handle,
+		MaxDeliver: hookMaxDeliver, Exhausted: func(ctx context.Context, msg jetstream.Msg, cause error) {
+			source := msg.Headers().Get(schemas.HeaderSource)
+			p.log.Error("dead-lettering webhook", "source", source, "err", cause)
+			s.h.deadLetter(ctx, msg, source, cause)
+		}})
 }
 
 func (h *hooks) source(ctx context.Context, name string) (*streamSource, error) {
@@ -171,7 +176,7 @@ func (h *hooks) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if ctx.Err() != nil {
-		natsbus.Settle(log, "nak", msg.Nak())
+		natsbus.HandBack(log, msg)
 		return
 	}
 	if errors.Is(err, ErrBadEvent) || md.NumDelivered >= hookMaxDeliver {
@@ -238,11 +243,5 @@ func (h *hooks) deadLetter(ctx context.Context, msg jetstream.Msg, source string
 	}
 	dl := natsbus.DeadLetter(msg, source, "_webhooks", cause)
 	dl.Header.Set(schemas.HeaderSource, source)
-	if _, err := h.p.opts.JS.PublishMsg(ctx, dl); err != nil {
-		h.p.log.Error("store dead webhook; leaving it for redelivery", "err", err)
-		natsbus.Settle(h.p.log, "nak", msg.NakWithDelay(30*time.Second))
-		return
-	}
-	metrics.DeadLetters.Inc()
-	natsbus.Settle(h.p.log, "term", msg.Term())
+	natsbus.Bury(ctx, h.p.opts.JS, h.p.log, msg, dl, 30*time.Second)
 }

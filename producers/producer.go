@@ -115,7 +115,7 @@ func (p *Producer) Run(ctx context.Context) error {
 		Durable:       schemas.ProducerConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       p.opts.AckWait,
-		MaxDeliver:    5,
+		MaxDeliver:    natsbus.Unlimited,
 		MaxAckPending: 1000,
 	})
 	if err != nil {
@@ -131,7 +131,7 @@ func (p *Producer) Run(ctx context.Context) error {
 	// A run takes minutes: a request is pulled only when a slot is free, so
 	// a busy producer never holds one another producer could start.
 	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.ProducerConsumer, Logger: p.log,
-		Workers: p.opts.Concurrency, Handle: p.handle})
+		Workers: p.opts.Concurrency, Handle: p.handle, MaxDeliver: SyncMaxDeliver, Exhausted: p.exhausted})
 	p.log.Info("producer stopped")
 	return err
 }
@@ -157,7 +157,12 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
 		metrics.RunsRejected.Inc()
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()})
+		// The answer is on the bus before the request is settled: whoever
+		// waits for the run hears it.
+		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()}) {
+			natsbus.HandBack(p.log, msg)
+			return
+		}
 		natsbus.Settle(p.log, "term", msg.Term())
 		return
 	}
@@ -183,7 +188,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	stop()
 	if ctx.Err() != nil {
 		// Shutting down: leave the request for redelivery to another producer.
-		natsbus.Settle(p.log, "nak", msg.Nak())
+		natsbus.HandBack(p.log, msg)
 		return
 	}
 	if err != nil {
@@ -192,9 +197,36 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		if err := natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID); err != nil {
 			p.log.Warn("release source lock", "run", req.RunID, "source", req.Source, "err", err)
 		}
-		p.publishEvent(ctx, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()})
+		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()}) {
+			// Not on the bus: the request comes back for another attempt
+			// rather than leaving its waiters without an answer.
+			natsbus.HandBack(p.log, msg)
+			return
+		}
 	}
 	natsbus.Settle(p.log, "ack", msg.DoubleAck(ctx))
+}
+
+// SyncMaxDeliver is how many deliveries a sync request gets: one a
+// producer took more often without finishing (it stopped or died each
+// time) is reported failed and dead-lettered (see exhausted).
+const SyncMaxDeliver = 5
+
+// exhausted ends a sync request delivered more than SyncMaxDeliver times:
+// run_failed with the reason (so da sync and the API stop waiting), then
+// the request goes to the dead-letter stream for inspection.
+func (p *Producer) exhausted(ctx context.Context, msg jetstream.Msg, cause error) {
+	source, table := "_unknown", "_sync"
+	if req, err := schemas.DecodeSyncRequest(msg.Data()); err == nil && msg.Subject() == schemas.SyncSubject(req.Source) {
+		source = req.Source
+		p.log.Error("sync request exhausted its deliveries", "run", req.RunID, "source", req.Source, "err", cause)
+		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Source: req.Source,
+			Error: cause.Error()}) {
+			natsbus.Settle(p.log, "nak", msg.NakWithDelay(time.Second))
+			return
+		}
+	}
+	natsbus.Bury(ctx, p.opts.JS, p.log, msg, natsbus.DeadLetter(msg, source, table, cause), time.Second)
 }
 
 // waitBacklog blocks while more than MaxBacklog batches wait for a writer.

@@ -176,7 +176,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		Durable:       schemas.WriterConsumer,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       w.opts.AckWait,
-		MaxDeliver:    w.opts.MaxDeliver,
+		MaxDeliver:    natsbus.Unlimited,
 		MaxAckPending: 20000,
 	})
 	if err != nil {
@@ -185,7 +185,8 @@ func (w *Writer) Run(ctx context.Context) error {
 	w.log.Info("writer started")
 	defer w.release()
 	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.WriterConsumer, Logger: w.log,
-		Prefetch: w.opts.Prefetch, Handle: w.handle, Wait: w.fetchWait, Idle: w.flushDue})
+		Prefetch: w.opts.Prefetch, Handle: w.handle, Wait: w.fetchWait, Idle: w.flushDue,
+		MaxDeliver: w.opts.MaxDeliver, Exhausted: w.exhausted})
 	// Flush what is buffered so it is not redelivered needlessly.
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	w.flushAll(fctx)
@@ -272,6 +273,13 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
+// exhausted dead-letters a batch delivered more often than MaxDeliver
+// without being settled (writers stopped or died holding it each time).
+func (w *Writer) exhausted(ctx context.Context, msg jetstream.Msg, cause error) {
+	ref, _ := schemas.ParseDataHeader(msg.Headers())
+	w.poison(ctx, msg, ref, cause)
+}
+
 // poison moves a message that can never be written to the dead-letter
 // stream with the reason, reports it so the finalizer fails the table instead
 // of waiting for the batch, and terminates it. If the dead letter cannot be
@@ -284,22 +292,18 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 	}
 	dl := natsbus.DeadLetter(msg, source, table, cause)
 	dl.Header.Set(schemas.HeaderDLQWriter, w.opts.Name)
-	if _, err := w.opts.JS.PublishMsg(ctx, dl); err != nil {
-		w.log.Error("store dead letter; leaving the batch for redelivery", "err", err)
-		natsbus.Settle(w.log, "nak", msg.NakWithDelay(redeliveryDelay(msg)))
-		return
-	}
-	metrics.DeadLetters.Inc()
+	// The batch_failed report comes first: once the dead letter is stored
+	// the message is terminated, and the finalizer must not wait for it.
 	if schemas.ValidateRunID(ref.Run) == nil && schemas.ValidateName("source", ref.Source) == nil && schemas.ValidateName("table", ref.Table) == nil {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
 			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
 		if err := natsbus.PublishEvent(ctx, w.opts.JS, ev); err != nil {
-			w.log.Error("report bad batch", "err", err)
-			natsbus.Settle(w.log, "nak", msg.Nak())
+			w.log.Error("report bad batch; leaving it for redelivery", "err", err)
+			natsbus.Settle(w.log, "nak", msg.NakWithDelay(redeliveryDelay(msg)))
 			return
 		}
 	}
-	natsbus.Settle(w.log, "term", msg.Term())
+	natsbus.Bury(ctx, w.opts.JS, w.log, msg, dl, redeliveryDelay(msg))
 }
 
 func (w *Writer) flushDue(ctx context.Context) {

@@ -3,6 +3,7 @@ package natsbus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -153,7 +154,33 @@ type ConsumeOptions struct {
 	// set, runs after each message and after each wait that ended empty.
 	Wait func() time.Duration
 	Idle func(ctx context.Context)
+	// MaxDeliver > 0 is how many deliveries a message gets. One delivered
+	// more often (whoever handled it stopped or died each time, so it was
+	// never settled) goes to Exhausted, with the reason, instead of Handle.
+	// The durable consumer itself has no limit (MaxDeliver: Unlimited): a
+	// shutdown's nak never uses up a message's last delivery on the
+	// server, where it would be dropped without a word.
+	MaxDeliver int
+	Exhausted  func(ctx context.Context, msg jetstream.Msg, cause error)
 }
+
+// HandBack returns a message its consumer will not handle (it is shutting
+// down) for another consumer. It comes back after HandBackDelay, not at
+// once: a nak'ed message goes straight to the next pull, and the pulls of
+// the consumer that is stopping are still open, so it would bounce between
+// them and use up its deliveries in a moment.
+func HandBack(log *slog.Logger, msg jetstream.Msg) {
+	Settle(log, "nak", msg.NakWithDelay(HandBackDelay))
+}
+
+// HandBackDelay is how long a handed-back message waits for its next
+// delivery.
+const HandBackDelay = time.Second
+
+// Unlimited is the server-side MaxDeliver of every durable consumer; the
+// services count deliveries themselves (ConsumeOptions.MaxDeliver) and
+// dead-letter the message that exhausts them.
+const Unlimited = -1
 
 const defaultWait = time.Second
 
@@ -203,8 +230,16 @@ func (c *consumer) idle(ctx context.Context) {
 // dispatch hands msg to a free worker (inline when there is one worker);
 // the caller holds a slot, which the handler frees.
 func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
+	handle := c.opts.Handle
+	if n := c.opts.MaxDeliver; n > 0 && c.opts.Exhausted != nil {
+		if md, err := msg.Metadata(); err == nil && md.NumDelivered > uint64(n) {
+			cause := fmt.Errorf("delivered %d times without being settled (whoever handled it stopped or died each time); the limit is %d",
+				md.NumDelivered, n)
+			handle = func(ctx context.Context, msg jetstream.Msg) { c.opts.Exhausted(ctx, msg, cause) }
+		}
+	}
 	if c.opts.Workers == 1 {
-		c.opts.Handle(ctx, msg)
+		handle(ctx, msg)
 		<-c.slots
 		return
 	}
@@ -212,7 +247,7 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 	go func() {
 		defer c.wg.Done()
 		defer func() { <-c.slots }()
-		c.opts.Handle(ctx, msg)
+		handle(ctx, msg)
 	}()
 }
 
@@ -242,7 +277,7 @@ func (c *consumer) fetch(ctx context.Context, cons jetstream.Consumer) error {
 		held := true
 		for msg := range batch.Messages() {
 			if !held && !c.take(ctx) {
-				Settle(c.opts.Logger, "nak", msg.Nak())
+				HandBack(c.opts.Logger, msg)
 				continue
 			}
 			held = false
@@ -372,7 +407,7 @@ func (c *consumer) drain(ctx context.Context, it jetstream.MessagesContext) erro
 		}
 		c.resumed()
 		if !c.take(ctx) {
-			Settle(c.opts.Logger, "nak", p.msg.Nak())
+			HandBack(c.opts.Logger, p.msg)
 			return ctx.Err()
 		}
 		c.dispatch(ctx, p.msg)
@@ -389,7 +424,7 @@ func (c *consumer) release(it jetstream.MessagesContext, results <-chan pulled) 
 	defer cut.Stop()
 	for p := range results {
 		if p.msg != nil {
-			Settle(c.opts.Logger, "nak", p.msg.Nak())
+			HandBack(c.opts.Logger, p.msg)
 		}
 	}
 }

@@ -3,9 +3,12 @@ package natsbus
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/errclass"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -58,6 +61,62 @@ var RetryBudget = 30 * time.Second
 func Retry(ctx context.Context, fn func() error) error {
 	return RetryFor(ctx, RetryBudget, Backoff{}, fn)
 }
+
+// Bury stores dl (built by DeadLetter) in the dead-letter stream and then
+// terminates msg. When the dead letter cannot be stored, msg is nak'ed to
+// come back after retry (consumers have no server-side delivery limit, so
+// it is not lost) and Bury reports false.
+func Bury(ctx context.Context, js jetstream.JetStream, log *slog.Logger, msg jetstream.Msg, dl *nats.Msg, retry time.Duration) bool {
+	if err := Retry(ctx, func() error { _, err := js.PublishMsg(ctx, dl); return err }); err != nil {
+		log.Error("store dead letter; leaving the message for redelivery", "subject", dl.Subject, "err", err)
+		Settle(log, "nak", msg.NakWithDelay(retry))
+		return false
+	}
+	metrics.DeadLetters.Inc()
+	Settle(log, "term", msg.Term())
+	return true
+}
+
+// Announce publishes a terminal event (a run published, failed or
+// rejected; streamed parts published) and reports whether the bus took
+// it. Whoever waits for a run (da sync, the API) waits for these events,
+// so a refusal the bus may get over (an election, a node lost, a timeout)
+// is retried, backing off up to AnnounceBackoffMax, until the bus takes it
+// or ctx ends; every try carries the same message id, so the stream keeps
+// one copy. Only a refusal that repeats on every try gives up.
+func Announce(ctx context.Context, js jetstream.JetStream, log *slog.Logger, ev schemas.Event) bool {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	log = log.With("type", ev.Type, "source", ev.Source, "run", ev.RunID)
+	b := Backoff{Min: 200 * time.Millisecond, Max: AnnounceBackoffMax}
+	var refused time.Time
+	for {
+		err := PublishEvent(ctx, js, ev)
+		switch {
+		case err == nil:
+			if !refused.IsZero() {
+				log.Info("announcement taken", "after", time.Since(refused).Round(time.Millisecond))
+			}
+			return true
+		case ctx.Err() != nil:
+			return false
+		case errclass.IsDeterministic(err):
+			log.Error("announce: the bus refuses the event for good", "err", err)
+			return false
+		case refused.IsZero():
+			refused = time.Now()
+			log.Warn("announce: the bus did not take the event; retrying until it does", "err", err)
+		}
+		if b.Wait(ctx) != nil {
+			return false
+		}
+	}
+}
+
+// AnnounceBackoffMax is the longest wait between two tries of an
+// announcement.
+const AnnounceBackoffMax = 10 * time.Second
 
 // DeadLetter builds the dead-letter message of msg for source and table:
 // its body and headers (without the deduplication id), why it failed, the

@@ -7,6 +7,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,4 +115,29 @@ func (l *LogBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// RefusingJS is a JetStream client whose first Refuse publications to a
+// subject ending in Suffix are refused with a 503, as a stream without a
+// leader refuses them; Refused counts them.
+type RefusingJS struct {
+	jetstream.JetStream
+	Suffix          string
+	Refuse, Refused atomic.Int32
+}
+
+// Refuse wraps js so that its next n publications to subjects ending in
+// suffix are refused.
+func Refuse(js jetstream.JetStream, suffix string, n int32) *RefusingJS {
+	r := &RefusingJS{JetStream: js, Suffix: suffix}
+	r.Refuse.Store(n)
+	return r
+}
+
+func (j *RefusingJS) Publish(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if strings.HasSuffix(subj, j.Suffix) && j.Refuse.Add(-1) >= 0 {
+		j.Refused.Add(1)
+		return nil, &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}
+	}
+	return j.JetStream.Publish(ctx, subj, data, opts...)
 }
