@@ -53,6 +53,26 @@ type ConfigField struct {
 	Minimum     *int64 `yaml:"minimum,omitempty"`
 	Maximum     *int64 `yaml:"maximum,omitempty"`
 	Description string `yaml:"description,omitempty"`
+	// Secret marks a value (a password, a token) that must never be
+	// printed: the runtime scrubs it from logs, events and errors.
+	Secret bool `yaml:"secret,omitempty"`
+}
+
+// Secrets are the secret values of a source of this connector: the
+// variables its auth names, and its config fields marked secret.
+func (m *Manifest) Secrets(cfg map[string]any) []string {
+	var out []string
+	for _, v := range m.Auth.EnvVars {
+		if s := os.Getenv(v.Name); s != "" {
+			out = append(out, s)
+		}
+	}
+	for name, f := range m.Config {
+		if s, ok := cfg[name].(string); ok && f.Secret && s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // HealthCheck is an optional request the runtime makes before extracting.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors/keboola/keboolatest"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
@@ -150,5 +152,54 @@ func TestKeboolaSync(t *testing.T) {
 	}
 	if _, err := extractcheck.Verify(context.Background(), extract); err != nil {
 		t.Errorf("contract after incremental syncs: %v", err)
+	}
+}
+
+// TestKeboolaTokenEchoedUpstreamIsScrubbed: Keboola answers an export with
+// a message that repeats the Storage API token; the token reaches neither
+// the logs, nor any event, nor the run's result: it is masked wherever the
+// message goes.
+func TestKeboolaTokenEchoedUpstreamIsScrubbed(t *testing.T) {
+	srv := keboolatest.New(kbcToken)
+	defer srv.Close()
+	srv.JobPolls = 1
+	srv.Put(&keboolatest.Table{Bucket: "in.c-crm", Name: "ok", Columns: []string{"id"}, Rows: [][]string{{"1"}}})
+	srv.Put(&keboolatest.Table{Bucket: "in.c-crm", Name: "echo", Columns: []string{"id"}, Rows: [][]string{{"1"}},
+		FailExport: "Export failed: token " + kbcToken + " may not read in.c-crm.echo"})
+	t.Setenv(keboola.TokenEnv, kbcToken)
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Sources = []config.Source{{Name: "kbc", Connector: "keboola", Config: map[string]any{"url": srv.URL, "job_poll_max_seconds": 1}}}
+	var logs natstest.LogBuffer
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
+		Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "kbc", RequestedAt: time.Now().UTC()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := results(rep)["echo"]; r.Status != schemas.StatusFailed || strings.Contains(r.Error, kbcToken) || !strings.Contains(r.Error, "token [REDACTED] may not read") {
+		t.Errorf("echo: %+v", r)
+	}
+	evs := natstest.WaitEvents(t, st.JS, "agnes.events.kbc.>", 10*time.Second, func(evs []schemas.Event) bool {
+		return slices.ContainsFunc(evs, func(e schemas.Event) bool { return e.Type == schemas.EventExtractPublished })
+	})
+	for _, ev := range evs {
+		b, _ := ev.Encode()
+		if strings.Contains(string(b), kbcToken) {
+			t.Errorf("event %s holds the token: %s", ev.Type, b)
+		}
+	}
+	if strings.Contains(logs.String(), kbcToken) {
+		t.Errorf("the log holds the token")
+	}
+	if !strings.Contains(logs.String(), "[REDACTED]") {
+		t.Errorf("the failure was not logged at all")
 	}
 }

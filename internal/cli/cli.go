@@ -13,7 +13,10 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/redact"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 )
 
 const usage = `da — the Agnes Connector Kit
@@ -70,7 +73,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &ec):
 		return int(ec)
 	default:
-		fmt.Fprintf(stderr, "da %s: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "da %s: %s\n", args[0], redact.Terminal(redact.String(err.Error())))
 		var ue usageError
 		if errors.As(err, &ue) {
 			return 2
@@ -142,6 +145,7 @@ func (c *commonFlags) load() (*config.Config, error) {
 	if c.writers < 1 {
 		return nil, usageError{fmt.Errorf("--writers must be at least 1, got %d", c.writers)}
 	}
+	stack.RegisterSecrets(cfg, builtin.Registry())
 	return cfg, nil
 }
 
@@ -154,9 +158,9 @@ func newLogger(w io.Writer, def slog.Level) *slog.Logger {
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if isTerminal(w) {
-		return slog.New(slog.NewTextHandler(w, opts))
+		return slog.New(redact.Handler(slog.NewTextHandler(w, opts)))
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(redact.Handler(slog.NewJSONHandler(w, opts)))
 }
 
 func isTerminal(w io.Writer) bool {

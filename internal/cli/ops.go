@@ -14,6 +14,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/internal/extractcheck"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
@@ -70,8 +71,10 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 			if md != nil {
 				at = md.Timestamp.UTC().Format(time.DateTime)
 			}
-			fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", at, h.Get(schemas.HeaderSource)+"."+h.Get(schemas.HeaderTable),
-				h.Get(schemas.HeaderRun), h.Get(schemas.HeaderSeq), h.Get(schemas.HeaderDLQDeliveries), h.Get(schemas.HeaderDLQReason))
+			// Every header is untrusted text: shown, never sent to the terminal.
+			safe := func(k string) string { return redact.Terminal(redact.String(h.Get(k))) }
+			fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", at, safe(schemas.HeaderSource)+"."+safe(schemas.HeaderTable),
+				safe(schemas.HeaderRun), safe(schemas.HeaderSeq), safe(schemas.HeaderDLQDeliveries), safe(schemas.HeaderDLQReason))
 			return md == nil || md.Sequence.Stream < last
 		})
 	}

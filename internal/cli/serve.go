@@ -16,6 +16,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/httpapi"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 )
 
@@ -85,7 +86,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if st.Server != nil {
 		where = st.Server.ClientURL() + " (embedded)"
 	}
-	log.Info("da serving", "nats", where, "roles", strings.Join(orAll(roles), ","), "data_dir", cfg.DataDir)
+	log.Info("da serving", "nats", redact.URL(where), "roles", strings.Join(orAll(roles), ","), "data_dir", cfg.DataDir)
 	<-ctx.Done()
 	log.Info("shutting down")
 	return st.Stop()

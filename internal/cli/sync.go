@@ -15,6 +15,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
@@ -131,7 +132,7 @@ func connect(ctx context.Context, cfg *config.Config, fallback stack.Options, em
 			return js, func() { nc.Close() }, url, nil
 		}
 		if explicit {
-			return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", url, err)
+			return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", redact.URL(url), err)
 		}
 	}
 	fallback.Config, fallback.DataDir = cfg, cfg.DataDir

@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/errclass"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
+	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -39,6 +41,7 @@ func PublishEvent(ctx context.Context, js jetstream.JetStream, e schemas.Event) 
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
+	scrubEvent(&e)
 	b, err := e.Encode()
 	if err != nil {
 		return fmt.Errorf("publish %s event: %w", e.Type, err)
@@ -50,6 +53,27 @@ func PublishEvent(ctx context.Context, js jetstream.JetStream, e schemas.Event) 
 		}
 		return nil
 	})
+}
+
+// scrubEvent masks secrets in the texts of an event that can carry an
+// upstream's words (errors, skipped reasons, schema changes).
+func scrubEvent(e *schemas.Event) {
+	e.Error = redact.String(e.Error)
+	if len(e.Results) > 0 {
+		e.Results = slices.Clone(e.Results)
+		for i := range e.Results {
+			e.Results[i].Error = redact.String(e.Results[i].Error)
+		}
+	}
+	for _, l := range []*[]string{&e.Skipped, &e.SchemaChanges} {
+		if len(*l) > 0 {
+			c := slices.Clone(*l)
+			for i := range c {
+				c[i] = redact.String(c[i])
+			}
+			*l = c
+		}
+	}
 }
 
 // RetryBudget is how long Retry keeps trying (a variable so tests can
@@ -128,7 +152,7 @@ func DeadLetter(msg jetstream.Msg, source, table string, cause error) *nats.Msg 
 			dl.Header[k] = v
 		}
 	}
-	dl.Header.Set(schemas.HeaderDLQReason, cause.Error())
+	dl.Header.Set(schemas.HeaderDLQReason, redact.String(cause.Error()))
 	dl.Header.Set(schemas.HeaderDLQSubject, msg.Subject())
 	if md, err := msg.Metadata(); err == nil {
 		dl.Header.Set(schemas.HeaderDLQDeliveries, strconv.FormatUint(md.NumDelivered, 10))

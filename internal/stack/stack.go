@@ -21,6 +21,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/httpapi"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/producers"
 	"github.com/agnes-ai/connector-kit/writer"
 	"github.com/nats-io/nats.go"
@@ -116,6 +117,9 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.Writers <= 0 {
 		o.Writers = 2
 	}
+	o.Logger = slog.New(redact.Handler(o.Logger.Handler()))
+	RegisterSecrets(o.Config, o.Registry)
+	redact.RegisterURL(o.NATSURL)
 	s := &Stack{}
 	if err := s.connect(ctx, o); err != nil {
 		return nil, err
@@ -133,6 +137,25 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// RegisterSecrets registers every secret of cfg for scrubbing (see
+// redact): the NATS URL's password or token, each source's webhook secret
+// and the values its connector's manifest marks secret.
+func RegisterSecrets(cfg *config.Config, reg *connectors.Registry) {
+	if cfg == nil {
+		return
+	}
+	redact.RegisterURL(cfg.NATS.URL)
+	for _, src := range cfg.Sources {
+		redact.Register(src.WebhookSecret)
+		if reg == nil {
+			continue
+		}
+		if r, err := reg.Lookup(src.Connector); err == nil && r.Manifest != nil {
+			redact.Register(r.Manifest.Secrets(src.Config)...)
+		}
+	}
 }
 
 // connect starts the embedded server (or dials the external one) and

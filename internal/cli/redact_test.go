@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// startBus starts a NATS server on a random port with the streams
+// provisioned and returns its URL and a client.
+func startBus(t *testing.T) (string, jetstream.JetStream) {
+	t.Helper()
+	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: t.TempDir(), Host: "127.0.0.1", Port: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
+		t.Fatal(err)
+	}
+	return srv.ClientURL(), js
+}
+
+// TestNATSCredentialsAreNotPrinted: a password in the NATS URL appears
+// neither in da sync's error nor in da serve's log.
+func TestNATSCredentialsAreNotPrinted(t *testing.T) {
+	const pw = "s3cr3t-nats-pw"
+	dir := t.TempDir()
+	code, _, errs := run(t, "sync", "demo", "--data-dir", dir, "--nats-url", "nats://agnes:"+pw+"@127.0.0.1:1")
+	if code == 0 || strings.Contains(errs, pw) || !strings.Contains(errs, "nats://[REDACTED]@127.0.0.1:1") {
+		t.Errorf("code %d, stderr %q", code, errs)
+	}
+	url, _ := startBus(t)
+	withPW := strings.Replace(url, "nats://", "nats://agnes:"+pw+"@", 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var errb natstest.LogBuffer
+	go func() {
+		done <- Run(ctx, []string{"serve", "--data-dir", dir, "--nats-url", withPW, "--role", "finalizer"}, &bytes.Buffer{}, &errb)
+	}()
+	natstest.Poll(t, 20*time.Second, func() (bool, string) {
+		return strings.Contains(errb.String(), "da serving"), "serve did not start: " + errb.String()
+	})
+	cancel()
+	<-done
+	if out := errb.String(); strings.Contains(out, pw) || !strings.Contains(out, "[REDACTED]@127.0.0.1") {
+		t.Errorf("serve log:\n%s", out)
+	}
+}
+
+// TestDeadLettersShowControlCharacters: headers of a dead letter are
+// untrusted; da dead-letters shows their escape sequences instead of
+// sending them to the terminal.
+func TestDeadLettersShowControlCharacters(t *testing.T) {
+	url, js := startBus(t)
+	msg := nats.NewMsg(schemas.DeadLetterSubject("demo", "orders"))
+	msg.Header.Set(schemas.HeaderSource, "demo")
+	msg.Header.Set(schemas.HeaderTable, "orders\x1b[2J")
+	msg.Header.Set(schemas.HeaderDLQReason, "bad \x1b]0;owned\x07 batch")
+	if _, err := js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "dead-letters", "--nats-url", url, "--data-dir", t.TempDir())
+	if code != 0 {
+		t.Fatalf("code %d: %s", code, errs)
+	}
+	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `orders\x1b[2J`) || !strings.Contains(out, `bad \x1b]0;owned\a batch`) {
+		t.Errorf("output %q", out)
+	}
+}
