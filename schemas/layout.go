@@ -35,7 +35,7 @@ func ValidateRunID(s string) error {
 	}
 	u, err := uuid.Parse(s)
 	if err != nil || u.String() != s {
-		return fmt.Errorf("%w: run id %q is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, lowercase)", ErrInvalidName, s)
+		return fmt.Errorf("%w: run id %s is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, lowercase)", ErrInvalidName, Clip(s))
 	}
 	return nil
 }

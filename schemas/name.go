@@ -3,7 +3,9 @@ package schemas
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 var identifierRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
@@ -14,10 +16,27 @@ var identifierRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,63}$`)
 // says which kind of name was wrong.
 func ValidateName(kind, s string) error {
 	if !identifierRE.MatchString(s) {
-		return fmt.Errorf("%w: %s %q must match %s (letters, digits and _, not starting with a digit, at most 64 characters)",
-			ErrInvalidName, kind, s, identifierRE.String())
+		return fmt.Errorf("%w: %s %s must match %s (letters, digits and _, not starting with a digit, at most 64 characters)",
+			ErrInvalidName, kind, Clip(s), identifierRE.String())
 	}
 	return nil
+}
+
+// ClipLen is how much of an untrusted value Clip keeps.
+const ClipLen = 64
+
+// Clip quotes an untrusted value for a message or a log: whole when short,
+// else its first ClipLen bytes and its length, so a forged 200 KB value
+// costs 100 bytes of log, not 200 KB on every redelivery.
+func Clip(s string) string {
+	if len(s) <= ClipLen+16 {
+		return strconv.Quote(s)
+	}
+	cut := ClipLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + fmt.Sprintf("…(%d bytes)", len(s))
 }
 
 // NameKey is the form in which two view names, or two column names of one

@@ -152,13 +152,13 @@ func ParseDataHeader(h map[string][]string) (BatchRef, error) {
 	}
 	var err error
 	if ref.Seq, err = strconv.ParseInt(headerValue(h, HeaderSeq), 10, 64); err != nil || ref.Seq < 0 {
-		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderSeq, headerValue(h, HeaderSeq))
+		return ref, fmt.Errorf("%w: header %s=%s is not a non-negative integer", ErrBadBatch, HeaderSeq, Clip(headerValue(h, HeaderSeq)))
 	}
 	if ref.Rows, err = strconv.ParseInt(headerValue(h, HeaderRows), 10, 64); err != nil || ref.Rows < 0 {
-		return ref, fmt.Errorf("%w: header %s=%q is not a non-negative integer", ErrBadBatch, HeaderRows, headerValue(h, HeaderRows))
+		return ref, fmt.Errorf("%w: header %s=%s is not a non-negative integer", ErrBadBatch, HeaderRows, Clip(headerValue(h, HeaderRows)))
 	}
 	if ref.Attempt, err = strconv.Atoi(headerValue(h, HeaderAttempt)); err != nil || ValidateAttempt(ref.Attempt) != nil {
-		return ref, fmt.Errorf("%w: header %s=%q is not an integer in 1..%d", ErrBadBatch, HeaderAttempt, headerValue(h, HeaderAttempt), MaxAttempt)
+		return ref, fmt.Errorf("%w: header %s=%s is not an integer in 1..%d", ErrBadBatch, HeaderAttempt, Clip(headerValue(h, HeaderAttempt)), MaxAttempt)
 	}
 	if headerValue(h, HeaderSchema) == "" {
 		return ref, fmt.Errorf("%w: missing header %s (the fingerprint of the table's declared schema)", ErrBadBatch, HeaderSchema)

@@ -77,6 +77,8 @@ func TestSyncAPI(t *testing.T) {
 		{"WrongToken", srv.URL + "/api/sync/trigger", "guess", `{"source":"demo"}`, 401},
 		{"BadJSON", srv.URL + "/api/sync/trigger", "s3cret", `{"source":`, 400},
 		{"UnknownField", srv.URL + "/api/sync/trigger", "s3cret", `{"sauce":"demo"}`, 400},
+		{"TrailingData", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"demo"}xyz`, 400},
+		{"TwoValues", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"demo"} {"source":"demo"}`, 400},
 		{"BadName", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"../x"}`, 400},
 		{"UnknownSource", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"nope"}`, 404},
 		{"TooLarge", srv.URL + "/api/sync/trigger", "s3cret", `{"source":"demo","tables":["` + strings.Repeat("a", 200<<10) + `"]}`, 413},

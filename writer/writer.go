@@ -210,6 +210,13 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		w.poison(ctx, msg, ref, err)
 		return
 	}
+	// The subject is what the stream's limits and the permissions act on;
+	// a batch whose headers name another table is forged or misrouted.
+	if want := schemas.DataSubject(ref.Source, ref.Table); msg.Subject() != want {
+		w.poison(ctx, msg, ref, fmt.Errorf("%w: published on %s, but its headers name table %s.%s (subject %s)",
+			schemas.ErrBadBatch, schemas.Clip(msg.Subject()), ref.Source, ref.Table, want))
+		return
+	}
 	if n := int64(len(msg.Data())); n > w.opts.MaxBatchBytes {
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: %d bytes, the writer's limit is %d", schemas.ErrOversized, n, w.opts.MaxBatchBytes))
 		return
@@ -285,7 +292,8 @@ func (w *Writer) exhausted(ctx context.Context, msg jetstream.Msg, cause error) 
 // of waiting for the batch, and terminates it. If the dead letter cannot be
 // stored, the message is left for redelivery.
 func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.BatchRef, cause error) {
-	w.log.Error("dead-lettering bad batch", "subject", msg.Subject(), "run", ref.Run, "table", ref.Table, "seq", ref.Seq, "err", cause)
+	w.log.Error("dead-lettering bad batch", "subject", schemas.Clip(msg.Subject()), "run", schemas.Clip(ref.Run), "table", schemas.Clip(ref.Table),
+		"seq", ref.Seq, "err", cause)
 	source, table := ref.Source, ref.Table
 	if schemas.ValidateName("source", source) != nil || schemas.ValidateName("table", table) != nil {
 		source, table = "_unknown", "_unknown"

@@ -286,3 +286,25 @@ func TestOptionsValidate(t *testing.T) {
 		t.Error("Run started without a bus")
 	}
 }
+
+// TestWriterRefusesSubjectHeaderMismatch: a batch published on one
+// table's subject whose headers name another table is dead-lettered with
+// the reason, not staged.
+func TestWriterRefusesSubjectHeaderMismatch(t *testing.T) {
+	js := natstest.MustStart(t)
+	dir := t.TempDir()
+	h := nats.Header(schemas.DataHeader(run2, "src", "things", 1, 0, 10))
+	h.Set(schemas.HeaderSchema, schemas.Fingerprint(testSchema))
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: schemas.DataSubject("src", "other"), Header: h, Data: mustBatch(t, 0, 10)}); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
+	defer stop()
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run2+".>", 10*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
+	if e := evs[0]; e.Type != schemas.EventBatchFailed || !strings.Contains(e.Error, "published on \"agnes.data.src.other\", but its headers name table src.things") {
+		t.Errorf("event %+v", e)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "extracts", "src", ".staging", "*", "*", "*")); len(m) != 0 {
+		t.Errorf("staged: %v", m)
+	}
+}

@@ -93,6 +93,35 @@ func (a *API) auth(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// decodeBody is the one reader of a JSON request body: at most maxBody
+// bytes, one JSON value of v's shape, no unknown field and nothing after
+// it. It returns the status to answer with when the body is refused.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any, emptyOK bool) (int, error) {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) && emptyOK {
+		return 0, nil
+	}
+	if err == nil {
+		// Anything after the value, even a second value, is a mistake.
+		var extra json.RawMessage
+		if err = dec.Decode(&extra); errors.Is(err, io.EOF) {
+			return 0, nil
+		}
+		if err == nil {
+			err = errors.New("trailing data after the JSON body")
+		}
+		if tooLarge := (*http.MaxBytesError)(nil); !errors.As(err, &tooLarge) {
+			return http.StatusBadRequest, fmt.Errorf("invalid JSON body: trailing data after the JSON value; send exactly one JSON object")
+		}
+	}
+	if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("request body over %d bytes", maxBody)
+	}
+	return http.StatusBadRequest, fmt.Errorf("invalid JSON body: %v", err)
+}
+
 type triggerRequest struct {
 	Source      string   `json:"source"`
 	Tables      []string `json:"tables"`
@@ -110,16 +139,9 @@ type triggered struct {
 // named source is already syncing.
 func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 	var req triggerRequest
-	body := http.MaxBytesReader(w, r.Body, maxBody)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
 	// An empty body triggers every source.
-	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
-			fail(w, http.StatusRequestEntityTooLarge, "request body over %d bytes", maxBody)
-			return
-		}
-		fail(w, http.StatusBadRequest, "invalid JSON body: %v", err)
+	if status, err := decodeBody(w, r, &req, true); err != nil {
+		fail(w, status, "%v", err)
 		return
 	}
 	var sources []string
