@@ -388,6 +388,50 @@ func (o *owner) cleanOrphans(now time.Time) {
 	}
 }
 
+// cleanAbandoned removes the staging of runs that stopped without an end:
+// neither published nor failed, their source's lock no longer theirs (the
+// producer died and its lock expired, and no retry took it again), and
+// nothing written to their staging for OrphanAge. A retry that comes later
+// writes its parts again under its own attempt.
+func (o *owner) cleanAbandoned(ctx context.Context, now time.Time) {
+	f := o.f
+	for id, r := range o.runs {
+		if r.published || r.failed || id == schemas.StreamRun {
+			continue
+		}
+		dir, err := f.layout.RunStaging(o.source, id)
+		if err != nil {
+			continue
+		}
+		if _, err := os.Stat(dir); err != nil || newestChange(dir).After(now.Add(-OrphanAge)) {
+			continue
+		}
+		holder, err := natsbus.LockHolder(ctx, f.lockKV, o.source)
+		if err != nil {
+			f.log.Warn("not cleaning abandoned staging: the lock cannot be read", "source", o.source, "err", err)
+			return
+		}
+		if holder == id {
+			continue
+		}
+		f.log.Warn("removing the staging of a run that stopped without finishing", "source", o.source, "run", id,
+			"idle_for", OrphanAge.String())
+		f.dropStaging(o.source, id)
+	}
+}
+
+// SweepEvery is how often an owner removes staging no run will use: of
+// published runs (left by a stop between publishing and cleaning up), of
+// runs no event mentions, and of abandoned runs.
+const SweepEvery = 10 * time.Minute
+
+// sweep does the cleanups SweepEvery describes.
+func (o *owner) sweep(ctx context.Context, now time.Time) {
+	o.cleanPublished()
+	o.cleanOrphans(now)
+	o.cleanAbandoned(ctx, now)
+}
+
 // newestChange is the latest modification time of dir or anything in it.
 func newestChange(dir string) time.Time {
 	var t time.Time
@@ -635,12 +679,27 @@ func (f *Finalizer) finalize(ctx context.Context, runID string, r *runState) (sc
 		Path: filepath.Join(pub.dir, schemas.ExtractFile)}, nil
 }
 
+// sourceDirs is the source's extract folder and its data folder, each
+// refused if a symbolic link leads it (or the catalog's folder) out of the
+// data dir.
+func (f *Finalizer) sourceDirs(source string) (dir, dataDir string, err error) {
+	if dir, err = f.layout.Source(source); err != nil {
+		return "", "", err
+	}
+	if dataDir, err = f.layout.Data(source); err != nil {
+		return "", "", err
+	}
+	if err = f.layout.Within(filepath.Join(dir, catalogFile)); err != nil {
+		return "", "", err
+	}
+	return dir, dataDir, nil
+}
+
 func (f *Finalizer) openPublication(runID, source string) (*publication, error) {
-	dir, err := f.layout.Source(source)
+	dir, dataDir, err := f.sourceDirs(source)
 	if err != nil {
 		return nil, err
 	}
-	dataDir := filepath.Join(dir, schemas.DataFolder)
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -724,6 +783,9 @@ func (f *Finalizer) stagePartitioned(ctx context.Context, pub *publication, pl t
 func (f *Finalizer) stageVersion(ctx context.Context, pub *publication, pl tablePlan) (schemas.TableResult, error) {
 	res, t, cat := pl.res, pl.t, pub.cat
 	final := filepath.Join(pub.dataDir, pl.version)
+	if err := f.layout.Within(final); err != nil {
+		return res, err
+	}
 	tmp := parquetfile.TempName(final)
 	old, had := cat.Tables[res.Table]
 	var prev string

@@ -1,12 +1,14 @@
 package finalizer
 
 import (
-	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/schemas"
 )
 
@@ -24,6 +26,19 @@ func mustFinalizer(tb testing.TB, dataDir string) *Finalizer {
 	return f
 }
 
+// stageRun makes the staging folder of run under staging with one part,
+// last changed at, and returns it.
+func stageRun(staging, run string, at time.Time) string {
+	dir := filepath.Join(staging, run, "orders")
+	os.MkdirAll(dir, 0o755)
+	p := filepath.Join(dir, "x.part")
+	os.WriteFile(p, []byte("x"), 0o644)
+	for _, q := range []string{p, dir, filepath.Dir(dir)} {
+		os.Chtimes(q, at, at)
+	}
+	return filepath.Dir(dir)
+}
+
 // TestCleanOrphans: the staging of a run no event mentions goes once nothing
 // wrote to it for OrphanAge; known runs, the stream run, fresh folders and
 // folders not named after a run stay.
@@ -33,16 +48,7 @@ func TestCleanOrphans(t *testing.T) {
 	staging := filepath.Join(dataDir, "extracts", "demo", schemas.StagingFolder)
 	now := time.Now()
 	old := now.Add(-2 * OrphanAge)
-	mk := func(name string, at time.Time) string {
-		dir := filepath.Join(staging, name, "orders")
-		os.MkdirAll(dir, 0o755)
-		p := filepath.Join(dir, "x.part")
-		os.WriteFile(p, []byte("x"), 0o644)
-		for _, q := range []string{p, dir, filepath.Dir(dir)} {
-			os.Chtimes(q, at, at)
-		}
-		return filepath.Dir(dir)
-	}
+	mk := func(name string, at time.Time) string { return stageRun(staging, name, at) }
 	orphan := mk(runA, old)
 	known := mk(runB, old)
 	fresh := mk("2d7f3e1a-3f5c-4a2b-9e43-1d6c0b2e4f32", now)
@@ -59,6 +65,66 @@ func TestCleanOrphans(t *testing.T) {
 			t.Errorf("%s was removed: %v", keep, err)
 		}
 	}
+}
+
+// TestSweepStaging: the owner sweeps staging when the history is read and
+// then every SweepEvery, not in between: a published run's staging goes, a
+// run no event mentions goes once idle for OrphanAge, and so does a run
+// that stopped without an end (not published or failed, its lock gone);
+// the staging of a run that still holds its source's lock stays.
+func TestSweepStaging(t *testing.T) {
+	ctx := context.Background()
+	dataDir := t.TempDir()
+	js := natstest.MustStart(t)
+	f, err := New(Options{JS: js, DataDir: dataDir, RetireGrace: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.lockKV, err = natsbus.KeyValue(ctx, js, schemas.LockBucket); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		runC = "2d7f3e1a-3f5c-4a2b-9e43-1d6c0b2e4f32"
+		runD = "3e8a4f2b-4a6d-4b3c-8f54-2e7d1c3f5a43"
+	)
+	staging := filepath.Join(dataDir, "extracts", "demo", schemas.StagingFolder)
+	old := time.Now().Add(-2 * OrphanAge)
+	mk := func(run string) string { return stageRun(staging, run, old) }
+	abandoned, running, published, orphan := mk(runA), mk(runB), mk(runC), mk(runD)
+	o := f.owner("demo")
+	o.runs[runA] = &runState{source: "demo"}
+	o.runs[runB] = &runState{source: "demo"}
+	o.runs[runC] = &runState{source: "demo", published: true}
+	if err := natsbus.AcquireRun(ctx, f.lockKV, "demo", runB); err != nil {
+		t.Fatal(err)
+	}
+	gone := func(when string, dirs ...string) {
+		t.Helper()
+		for _, d := range dirs {
+			if _, err := os.Stat(d); !os.IsNotExist(err) {
+				t.Errorf("%s: %s stayed (%v)", when, d, err)
+			}
+		}
+	}
+	o.act(ctx)
+	if _, err := os.Stat(abandoned); err != nil {
+		t.Fatalf("swept before the history was read: %v", err)
+	}
+	o.runsLive = true
+	o.act(ctx)
+	gone("first sweep", abandoned, published, orphan)
+	if _, err := os.Stat(running); err != nil {
+		t.Errorf("the staging of a run holding its lock was removed: %v", err)
+	}
+	// The next sweep waits for SweepEvery.
+	orphan = mk(runD)
+	o.act(ctx)
+	if _, err := os.Stat(orphan); err != nil {
+		t.Fatalf("swept again before SweepEvery: %v", err)
+	}
+	o.sweepAt = time.Now().Add(-time.Second)
+	o.act(ctx)
+	gone("sweep due", orphan)
 }
 
 // TestSyncLinks: data/<table>.parquet is replaced by a link to the newest

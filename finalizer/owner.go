@@ -39,7 +39,9 @@ type owner struct {
 	// compacting: merges are being built beside the loop; compactDue: a
 	// publish of streamed parts left partitions that may need one.
 	compacting, compactDue bool
-	helpers                sync.WaitGroup
+	// sweepAt is when staging is next swept (see SweepEvery); zero: at once.
+	sweepAt time.Time
+	helpers sync.WaitGroup
 	// busy mirrors "there is work": read by Finalizer.Busy.
 	busy atomic.Bool
 }
@@ -157,9 +159,8 @@ func (o *owner) fold(ctx context.Context, m message) {
 	case m.stream != nil:
 		o.applyStream(*m.stream)
 	case m.runsCaughtUp:
+		// The history is read: the first act sweeps staging at once.
 		o.runsLive = true
-		o.cleanPublished()
-		o.cleanOrphans(time.Now())
 		for id := range o.runs {
 			o.dirty[id] = true
 		}
@@ -185,6 +186,11 @@ func (o *owner) act(ctx context.Context) time.Duration {
 	now := time.Now()
 	wait := idleWait
 	if o.runsLive {
+		if !now.Before(o.sweepAt) {
+			o.sweep(ctx, now)
+			o.sweepAt = now.Add(SweepEvery)
+		}
+		wait = min(wait, o.sweepAt.Sub(now))
 		ids := make([]string, 0, len(o.dirty))
 		for id := range o.dirty {
 			ids = append(ids, id)

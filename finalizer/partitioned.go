@@ -270,6 +270,9 @@ func (f *Finalizer) reconcile(ctx context.Context, db *sql.DB, dataDir string, c
 			return err
 		}
 		dst := filepath.Join(dataDir, rel)
+		if err := f.layout.Within(dst); err != nil {
+			return err
+		}
 		tmp := parquetfile.TempName(dst)
 		n, err := duck.DeleteMarkers(ctx, db, old, newFiles, pt.keyCol, timeCol, pt.reconcile, tmp)
 		if err != nil {
@@ -308,7 +311,7 @@ type compactionBuild struct {
 // the inbox.
 func (o *owner) startCompaction(ctx context.Context) {
 	f := o.f
-	dir, err := f.layout.Source(o.source)
+	dir, dataDir, err := f.sourceDirs(o.source)
 	if err != nil {
 		return
 	}
@@ -326,7 +329,6 @@ func (o *owner) startCompaction(ctx context.Context) {
 		f.log.Warn("compact partitions", "source", o.source, "err", err)
 		return
 	}
-	dataDir := filepath.Join(dir, schemas.DataFolder)
 	o.compacting = true
 	o.helpers.Add(1)
 	go func() {
@@ -371,11 +373,10 @@ func (f *Finalizer) planCompactions(cat *catalog) []*compaction {
 // inputs are still the files they merged, and publishes the new file set.
 func (o *owner) applyCompaction(ctx context.Context, b *compactionBuild) error {
 	f := o.f
-	dir, err := f.layout.Source(o.source)
+	dir, dataDir, err := f.sourceDirs(o.source)
 	if err != nil {
 		return err
 	}
-	dataDir := filepath.Join(dir, schemas.DataFolder)
 	cat, err := loadCatalog(dir)
 	if err != nil {
 		return err
@@ -598,6 +599,9 @@ func (f *Finalizer) placeRun(ctx context.Context, runID, source, table string, t
 			return nil, nil, err
 		}
 		final := filepath.Join(dataDir, rel)
+		if err := f.layout.Within(final); err != nil {
+			return nil, nil, err
+		}
 		if _, err := os.Stat(p.path); errors.Is(err, os.ErrNotExist) {
 			st, err := os.Stat(final)
 			if err != nil {

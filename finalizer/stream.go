@@ -168,11 +168,10 @@ func (o *owner) applyStream(ev schemas.Event) {
 // dropped as copies, or set aside as unusable) and the event announcing them.
 func (f *Finalizer) publishStream(ctx context.Context, source string, batch []*pendingPart, tables map[string]schemas.Event) ([]string, *schemas.Event, error) {
 	start := time.Now()
-	dir, err := f.layout.Source(source)
+	dir, dataDir, err := f.sourceDirs(source)
 	if err != nil {
 		return nil, nil, err
 	}
-	dataDir := filepath.Join(dir, schemas.DataFolder)
 	cat, err := loadCatalog(dir)
 	if err != nil {
 		return nil, nil, err
@@ -277,34 +276,45 @@ func (f *Finalizer) applyTables(ctx context.Context, cat *catalog, dataDir strin
 	return nil
 }
 
+// streamedPaths are where a streamed part is staged and where it goes:
+// its path relative to the data folder and in full.
+func (f *Finalizer) streamedPaths(source string, ev schemas.Event, dataDir string) (src, rel, final string, err error) {
+	if err := schemas.ValidateName("table", ev.Table); err != nil {
+		return "", "", "", err
+	}
+	if err := schemas.ValidateMonth(ev.Month); err != nil {
+		return "", "", "", err
+	}
+	if len(ev.PrimaryKey) != 1 {
+		return "", "", "", errors.New("streamed part names no key column")
+	}
+	pn, err := schemas.ParsePartName(ev.Part)
+	if err != nil {
+		return "", "", "", err
+	}
+	if src, err = f.layout.Part(source, schemas.StreamRun, ev.Table, pn); err != nil {
+		return "", "", "", err
+	}
+	if rel, err = schemas.PartitionRel(ev.Table, ev.Month, "s-"+pn.Stem()+".parquet"); err != nil {
+		return "", "", "", err
+	}
+	final = filepath.Join(dataDir, rel)
+	if err := f.layout.Within(final); err != nil {
+		return "", "", "", err
+	}
+	return src, rel, final, nil
+}
+
 // placeStreamed moves one streamed part into its partition (or rewrites it
 // with only the batches it is the first to hold). ok is false when there is
 // nothing to add: every batch is a copy, or the part was placed and
 // compacted away before a restart.
 func (f *Finalizer) placeStreamed(ctx context.Context, source string, pp *pendingPart, dataDir string) (partFile, bool, error) {
 	ev := pp.ev
-	if err := schemas.ValidateName("table", ev.Table); err != nil {
-		return partFile{}, false, err
-	}
-	if err := schemas.ValidateMonth(ev.Month); err != nil {
-		return partFile{}, false, err
-	}
-	if len(ev.PrimaryKey) != 1 {
-		return partFile{}, false, errors.New("streamed part names no key column")
-	}
-	pn, err := schemas.ParsePartName(ev.Part)
+	src, rel, final, err := f.streamedPaths(source, ev, dataDir)
 	if err != nil {
 		return partFile{}, false, err
 	}
-	src, err := f.layout.Part(source, schemas.StreamRun, ev.Table, pn)
-	if err != nil {
-		return partFile{}, false, err
-	}
-	rel, err := schemas.PartitionRel(ev.Table, ev.Month, "s-"+pn.Stem()+".parquet")
-	if err != nil {
-		return partFile{}, false, err
-	}
-	final := filepath.Join(dataDir, rel)
 	var rows int64
 	for i, s := range ev.Seqs {
 		if slices.Contains(pp.owned, s) {

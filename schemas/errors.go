@@ -12,6 +12,11 @@ var (
 	// ErrBadBatch marks a data message that is not a valid Arrow IPC stream
 	// with exactly one record batch, or lacks a required header.
 	ErrBadBatch = errors.New("malformed batch")
+	// ErrOutsideDataDir marks a path inside the data dir that a symbolic
+	// link leads out of it.
+	ErrOutsideDataDir = errors.New("path leaves the data dir")
+	// ErrUnknownRun marks a batch of a run that was never started.
+	ErrUnknownRun = errors.New("unknown run")
 )
 
 var (

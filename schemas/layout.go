@@ -1,11 +1,14 @@
 package schemas
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/uuid"
 )
@@ -122,7 +125,11 @@ func (l Layout) Source(source string) (string, error) {
 	if err := ValidateName("source", source); err != nil {
 		return "", err
 	}
-	return filepath.Join(l.Extracts(), source), nil
+	p := filepath.Join(l.Extracts(), source)
+	if err := l.contained(p); err != nil {
+		return "", err
+	}
+	return p, nil
 }
 
 // under joins elems below the source's folder and checks the result stays
@@ -136,7 +143,60 @@ func (l Layout) under(source string, elems ...string) (string, error) {
 	if rel, err := filepath.Rel(base, p); err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
 		return "", fmt.Errorf("%w: path %q is not inside %s", ErrInvalidName, p, base)
 	}
+	if err := l.contained(p); err != nil {
+		return "", err
+	}
 	return p, nil
+}
+
+// errPathEscapes is the error os.Root gives for a path that leads out of it
+// (the os package does not export it).
+var errPathEscapes = sync.OnceValue(func() error {
+	r, err := os.OpenRoot(string(filepath.Separator))
+	if err != nil {
+		return nil
+	}
+	defer r.Close()
+	_, err = r.Stat("..")
+	return errors.Unwrap(err)
+})
+
+// Within refuses p unless it is inside the data dir, as text and through
+// every symbolic link on its way: for paths the layout did not name itself
+// (a file a catalog lists below the data folder).
+func (l Layout) Within(p string) error {
+	rel, err := filepath.Rel(l.root, p)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return fmt.Errorf("%w: path %q is not inside the data dir %s", ErrInvalidName, p, l.root)
+	}
+	return l.contained(p)
+}
+
+// contained refuses p when it resolves, through a symbolic link inside the
+// data dir, to somewhere outside it. The data dir is opened as an os.Root,
+// which resolves each existing element of the path as the kernel would and
+// stops where one leaves the root (a link with an absolute target always
+// counts as leaving); elements that do not exist yet are fine. The data dir
+// itself may be a link. Paths are checked when the layout
+// names them; every service creates only real folders and hard links, so a
+// link inside the data dir was put there by someone else.
+func (l Layout) contained(p string) error {
+	rel, err := filepath.Rel(l.root, p)
+	if err != nil || rel == "." {
+		return nil
+	}
+	r, err := os.OpenRoot(l.root)
+	if err != nil {
+		// No data dir yet: nothing inside it can be a link.
+		return nil
+	}
+	defer r.Close()
+	_, err = r.Stat(rel)
+	if escape := errPathEscapes(); err != nil && escape != nil && errors.Is(err, escape) {
+		return fmt.Errorf("%w: %s leads out of the data dir %s through a symbolic link; "+
+			"replace the link with a real folder, or point the data dir at the link's target", ErrOutsideDataDir, p, l.root)
+	}
+	return nil
 }
 
 // Extract is the live extract.duckdb of source.
@@ -242,6 +302,9 @@ func (l Layout) InData(source, rel string) (string, error) {
 	p := filepath.Join(data, rel)
 	if r, err := filepath.Rel(data, p); err != nil || r == "." || strings.HasPrefix(r, "..") {
 		return "", fmt.Errorf("%w: data path %q leaves %s", ErrInvalidName, rel, data)
+	}
+	if err := l.contained(p); err != nil {
+		return "", err
 	}
 	return p, nil
 }

@@ -3,6 +3,7 @@ package schemas
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -265,6 +266,61 @@ func TestPartitionRel(t *testing.T) {
 	} {
 		if _, err := PartitionRel(c[0], c[1], c[2]); err == nil {
 			t.Errorf("PartitionRel%v accepted", c)
+		}
+	}
+}
+
+// TestLayoutRefusesLinksOut: a symbolic link inside the data dir that leads
+// out of it (a source folder, the staging folder, a version folder) makes
+// every path through it an error naming the link's place; relative links
+// that stay inside, a data dir that is itself a link, and paths not created yet are
+// fine.
+func TestLayoutRefusesLinksOut(t *testing.T) {
+	base := t.TempDir()
+	real := filepath.Join(base, "real")
+	outside := filepath.Join(base, "outside")
+	for _, d := range []string{filepath.Join(real, "extracts", "shop", StagingFolder), filepath.Join(real, "extracts", "ok", DataFolder), outside} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The data dir is reached through a link: allowed.
+	dataDir := filepath.Join(base, "datadir")
+	link := func(target, at string) {
+		t.Helper()
+		if err := os.Symlink(target, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	link(real, dataDir)
+	link(outside, filepath.Join(real, "extracts", "demo"))
+	link(outside, filepath.Join(real, "extracts", "shop", StagingFolder, testRun))
+	link(DataFolder, filepath.Join(real, "extracts", "ok", "inside"))
+	l, err := NewLayout(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pn := PartName{Attempt: 1, First: 0, Last: 1, Hash: "0123456789ab"}
+	for name, get := range map[string]func() (string, error){
+		"extract of a linked source":   func() (string, error) { return l.Extract("demo") },
+		"part of a linked source":      func() (string, error) { return l.Part("demo", testRun, "orders", pn) },
+		"version of a linked source":   func() (string, error) { return l.Version("demo", "orders", testRun) },
+		"data path of a linked source": func() (string, error) { return l.InData("demo", "orders/month=2024-01/x.parquet") },
+		"part of a linked run staging": func() (string, error) { return l.Part("shop", testRun, "orders", pn) },
+		"linked run staging":           func() (string, error) { return l.RunStaging("shop", testRun) },
+	} {
+		p, err := get()
+		if !errors.Is(err, ErrOutsideDataDir) || !strings.Contains(err.Error(), "symbolic link") {
+			t.Errorf("%s: %q, %v; want ErrOutsideDataDir naming the link", name, p, err)
+		}
+	}
+	for name, get := range map[string]func() (string, error){
+		"a source folder not made yet": func() (string, error) { return l.Extract("fresh") },
+		"a real staging folder":        func() (string, error) { return l.Staging("shop") },
+		"a link that stays inside":     func() (string, error) { return l.under("ok", "inside", "x.parquet") },
+	} {
+		if p, err := get(); err != nil {
+			t.Errorf("%s: %q refused: %v", name, p, err)
 		}
 	}
 }

@@ -319,3 +319,41 @@ func TestUnknownTableOptionIsRefused(t *testing.T) {
 		t.Fatalf("got %v, want an error naming table_options.ordrs and the tables the source has", err)
 	}
 }
+
+// TestSourceFolderLinkedOutOfTheDataDir: when a source's folder inside the
+// data dir is a symbolic link to a folder outside it, a sync writes nothing
+// there: the run fails with an error naming the link, its batches are
+// dead-lettered with the same reason, and the folder outside is untouched.
+func TestSourceFolderLinkedOutOfTheDataDir(t *testing.T) {
+	root := t.TempDir()
+	dataDir := filepath.Join(root, "data")
+	victim := filepath.Join(root, "victim")
+	if err := os.MkdirAll(filepath.Join(dataDir, "extracts"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(victim, "precious.txt"), []byte("keep"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(dataDir, "extracts", "demo")); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshotTree(t, victim)
+	st, _ := demoStack(t, dataDir)
+	defer st.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "demo", RequestedAt: time.Now().UTC()}, nil)
+	if err == nil || !strings.Contains(err.Error(), "through a symbolic link") {
+		t.Fatalf("sync through a linked source folder: %+v, %v; want a failure naming the link; victim %v", rep, err, snapshotTree(t, victim))
+	}
+	dl := waitDeadLetters(t, st.JS, 1)
+	if r := dl[0].Header.Get(schemas.HeaderDLQReason); !strings.Contains(r, "leads out of the data dir") {
+		t.Errorf("dead letter reason %q does not name the link", r)
+	}
+	if got := snapshotTree(t, victim); fmt.Sprint(got) != fmt.Sprint(before) {
+		t.Errorf("the folder outside the data dir changed: %v, was %v", got, before)
+	}
+}

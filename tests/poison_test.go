@@ -93,6 +93,7 @@ func TestPoisonBatchesAreDeadLettered(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	event(schemas.Event{Type: schemas.EventRunStarted})
 	var results []schemas.TableResult
 	for name, data := range tables {
 		rows := int64(100)

@@ -73,6 +73,10 @@ type Writer struct {
 	layout  schemas.Layout
 	log     *slog.Logger
 	buffers map[bufferKey]*buffer
+	// events is the run event stream, looked up on first use; known holds
+	// the runs whose run_started event it holds.
+	events jetstream.Stream
+	known  map[runKey]bool
 	// Stats, read by tests and the bench after Run returns.
 	Parts   int64
 	Batches int64
@@ -85,6 +89,12 @@ type bufferKey struct {
 	// month is the partition of a partitioned table's rows.
 	month string
 }
+
+type runKey struct{ source, run string }
+
+// maxKnownRuns bounds the runs a writer remembers as started; past it the
+// memory is cleared and runs are looked up again.
+const maxKnownRuns = 4096
 
 type entry struct {
 	ref schemas.BatchRef
@@ -163,7 +173,8 @@ func New(opts Options) *Writer {
 		// path then still names the same folder for this process.
 		layout = schemas.LayoutAt(opts.DataDir)
 	}
-	return &Writer{opts: opts, layout: layout, log: opts.Logger.With("service", "writer", "writer", opts.Name), buffers: map[bufferKey]*buffer{}}
+	return &Writer{opts: opts, layout: layout, log: opts.Logger.With("service", "writer", "writer", opts.Name), buffers: map[bufferKey]*buffer{},
+		known: map[runKey]bool{}}
 }
 
 // Run consumes batches until ctx ends. On return every buffered batch has
@@ -262,6 +273,10 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt, month}
 	b := w.buffers[key]
+	if b == nil && !w.admit(ctx, msg, ref) {
+		rec.Release()
+		return
+	}
 	if b != nil && !b.schema.Equal(rec.Schema()) {
 		// A part holds one schema; the finalizer checks parts against the
 		// table's declared schema.
@@ -287,11 +302,65 @@ func (w *Writer) exhausted(ctx context.Context, msg jetstream.Msg, cause error) 
 	w.poison(ctx, msg, ref, cause)
 }
 
+// admit reports whether a batch may open a buffer: staging is made only
+// for runs that exist (a producer announces run_started, with confirmation,
+// before it publishes a batch). A batch of a run that was never started is
+// dead-lettered; one whose run cannot be looked up is handed back.
+func (w *Writer) admit(ctx context.Context, msg jetstream.Msg, ref schemas.BatchRef) bool {
+	ok, err := w.started(ctx, ref.Source, ref.Run)
+	if err != nil {
+		w.log.Warn("look up the batch's run; will retry", "run", schemas.Clip(ref.Run), "source", ref.Source, "err", err)
+		natsbus.Settle(w.log, "nak", msg.NakWithDelay(redeliveryDelay(msg)))
+		return false
+	}
+	if !ok {
+		w.deadLetter(ctx, msg, ref, fmt.Errorf("%w: run %s of source %s was never started (no run_started event): forged, or its events expired",
+			schemas.ErrUnknownRun, ref.Run, ref.Source), false)
+	}
+	return ok
+}
+
+// started reports whether run of source exists: its run_started event is
+// on the bus. The stream run always exists.
+func (w *Writer) started(ctx context.Context, source, run string) (bool, error) {
+	k := runKey{source, run}
+	if run == schemas.StreamRun || w.known[k] {
+		return true, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if w.events == nil {
+		s, err := w.opts.JS.Stream(ctx, schemas.EventStream)
+		if err != nil {
+			return false, err
+		}
+		w.events = s
+	}
+	_, err := w.events.GetLastMsgForSubject(ctx, schemas.EventSubject(source, run, schemas.EventRunStarted))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if len(w.known) >= maxKnownRuns {
+		clear(w.known)
+	}
+	w.known[k] = true
+	return true, nil
+}
+
 // poison moves a message that can never be written to the dead-letter
 // stream with the reason, reports it so the finalizer fails the table instead
 // of waiting for the batch, and terminates it. If the dead letter cannot be
 // stored, the message is left for redelivery.
 func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.BatchRef, cause error) {
+	w.deadLetter(ctx, msg, ref, cause, true)
+}
+
+// deadLetter is poison; report says whether the run is told (a batch of a
+// run that does not exist has no one to tell).
+func (w *Writer) deadLetter(ctx context.Context, msg jetstream.Msg, ref schemas.BatchRef, cause error, report bool) {
 	w.log.Error("dead-lettering bad batch", "subject", schemas.Clip(msg.Subject()), "run", schemas.Clip(ref.Run), "table", schemas.Clip(ref.Table),
 		"seq", ref.Seq, "err", cause)
 	source, table := ref.Source, ref.Table
@@ -302,7 +371,7 @@ func (w *Writer) poison(ctx context.Context, msg jetstream.Msg, ref schemas.Batc
 	dl.Header.Set(schemas.HeaderDLQWriter, w.opts.Name)
 	// The batch_failed report comes first: once the dead letter is stored
 	// the message is terminated, and the finalizer must not wait for it.
-	if schemas.ValidateRunID(ref.Run) == nil && schemas.ValidateName("source", ref.Source) == nil && schemas.ValidateName("table", ref.Table) == nil {
+	if report && schemas.ValidateRunID(ref.Run) == nil && schemas.ValidateName("source", ref.Source) == nil && schemas.ValidateName("table", ref.Table) == nil {
 		ev := schemas.Event{Type: schemas.EventBatchFailed, RunID: ref.Run, Source: ref.Source, Table: ref.Table,
 			Attempt: ref.Attempt, Seq: ref.Seq, Writer: w.opts.Name, Error: cause.Error()}
 		if err := natsbus.PublishEvent(ctx, w.opts.JS, ev); err != nil {
@@ -392,7 +461,14 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	if err != nil {
 		metrics.WriteFailures.Inc()
 		w.log.Error("write part failed; batches will be redelivered", "run", b.key.run, "table", b.key.table, "err", err)
+		// A path the layout refuses (a link leading out of the data dir) is
+		// refused on every delivery and by every writer sharing the dir.
+		refused := errors.Is(err, schemas.ErrOutsideDataDir)
 		for _, e := range b.entries {
+			if refused {
+				w.poison(ctx, e.msg, e.ref, err)
+				continue
+			}
 			if md, merr := e.msg.Metadata(); merr == nil && md.NumDelivered >= uint64(w.opts.MaxDeliver) {
 				w.poison(ctx, e.msg, e.ref, fmt.Errorf("failed %d deliveries, last error: %w", md.NumDelivered, err))
 				continue
@@ -441,7 +517,7 @@ func (w *Writer) writePart(b *buffer) (schemas.Event, error) {
 	// The key holds values ParseDataHeader validated; the layout checks again.
 	path, err := w.layout.Part(b.key.source, b.key.run, b.key.table, pn)
 	if err != nil {
-		return schemas.Event{}, fmt.Errorf("%w: %v", schemas.ErrBadBatch, err)
+		return schemas.Event{}, err
 	}
 	md := map[string]string{schemas.SeqsMetaKey: meta.String()}
 	if b.keyCol != "" {

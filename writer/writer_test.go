@@ -2,6 +2,7 @@ package writer
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -56,8 +58,19 @@ func mustBatch(tb testing.TB, from, n int64) []byte {
 	return chunks[0].Data
 }
 
+// announceRun publishes run_started of run of source "src", as a producer
+// does before its first batch.
+func announceRun(tb testing.TB, js jetstream.JetStream, run string) {
+	tb.Helper()
+	ev := schemas.Event{Type: schemas.EventRunStarted, RunID: run, Source: "src", Attempt: 1}
+	if err := natsbus.PublishEvent(context.Background(), js, ev); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 func publish(tb testing.TB, js jetstream.JetStream, run string, seq, rows int64, data []byte, msgID string) {
 	tb.Helper()
+	announceRun(tb, js, run)
 	h := nats.Header(schemas.DataHeader(run, "src", "things", 1, seq, rows))
 	h.Set(schemas.HeaderSchema, schemas.Fingerprint(testSchema))
 	if msgID != "" {
@@ -287,17 +300,24 @@ func TestOptionsValidate(t *testing.T) {
 	}
 }
 
+// publishOn publishes batch 0 (10 rows) of table src.things of run on
+// subject, with nothing announced first.
+func publishOn(tb testing.TB, js jetstream.JetStream, subject, run string) {
+	tb.Helper()
+	h := nats.Header(schemas.DataHeader(run, "src", "things", 1, 0, 10))
+	h.Set(schemas.HeaderSchema, schemas.Fingerprint(testSchema))
+	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: subject, Header: h, Data: mustBatch(tb, 0, 10)}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 // TestWriterRefusesSubjectHeaderMismatch: a batch published on one
 // table's subject whose headers name another table is dead-lettered with
 // the reason, not staged.
 func TestWriterRefusesSubjectHeaderMismatch(t *testing.T) {
 	js := natstest.MustStart(t)
 	dir := t.TempDir()
-	h := nats.Header(schemas.DataHeader(run2, "src", "things", 1, 0, 10))
-	h.Set(schemas.HeaderSchema, schemas.Fingerprint(testSchema))
-	if _, err := js.PublishMsg(context.Background(), &nats.Msg{Subject: schemas.DataSubject("src", "other"), Header: h, Data: mustBatch(t, 0, 10)}); err != nil {
-		t.Fatal(err)
-	}
+	publishOn(t, js, schemas.DataSubject("src", "other"), run2)
 	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
 	defer stop()
 	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run2+".>", 10*time.Second, func(evs []schemas.Event) bool { return len(evs) > 0 })
@@ -307,4 +327,51 @@ func TestWriterRefusesSubjectHeaderMismatch(t *testing.T) {
 	if m, _ := filepath.Glob(filepath.Join(dir, "extracts", "src", ".staging", "*", "*", "*")); len(m) != 0 {
 		t.Errorf("staged: %v", m)
 	}
+}
+
+// TestWriterRefusesUnknownRun: a well-formed batch of a run that was never
+// started is dead-lettered with the reason and stages nothing; once the
+// run's run_started is on the bus, its batches are staged.
+func TestWriterRefusesUnknownRun(t *testing.T) {
+	js := natstest.MustStart(t)
+	dir := t.TempDir()
+	publishOn(t, js, schemas.DataSubject("src", "things"), run2)
+	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
+	defer stop()
+	dlq, err := js.Stream(context.Background(), schemas.DeadLetterStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dl *jetstream.RawStreamMsg
+	natstest.Poll(t, 10*time.Second, func() (bool, string) {
+		dl, err = dlq.GetLastMsgForSubject(context.Background(), schemas.DeadLetterSubject("src", "things"))
+		return err == nil, fmt.Sprintf("no dead letter: %v", err)
+	})
+	if r := dl.Header.Get(schemas.HeaderDLQReason); !strings.Contains(r, "run "+run2+" of source src was never started") {
+		t.Errorf("dead letter reason %q does not say the run was never started", r)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "extracts", "src", ".staging", run2)); len(m) != 0 {
+		t.Errorf("a run that was never started has staging: %v", m)
+	}
+	// Nobody waits for a run that does not exist: no batch_failed for it.
+	events, err := js.Stream(context.Background(), schemas.EventStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := events.Info(context.Background(), jetstream.WithSubjectFilter("agnes.events.src."+run2+".>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(info.State.Subjects) != 0 {
+		t.Errorf("events of a run that was never started: %v", info.State.Subjects)
+	}
+	publish(t, js, run2, 1, 10, mustBatch(t, 10, 10), "")
+	natstest.WaitEvents(t, js, "agnes.events.src."+run2+".>", 10*time.Second, func(evs []schemas.Event) bool {
+		for _, e := range evs {
+			if e.Type == schemas.EventBatchWritten && e.Seqs[0] == 1 {
+				return true
+			}
+		}
+		return false
+	})
 }

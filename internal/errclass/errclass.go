@@ -81,7 +81,8 @@ func Of(err error) Class {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return Transient
 	case errors.Is(err, schemas.ErrBadBatch), errors.Is(err, schemas.ErrInvalidName), errors.Is(err, schemas.ErrBadEvent),
-		errors.Is(err, schemas.ErrBadRequest), errors.Is(err, schemas.ErrOversized):
+		errors.Is(err, schemas.ErrBadRequest), errors.Is(err, schemas.ErrOversized),
+		errors.Is(err, schemas.ErrOutsideDataDir), errors.Is(err, schemas.ErrUnknownRun):
 		return Deterministic
 	}
 	if c := bus(err); c != Unknown {

@@ -47,6 +47,7 @@ func TestOf(t *testing.T) {
 		{"network timeout", wrap(timeoutErr{}), Transient},
 		{"malformed batch", wrap(schemas.ErrBadBatch), Deterministic},
 		{"invalid name", wrap(fmt.Errorf("%w: table", schemas.ErrInvalidName)), Deterministic},
+		{"outside the data dir", wrap(fmt.Errorf("%w: extracts/demo", schemas.ErrOutsideDataDir)), Deterministic},
 		{"marked deterministic", wrap(MarkDeterministic(errors.New("Catalog Error: view exists"))), Deterministic},
 		{"marked transient", MarkTransient(errors.New("IO Error: Could not set lock on file")), Transient},
 		// The outermost mark wins over what it wraps.

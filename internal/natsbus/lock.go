@@ -60,3 +60,15 @@ func ReleaseRun(ctx context.Context, kv jetstream.KeyValue, source, run string) 
 	}
 	return nil
 }
+
+// LockHolder is the run holding the source's lock, or "" when it is free.
+func LockHolder(ctx context.Context, kv jetstream.KeyValue, source string) (string, error) {
+	e, err := kv.Get(ctx, source)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read lock of source %s: %w", source, err)
+	}
+	return string(e.Value()), nil
+}
