@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"flag"
 	"fmt"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
@@ -302,6 +303,33 @@ func (e *procEnv) waitEvent(run string, timeout time.Duration, pred func(schemas
 		return true
 	})
 	return found, ok
+}
+
+// eventTime is when the bus stored the last event of type typ of run, and
+// whether there is one.
+func (e *procEnv) eventTime(run string, typ schemas.EventType) (time.Time, bool) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var m *jetstream.RawStreamMsg
+	err := natsbus.Retry(ctx, func() error {
+		s, err := e.js.Stream(ctx, schemas.EventStream)
+		if err != nil {
+			return err
+		}
+		m, err = s.GetLastMsgForSubject(ctx, schemas.EventSubject("demo", run, typ))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		e.t.Fatalf("read the %s event of run %s: %v", typ, run, err)
+	}
+	if m == nil {
+		return time.Time{}, false
+	}
+	return m.Time, true
 }
 
 func isType(types ...schemas.EventType) func(schemas.Event) bool {
