@@ -1,9 +1,15 @@
 package tests
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"log/slog"
+	"math"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,4 +63,80 @@ func BenchmarkDirectParquet(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(benchRows)/(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e9), "rows/s")
+}
+
+// TestBenchCommand: "da bench --json" prints every figure the interface
+// names, figures that agree with each other (the ratio, the RSS sum, CPU
+// for every role), and keeps the direct phase's Parquet files in --dir;
+// rows that do not split over the tables are a usage error.
+func TestBenchCommand(t *testing.T) {
+	da, _ := binaries(t)
+	dir := t.TempDir()
+	cmd := exec.Command(da, "bench", "--rows", "40000", "--writers", "2", "--tables", "4", "--dir", dir, "--json")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("da bench: %v\n%s", err, stderr.String())
+	}
+	var rep struct {
+		Rows                 int64              `json:"rows"`
+		Writers              int                `json:"writers"`
+		Tables               int                `json:"tables"`
+		Direct               float64            `json:"direct_rows_per_s"`
+		Pipeline             float64            `json:"pipeline_rows_per_s"`
+		Ratio                float64            `json:"ratio"`
+		PeakRSS              int64              `json:"pipeline_peak_rss_bytes"`
+		CPU                  map[string]float64 `json:"cpu_seconds"`
+		RoleRSS              map[string]int64   `json:"peak_rss_bytes"`
+		DuckDB               float64            `json:"duckdb_copy_rows_per_s"`
+		CPUSecondsPerMillion float64            `json:"cpu_seconds_per_million_rows"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	if err := dec.Decode(&rep); err != nil {
+		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
+	}
+	if rep.Rows != 40000 || rep.Writers != 2 || rep.Tables != 4 {
+		t.Errorf("rows %d, writers %d, tables %d; want 40000, 2, 4", rep.Rows, rep.Writers, rep.Tables)
+	}
+	if rep.Direct <= 0 || rep.Pipeline <= 0 || rep.DuckDB <= 0 {
+		t.Errorf("rates direct %f, pipeline %f, duckdb %f: each must be measured", rep.Direct, rep.Pipeline, rep.DuckDB)
+	}
+	if want := rep.Pipeline / rep.Direct; math.Abs(rep.Ratio-want) > 1e-9*want {
+		t.Errorf("ratio %f, pipeline / direct is %f", rep.Ratio, want)
+	}
+	var rss int64
+	var cpu float64
+	for _, role := range []string{"producer", "writer", "finalizer", "nats"} {
+		if rep.CPU[role] <= 0 || rep.RoleRSS[role] <= 0 {
+			t.Errorf("role %s: CPU %f s, peak RSS %d: not measured", role, rep.CPU[role], rep.RoleRSS[role])
+		}
+		rss += rep.RoleRSS[role]
+		cpu += rep.CPU[role]
+	}
+	if rep.PeakRSS != rss {
+		t.Errorf("pipeline peak RSS %d, the roles' sum is %d", rep.PeakRSS, rss)
+	}
+	if want := cpu / 0.04; math.Abs(rep.CPUSecondsPerMillion-want) > 1e-6*want {
+		t.Errorf("CPU seconds per million rows %f, want %f", rep.CPUSecondsPerMillion, want)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "direct", "*.parquet"))
+	var rows int64
+	for _, f := range files {
+		r, err := parquetfile.Open(f, 1, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows += r.NumRows()
+		r.Close()
+	}
+	if len(files) != 4 || rows != 40000 {
+		t.Errorf("direct files %v hold %d rows; want 4 files, 40000 rows", files, rows)
+	}
+	bad := exec.Command(da, "bench", "--rows", "10", "--tables", "3")
+	msg, err := bad.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(msg), "does not split evenly") {
+		t.Errorf("rows that do not split over the tables: %v, %s; want exit 2 naming the problem", err, msg)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"iter"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
@@ -29,6 +30,7 @@ func Register(r *connectors.Registry) {
 			CustomerRows: cfg.Int("customer_rows"),
 			BatchSize:    int(cfg.Int("batch_size")),
 			Seed:         uint64(cfg.Int("seed")),
+			OrderTables:  int(cfg.Int("order_tables")),
 		}), nil
 	})
 }
@@ -39,7 +41,38 @@ type Options struct {
 	CustomerRows int64 // rows in customers
 	BatchSize    int   // rows per batch unless ReadOptions says otherwise
 	Seed         uint64
-	Mem          memory.Allocator // nil means the default Go allocator
+	// OrderTables, above 1, adds orders_2 … orders_<n>: tables shaped and
+	// sized like orders with their own values (the bench's many-table
+	// source).
+	OrderTables int
+	Mem         memory.Allocator // nil means the default Go allocator
+}
+
+// MaxOrderTables bounds Options.OrderTables.
+const MaxOrderTables = 1000
+
+// OrderTable is the name of the k-th orders table (k from 1).
+func OrderTable(k int) string {
+	if k <= 1 {
+		return "orders"
+	}
+	return "orders_" + strconv.Itoa(k)
+}
+
+// orderTableIndex is k of an orders table name, or 0.
+func (c *Connector) orderTableIndex(name string) int {
+	if name == "orders" {
+		return 1
+	}
+	rest, ok := strings.CutPrefix(name, "orders_")
+	if !ok {
+		return 0
+	}
+	k, err := strconv.Atoi(rest)
+	if err != nil || k < 2 || k > c.opts.OrderTables || OrderTable(k) != name {
+		return 0
+	}
+	return k
 }
 
 // Connector generates the demo tables.
@@ -61,6 +94,7 @@ func New(opts Options) *Connector {
 	if opts.Mem == nil {
 		opts.Mem = memory.DefaultAllocator
 	}
+	opts.OrderTables = min(max(opts.OrderTables, 1), MaxOrderTables)
 	return &Connector{opts: opts}
 }
 
@@ -104,12 +138,17 @@ var CustomersSchema = arrow.NewSchema([]arrow.Field{
 
 // Discover implements connectors.Discoverer.
 func (c *Connector) Discover(ctx context.Context) ([]connectors.TableInfo, error) {
-	return []connectors.TableInfo{
+	tables := []connectors.TableInfo{
 		{Name: "orders", Schema: OrdersSchema, Capabilities: connectors.Read, PrimaryKey: []string{"id"},
 			Description: fmt.Sprintf("Synthetic orders (%d rows) covering the common Arrow types", c.opts.Rows)},
 		{Name: "customers", Schema: CustomersSchema, Capabilities: connectors.Read, PrimaryKey: []string{"id"},
 			Description: fmt.Sprintf("Synthetic customers (%d rows)", c.opts.CustomerRows)},
-	}, nil
+	}
+	for k := 2; k <= c.opts.OrderTables; k++ {
+		tables = append(tables, connectors.TableInfo{Name: OrderTable(k), Schema: OrdersSchema, Capabilities: connectors.Read,
+			PrimaryKey: []string{"id"}, Description: fmt.Sprintf("Synthetic orders, copy %d (%d rows)", k, c.opts.Rows)})
+	}
+	return tables, nil
 }
 
 // Read implements connectors.Reader. Batches hold rows in id order.
@@ -118,10 +157,10 @@ func (c *Connector) Read(ctx context.Context, table string, opts connectors.Read
 		var total int64
 		var build func(b *array.RecordBuilder, i int64)
 		var schema *arrow.Schema
-		switch table {
-		case "orders":
-			total, build, schema = c.opts.Rows, c.orderRow, OrdersSchema
-		case "customers":
+		switch k := c.orderTableIndex(table); {
+		case k > 0:
+			total, build, schema = c.opts.Rows, c.orderRow(k), OrdersSchema
+		case table == "customers":
 			total, build, schema = c.opts.CustomerRows, c.customerRow, CustomersSchema
 		default:
 			yield(nil, fmt.Errorf("%w %q in demo (the source has: orders, customers)", connectors.ErrUnknownTable, table))
@@ -178,8 +217,18 @@ func mix(seed, table, i uint64) uint64 {
 	return z ^ (z >> 31)
 }
 
-func (c *Connector) orderRow(b *array.RecordBuilder, i int64) {
-	h := mix(c.opts.Seed, 1, uint64(i))
+// orderRow builds rows of the k-th orders table; orders is table 1 of the
+// generator, its copies 100+k.
+func (c *Connector) orderRow(k int) func(b *array.RecordBuilder, i int64) {
+	tid := uint64(1)
+	if k > 1 {
+		tid = 100 + uint64(k)
+	}
+	return func(b *array.RecordBuilder, i int64) { c.orderRowOf(tid, b, i) }
+}
+
+func (c *Connector) orderRowOf(tid uint64, b *array.RecordBuilder, i int64) {
+	h := mix(c.opts.Seed, tid, uint64(i))
 	b.Field(0).(*array.Int64Builder).UnsafeAppend(i + 1)
 	b.Field(1).(*array.Int64Builder).UnsafeAppend(int64(h%uint64(max(c.opts.CustomerRows, 1))) + 1)
 	b.Field(2).(*array.Int32Builder).UnsafeAppend(int32(h>>8%20) + 1)

@@ -3,6 +3,7 @@ package demo
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/agnes-ai/connector-kit/connectors"
@@ -164,5 +165,43 @@ func TestIncrementalOnID(t *testing.T) {
 			t.Error("a non-integer cursor was accepted")
 		}
 		break
+	}
+}
+
+// TestOrderTables: order_tables adds tables shaped and sized like orders
+// with their own values; names past the count, or spelled otherwise, are
+// unknown.
+func TestOrderTables(t *testing.T) {
+	c := New(Options{Rows: 500, CustomerRows: 10, Seed: 42, OrderTables: 3})
+	tables, err := c.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, ti := range tables {
+		names = append(names, ti.Name)
+	}
+	if got := strings.Join(names, ","); got != "orders,customers,orders_2,orders_3" {
+		t.Fatalf("tables %s", got)
+	}
+	first := readAll(t, c, "orders", 500)
+	defer release(first)
+	for _, name := range []string{"orders_2", "orders_3"} {
+		recs := readAll(t, c, name, 500)
+		if len(recs) != 1 || recs[0].NumRows() != 500 {
+			t.Fatalf("%s: %d batches", name, len(recs))
+		}
+		if array.RecordEqual(recs[0], first[0]) {
+			t.Errorf("%s holds the same values as orders", name)
+		}
+		release(recs)
+	}
+	for _, bad := range []string{"orders_4", "orders_1", "orders_02", "orders_x"} {
+		for _, err := range c.Read(context.Background(), bad, connectors.ReadOptions{}) {
+			if !errors.Is(err, connectors.ErrUnknownTable) {
+				t.Errorf("%s: %v, want ErrUnknownTable", bad, err)
+			}
+			break
+		}
 	}
 }

@@ -26,10 +26,10 @@ func (r *roleList) String() string { return strings.Join(*r, ",") }
 func (r *roleList) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway:
+		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway, stack.RoleNone:
 			*r = append(*r, p)
 		default:
-			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway)", p)
+			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway, none)", p)
 		}
 	}
 	return nil
@@ -41,7 +41,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var c commonFlags
 	c.register(fs)
 	var roles roleList
-	fs.Var(&roles, "role", "service to run: producer, writer, finalizer or gateway (repeatable; default all)")
+	fs.Var(&roles, "role", "service to run: producer, writer, finalizer, gateway, or none (only the bus: the embedded NATS server) (repeatable; default all)")
 	webhookListen := fs.String("webhook-listen", stack.DefaultGatewayListen, "address of the webhook gateway (POST /webhooks/{source}, GET /healthz) when the gateway role runs")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server (when --nats-url is not set)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a writer may hold a batch without signalling progress before it is redelivered (default 60s)")
