@@ -138,6 +138,73 @@ func TestAssembleSinglePartLinks(t *testing.T) {
 	}
 }
 
+// TestAssembleJoinsConsecutiveParts: parts that each hold a run of
+// consecutive seqs, end to end, are joined without re-encoding (their row
+// groups kept, a duplicate part left out) into a file DuckDB reads with
+// every row once, in order; a gap in a part's run makes it re-encode.
+func TestAssembleJoinsConsecutiveParts(t *testing.T) {
+	dir := t.TempDir()
+	parts := []part{
+		mustPart(t, dir, "a.part", 0, 1, 2),
+		mustPart(t, dir, "b.part", 3, 4),
+		mustPart(t, dir, "c.part", 5, 6),
+		mustPart(t, dir, "d.part", 3, 4), // a redelivered copy: b comes first by name
+	}
+	owner := cover(parts, 7)
+	dst := filepath.Join(dir, "out.parquet")
+	size, err := assemble(context.Background(), dst, idSchema, parts, owner, 25, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(dst); st.Size() != size {
+		t.Errorf("reported size %d, file is %d", size, st.Size())
+	}
+	r, err := parquetfile.Open(dst, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.NumRowGroups() != 3 || r.Meta(schemas.SeqsMetaKey) != "" {
+		t.Errorf("%d row groups, seqs metadata %q; want the 3 parts' row groups and no part seqs", r.NumRowGroups(), r.Meta(schemas.SeqsMetaKey))
+	}
+	r.Close()
+	db, err := duck.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var ids string
+	if err := db.QueryRow("SELECT string_agg(id::VARCHAR, ',') FROM read_parquet(?)", dst).Scan(&ids); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 70 {
+		want = append(want, fmt.Sprint(i))
+	}
+	if ids != strings.Join(want, ",") {
+		t.Errorf("DuckDB reads %s; want 0..69 in order", ids)
+	}
+	// A part whose seqs skip one cannot be joined as it stands.
+	gap := []part{mustPart(t, dir, "g1.part", 0, 2), mustPart(t, dir, "g2.part", 1, 3)}
+	dst2 := filepath.Join(dir, "gap.parquet")
+	if _, err := assemble(context.Background(), dst2, idSchema, gap, cover(gap, 4), 25, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := readIDs(t, dst2)
+	for i, id := range got {
+		if id != int64(i) {
+			t.Fatalf("interleaved parts: row %d is %d", i, id)
+		}
+	}
+	if len(got) != 40 {
+		t.Errorf("interleaved parts: %d rows, want 40", len(got))
+	}
+	r2, _ := parquetfile.Open(dst2, 1, nil)
+	if r2.NumRowGroups() != 2 {
+		t.Errorf("interleaved parts: %d row groups; want them re-encoded at 25 rows per group (2)", r2.NumRowGroups())
+	}
+	r2.Close()
+}
+
 func TestAssembleErrors(t *testing.T) {
 	dir := t.TempDir()
 	p := mustPart(t, dir, "p.part", 0, 1)

@@ -70,22 +70,31 @@ var errPartMismatch = errors.New("staged part does not match its announcement")
 
 // assemble writes the table's batches 0..n-1, each taken once from its owning
 // part, in seq order, into a new Parquet file at dst (through a temporary name
-// that Commit renames). When one part holds exactly the whole table it is
-// hard-linked instead of rewritten. It returns the file's size.
+// that is renamed). Nothing is re-encoded when it need not be: when the
+// parts in use each hold a run of consecutive seqs, whole, that together
+// run from 0 to n-1 (writers cut a part wherever its seqs stop being
+// consecutive), one part is hard-linked and several are joined row group by
+// row group (parquetfile.Concat), their bytes copied. Otherwise (parts that
+// overlap after a redelivery, or interleave) the batches are decoded and
+// written again. It returns the file's size.
 func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []part, owner []int, rowGroupRows int64, mem memory.Allocator) (int64, error) {
-	if len(parts) == 1 && int64(len(parts[0].seqs)) == int64(len(owner)) && len(owner) > 0 {
-		if err := checkPart(parts[0], schema); err != nil {
-			return 0, err
+	if runs := wholeRuns(parts, owner); len(runs) > 0 {
+		for _, p := range runs {
+			if err := checkPart(p, schema); err != nil {
+				return 0, err
+			}
 		}
-		os.Remove(dst)
-		if err := os.Link(parts[0].path, dst); err != nil {
-			return 0, fmt.Errorf("link part %s: %w", parts[0].path, err)
+		if len(runs) == 1 {
+			return link(runs[0].path, dst)
 		}
-		st, err := os.Stat(dst)
-		if err != nil {
-			return 0, err
+		paths := make([]string, len(runs))
+		for i, p := range runs {
+			paths[i] = p.path
 		}
-		return st.Size(), nil
+		size, err := parquetfile.Concat(dst, paths, schemas.SeqsMetaKey)
+		if !errors.Is(err, parquetfile.ErrNotConcatenable) {
+			return size, err
+		}
 	}
 	out, err := parquetfile.Create(dst, schema, rowGroupRows, nil, mem)
 	if err != nil {
@@ -96,6 +105,39 @@ func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []par
 		return 0, err
 	}
 	return out.Commit()
+}
+
+// wholeRuns is the parts that hold the table end to end, in order: each
+// owns every seq it holds, its seqs are consecutive, and each starts where
+// the one before ended. It is nil when the owned parts are not like that.
+func wholeRuns(parts []part, owner []int) []part {
+	n := int64(len(owner))
+	var runs []part
+	for next := int64(0); next < n; {
+		i := owner[next]
+		p := parts[i]
+		for j, s := range p.seqs {
+			if s != next+int64(j) || s >= n || owner[s] != i {
+				return nil
+			}
+		}
+		runs = append(runs, p)
+		next += int64(len(p.seqs))
+	}
+	return runs
+}
+
+// link hard-links the part at src to dst and returns its size.
+func link(src, dst string) (int64, error) {
+	os.Remove(dst)
+	if err := os.Link(src, dst); err != nil {
+		return 0, fmt.Errorf("link part %s: %w", src, err)
+	}
+	st, err := os.Stat(dst)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }
 
 // eachBatch passes the table's batches 0..n-1 to fn in seq order, each taken

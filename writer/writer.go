@@ -110,6 +110,18 @@ type buffer struct {
 	rows    int64
 	bytes   int64
 	since   time.Time
+	// first, last: the run of seqs the part holds.
+	first, last int64
+}
+
+// follows reports whether the batch seq may join b's part: the next seq,
+// or a copy of one it holds (flush drops it). A batch table's part holds a
+// run of consecutive seqs, so that the finalizer can join the
+// parts, in order, without decoding them (see finalizer.assemble); a
+// partition's parts (a month's rows come from any batch) and streamed parts
+// are placed whole and need no such run.
+func (b *buffer) follows(seq int64) bool {
+	return b.key.run == schemas.StreamRun || b.key.month != "" || (seq >= b.first && seq <= b.last+1)
 }
 
 // Validate reports options a writer cannot run with.
@@ -277,17 +289,18 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		rec.Release()
 		return
 	}
-	if b != nil && !b.schema.Equal(rec.Schema()) {
-		// A part holds one schema; the finalizer checks parts against the
-		// table's declared schema.
+	if b != nil && (!b.schema.Equal(rec.Schema()) || !b.follows(ref.Seq)) {
+		// A part holds one schema (the finalizer checks parts against the
+		// table's declared one) and a run of consecutive seqs.
 		w.flush(ctx, b)
 		b = nil
 	}
 	if b == nil {
-		b = &buffer{key: key, keyCol: keyCol, schema: rec.Schema(), since: time.Now()}
+		b = &buffer{key: key, keyCol: keyCol, schema: rec.Schema(), since: time.Now(), first: ref.Seq, last: ref.Seq - 1}
 		w.buffers[key] = b
 	}
 	b.entries = append(b.entries, entry{ref: ref, rec: rec, msg: msg})
+	b.last = max(b.last, ref.Seq)
 	b.rows += rec.NumRows()
 	b.bytes += recordBytes(rec)
 	if b.rows >= w.opts.RowGroupRows || b.bytes >= w.opts.MaxBufferBytes {

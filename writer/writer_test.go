@@ -375,3 +375,35 @@ func TestWriterRefusesUnknownRun(t *testing.T) {
 		return false
 	})
 }
+
+// TestWriterPartsHoldConsecutiveSeqs: batches arriving out of order are cut
+// into parts that each hold a run of consecutive seqs, so the finalizer can
+// join the parts without re-encoding them.
+func TestWriterPartsHoldConsecutiveSeqs(t *testing.T) {
+	js := natstest.MustStart(t)
+	dir := t.TempDir()
+	for _, seq := range []int64{0, 1, 2, 5, 6, 3, 4} {
+		publish(t, js, run1, seq, 10, mustBatch(t, seq*10, 10), "")
+	}
+	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
+	defer stop()
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run1+".batch_written", 10*time.Second, func(evs []schemas.Event) bool {
+		n := 0
+		for _, e := range evs {
+			n += len(e.Seqs)
+		}
+		return n == 7
+	})
+	var runs []string
+	for _, e := range evs {
+		for i := 1; i < len(e.Seqs); i++ {
+			if e.Seqs[i] != e.Seqs[i-1]+1 {
+				t.Errorf("part %s holds seqs %v: not consecutive", e.Part, e.Seqs)
+			}
+		}
+		runs = append(runs, fmt.Sprint(e.Seqs))
+	}
+	if len(runs) != 3 {
+		t.Errorf("parts %v; want [0 1 2], [5 6] and [3 4]", runs)
+	}
+}
