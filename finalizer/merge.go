@@ -75,10 +75,11 @@ var errPartMismatch = errors.New("staged part does not match its announcement")
 // run from 0 to n-1 (writers cut a part wherever its seqs stop being
 // consecutive), one part is hard-linked and several are joined row group by
 // row group (parquetfile.Concat), their bytes copied. Otherwise (parts that
-// overlap after a redelivery, or interleave) the batches are decoded and
-// written again. It returns the file's size.
+// overlap after a redelivery, or interleave, or runs too short to make
+// good row groups) the batches are decoded and written again. It returns
+// the file's size.
 func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []part, owner []int, rowGroupRows int64, mem memory.Allocator) (int64, error) {
-	if runs := wholeRuns(parts, owner); len(runs) > 0 {
+	if runs := wholeRuns(parts, owner); len(runs) > 0 && joinable(runs, rowGroupRows) {
 		for _, p := range runs {
 			if err := checkPart(p, schema); err != nil {
 				return 0, err
@@ -125,6 +126,26 @@ func wholeRuns(parts []part, owner []int) []part {
 		next += int64(len(p.seqs))
 	}
 	return runs
+}
+
+// joinable reports whether joining runs gives row groups worth reading:
+// on average at least a quarter of rowGroupRows. Several writers keeping
+// up with one table take its batches in turn, so their runs can be a
+// batch or two; a file of such row groups is written again instead.
+func joinable(runs []part, rowGroupRows int64) bool {
+	if len(runs) == 1 {
+		return true
+	}
+	if rowGroupRows <= 0 {
+		rowGroupRows = parquetfile.DefaultRowGroupRows
+	}
+	var rows int64
+	for _, p := range runs {
+		for _, n := range p.seqRows {
+			rows += n
+		}
+	}
+	return rows/int64(len(runs)) >= rowGroupRows/4
 }
 
 // link hard-links the part at src to dst and returns its size.

@@ -110,18 +110,29 @@ type buffer struct {
 	rows    int64
 	bytes   int64
 	since   time.Time
-	// first, last: the run of seqs the part holds.
+	// first, last: the run of seqs the part holds, unless mixed.
 	first, last int64
+	mixed       bool
 }
 
-// follows reports whether the batch seq may join b's part: the next seq,
-// or a copy of one it holds (flush drops it). A batch table's part holds a
-// run of consecutive seqs, so that the finalizer can join the
-// parts, in order, without decoding them (see finalizer.assemble); a
-// partition's parts (a month's rows come from any batch) and streamed parts
-// are placed whole and need no such run.
-func (b *buffer) follows(seq int64) bool {
-	return b.key.run == schemas.StreamRun || b.key.month != "" || (seq >= b.first && seq <= b.last+1)
+// takes reports whether batch seq may join b's part. A batch table's part
+// is cut where its seqs stop being consecutive, so that the finalizer can
+// join the parts, in order, without decoding them (finalizer.assemble); a
+// copy of a seq the part holds joins it (flush drops it). A run shorter
+// than minRun is not cut: several writers keeping up with one table take
+// its batches in turn, and cutting would make a part, and a row group, of
+// each batch; such a part mixes seqs and the finalizer re-encodes the
+// table. A partition's parts (a month's rows come from any batch) and
+// streamed parts are placed whole and are never cut.
+func (b *buffer) takes(seq, minRun int64) bool {
+	if b.key.run == schemas.StreamRun || b.key.month != "" || b.mixed || (seq >= b.first && seq <= b.last+1) {
+		return true
+	}
+	if b.rows < minRun {
+		b.mixed = true
+		return true
+	}
+	return false
 }
 
 // Validate reports options a writer cannot run with.
@@ -289,7 +300,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		rec.Release()
 		return
 	}
-	if b != nil && (!b.schema.Equal(rec.Schema()) || !b.follows(ref.Seq)) {
+	if b != nil && (!b.schema.Equal(rec.Schema()) || !b.takes(ref.Seq, w.opts.RowGroupRows/4)) {
 		// A part holds one schema (the finalizer checks parts against the
 		// table's declared one) and a run of consecutive seqs.
 		w.flush(ctx, b)

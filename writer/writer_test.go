@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -378,32 +379,41 @@ func TestWriterRefusesUnknownRun(t *testing.T) {
 
 // TestWriterPartsHoldConsecutiveSeqs: batches arriving out of order are cut
 // into parts that each hold a run of consecutive seqs, so the finalizer can
-// join the parts without re-encoding them.
+// join the parts without re-encoding them; a run shorter than a quarter of
+// a row group is not cut (writers taking a table's batches in turn would
+// otherwise write a part per batch).
 func TestWriterPartsHoldConsecutiveSeqs(t *testing.T) {
 	js := natstest.MustStart(t)
 	dir := t.TempDir()
+	// 300-row batches against 1,000-row row groups: runs of 2 are long enough.
 	for _, seq := range []int64{0, 1, 2, 5, 6, 3, 4} {
-		publish(t, js, run1, seq, 10, mustBatch(t, seq*10, 10), "")
+		publish(t, js, run1, seq, 300, mustBatch(t, seq*300, 300), "")
+	}
+	// 10-row batches: a run of one is too short to cut.
+	for _, seq := range []int64{0, 2, 1} {
+		publish(t, js, run2, seq, 10, mustBatch(t, seq*10, 10), "")
 	}
 	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
 	defer stop()
-	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run1+".batch_written", 10*time.Second, func(evs []schemas.Event) bool {
-		n := 0
-		for _, e := range evs {
-			n += len(e.Seqs)
-		}
-		return n == 7
-	})
-	var runs []string
-	for _, e := range evs {
-		for i := 1; i < len(e.Seqs); i++ {
-			if e.Seqs[i] != e.Seqs[i-1]+1 {
-				t.Errorf("part %s holds seqs %v: not consecutive", e.Part, e.Seqs)
+	parts := func(run string, seqs int) []string {
+		evs := natstest.WaitEvents(t, js, "agnes.events.src."+run+".batch_written", 10*time.Second, func(evs []schemas.Event) bool {
+			n := 0
+			for _, e := range evs {
+				n += len(e.Seqs)
 			}
+			return n == seqs
+		})
+		var out []string
+		for _, e := range evs {
+			out = append(out, fmt.Sprint(e.Seqs))
 		}
-		runs = append(runs, fmt.Sprint(e.Seqs))
+		slices.Sort(out)
+		return out
 	}
-	if len(runs) != 3 {
-		t.Errorf("parts %v; want [0 1 2], [5 6] and [3 4]", runs)
+	if got := fmt.Sprint(parts(run1, 7)); got != "[[0 1 2] [3 4] [5 6]]" {
+		t.Errorf("parts %s; want [0 1 2], [3 4] and [5 6]", got)
+	}
+	if got := fmt.Sprint(parts(run2, 3)); got != "[[0 1 2]]" {
+		t.Errorf("short runs: parts %s; want one part", got)
 	}
 }

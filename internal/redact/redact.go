@@ -114,7 +114,14 @@ func unsafeRune(r rune) bool {
 
 // Handler wraps h so every record's message and attribute values are
 // scrubbed (String) before h sees them.
-func Handler(h slog.Handler) slog.Handler { return handler{h} }
+func Handler(h slog.Handler) slog.Handler {
+	if x, ok := h.(handler); ok {
+		// Already scrubbing (the CLI's logger handed to stack.Start): once
+		// is enough.
+		return x
+	}
+	return handler{h}
+}
 
 type handler struct{ h slog.Handler }
 

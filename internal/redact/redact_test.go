@@ -64,3 +64,14 @@ func TestHandler(t *testing.T) {
 		t.Errorf("want 6 masks: %s", out)
 	}
 }
+
+// TestHandlerWrapsOnce: wrapping a scrubbing handler again (the CLI's
+// logger handed to stack.Start) does not scrub every record twice.
+func TestHandlerWrapsOnce(t *testing.T) {
+	inner := slog.NewTextHandler(&bytes.Buffer{}, nil)
+	once := Handler(inner)
+	twice := Handler(once)
+	if h, ok := twice.(handler); !ok || h.h != slog.Handler(inner) {
+		t.Errorf("Handler(Handler(h)) nests: %#v", twice)
+	}
+}
