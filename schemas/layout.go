@@ -122,20 +122,30 @@ func (l Layout) Extracts() string { return filepath.Join(l.root, "extracts") }
 
 // Source is the source's extract folder.
 func (l Layout) Source(source string) (string, error) {
-	if err := ValidateName("source", source); err != nil {
+	p, err := l.sourcePath(source)
+	if err != nil {
 		return "", err
 	}
-	p := filepath.Join(l.Extracts(), source)
 	if err := l.contained(p); err != nil {
 		return "", err
 	}
 	return p, nil
 }
 
+// sourcePath is the source's extract folder, its name validated; links
+// are not looked at (the callers check the full path they build).
+func (l Layout) sourcePath(source string) (string, error) {
+	if err := ValidateName("source", source); err != nil {
+		return "", err
+	}
+	return filepath.Join(l.Extracts(), source), nil
+}
+
 // under joins elems below the source's folder and checks the result stays
-// inside it.
+// inside it, as text and through links (one check of the whole path also
+// covers the source folder on its way).
 func (l Layout) under(source string, elems ...string) (string, error) {
-	base, err := l.Source(source)
+	base, err := l.sourcePath(source)
 	if err != nil {
 		return "", err
 	}

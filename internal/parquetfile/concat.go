@@ -25,7 +25,7 @@ const magic = "PAR1"
 // to where they now are. Every source must have the same Parquet schema.
 // The new file's key-value metadata is the first source's, without the
 // keys in drop. Like Create and Commit, the file is written under a
-// temporary name, fsynced and renamed; it returns the file's size.
+// temporary name and placed (see place); it returns the file's size.
 func Concat(final string, srcs []string, drop ...string) (int64, error) {
 	if len(srcs) == 0 {
 		return 0, fmt.Errorf("concat %s: no parts", final)
@@ -43,19 +43,7 @@ func Concat(final string, srcs []string, drop ...string) (int64, error) {
 		os.Remove(tmp)
 		return 0, fmt.Errorf("concat %s: %w", final, err)
 	}
-	size, err := syncClose(out)
-	if err != nil {
-		os.Remove(tmp)
-		return 0, fmt.Errorf("sync parquet %s: %w", final, err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		os.Remove(tmp)
-		return 0, fmt.Errorf("rename parquet %s: %w", final, err)
-	}
-	if err := SyncDir(filepath.Dir(final)); err != nil {
-		return 0, err
-	}
-	return size, nil
+	return place(out, tmp, final)
 }
 
 // concatInto writes the joined file to out.

@@ -126,16 +126,22 @@ func (p *File) Commit() (int64, error) {
 		os.Remove(p.tmp)
 		return 0, fmt.Errorf("close parquet %s: %w", p.final, err)
 	}
-	size, err := syncClose(p.f)
+	return place(p.f, p.tmp, p.final)
+}
+
+// place fsyncs and closes f, written at tmp, renames it to final and
+// fsyncs the folder. It returns the file's size; on failure tmp is gone.
+func place(f *os.File, tmp, final string) (int64, error) {
+	size, err := syncClose(f)
 	if err != nil {
-		os.Remove(p.tmp)
-		return 0, fmt.Errorf("sync parquet %s: %w", p.final, err)
+		os.Remove(tmp)
+		return 0, fmt.Errorf("sync parquet %s: %w", final, err)
 	}
-	if err := os.Rename(p.tmp, p.final); err != nil {
-		os.Remove(p.tmp)
-		return 0, fmt.Errorf("rename parquet %s: %w", p.final, err)
+	if err := os.Rename(tmp, final); err != nil {
+		os.Remove(tmp)
+		return 0, fmt.Errorf("rename parquet %s: %w", final, err)
 	}
-	if err := SyncDir(filepath.Dir(p.final)); err != nil {
+	if err := SyncDir(filepath.Dir(final)); err != nil {
 		return 0, err
 	}
 	return size, nil
