@@ -1067,7 +1067,9 @@ func (f *Finalizer) assembleTable(ctx context.Context, runID, source, table stri
 		if t.done.Batches == 0 {
 			size, err = writeEmpty(dst, schema, f.opts.Mem)
 		} else {
-			size, err = assemble(ctx, dst, schema, parts, owner, f.opts.RowGroupRows, f.opts.Mem)
+			var how string
+			size, how, err = assemble(ctx, dst, schema, parts, owner, f.opts.RowGroupRows, f.opts.Mem)
+			f.log.Info("table assembled", "run", runID, "table", table, "parts", len(parts), "how", how)
 		}
 		if err != nil {
 			return assembled{}, fmt.Errorf("table %s: %w", table, err)

@@ -101,7 +101,7 @@ func TestAssembleDeduplicatesAndOrders(t *testing.T) {
 		t.Fatal("not covered")
 	}
 	dst := filepath.Join(dir, "out.parquet")
-	size, err := assemble(context.Background(), dst, idSchema, parts, owner, 25, mem)
+	size, _, err := assemble(context.Background(), dst, idSchema, parts, owner, 25, mem)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestAssembleSinglePartLinks(t *testing.T) {
 	dir := t.TempDir()
 	p := mustPart(t, dir, "only.part", 0, 1, 2)
 	dst := filepath.Join(dir, "t.parquet")
-	if _, err := assemble(context.Background(), dst, idSchema, []part{p}, cover([]part{p}, 3), 0, nil); err != nil {
+	if _, _, err := assemble(context.Background(), dst, idSchema, []part{p}, cover([]part{p}, 3), 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := os.Stat(dst)
@@ -152,7 +152,7 @@ func TestAssembleJoinsConsecutiveParts(t *testing.T) {
 	}
 	owner := cover(parts, 7)
 	dst := filepath.Join(dir, "out.parquet")
-	size, err := assemble(context.Background(), dst, idSchema, parts, owner, 25, nil)
+	size, _, err := assemble(context.Background(), dst, idSchema, parts, owner, 25, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestAssembleJoinsConsecutiveParts(t *testing.T) {
 	// Runs of 23 rows on average make row groups too small to keep when a
 	// row group holds 1,000: the parts are written again, as one.
 	small := filepath.Join(dir, "small.parquet")
-	if _, err := assemble(context.Background(), small, idSchema, parts, owner, 1000, nil); err != nil {
+	if _, _, err := assemble(context.Background(), small, idSchema, parts, owner, 1000, nil); err != nil {
 		t.Fatal(err)
 	}
 	if r, err := parquetfile.Open(small, 1, nil); err != nil || r.NumRowGroups() != 1 || r.NumRows() != 70 {
@@ -197,7 +197,7 @@ func TestAssembleJoinsConsecutiveParts(t *testing.T) {
 	// A part whose seqs skip one cannot be joined as it stands.
 	gap := []part{mustPart(t, dir, "g1.part", 0, 2), mustPart(t, dir, "g2.part", 1, 3)}
 	dst2 := filepath.Join(dir, "gap.parquet")
-	if _, err := assemble(context.Background(), dst2, idSchema, gap, cover(gap, 4), 25, nil); err != nil {
+	if _, _, err := assemble(context.Background(), dst2, idSchema, gap, cover(gap, 4), 25, nil); err != nil {
 		t.Fatal(err)
 	}
 	got := readIDs(t, dst2)
@@ -220,13 +220,13 @@ func TestAssembleErrors(t *testing.T) {
 	dir := t.TempDir()
 	p := mustPart(t, dir, "p.part", 0, 1)
 	other := arrow.NewSchema([]arrow.Field{{Name: "id", Type: arrow.BinaryTypes.String}}, nil)
-	_, err := assemble(context.Background(), filepath.Join(dir, "x.parquet"), other, []part{p}, cover([]part{p}, 2), 0, nil)
+	_, _, err := assemble(context.Background(), filepath.Join(dir, "x.parquet"), other, []part{p}, cover([]part{p}, 2), 0, nil)
 	if !errors.Is(err, errPartMismatch) || !strings.Contains(err.Error(), "schema") {
 		t.Errorf("schema mismatch: got %v", err)
 	}
 	lying := p
 	lying.seqRows = []int64{10, 11}
-	_, err = assemble(context.Background(), filepath.Join(dir, "y.parquet"), idSchema, []part{lying}, cover([]part{lying}, 2), 0, nil)
+	_, _, err = assemble(context.Background(), filepath.Join(dir, "y.parquet"), idSchema, []part{lying}, cover([]part{lying}, 2), 0, nil)
 	if !errors.Is(err, errPartMismatch) {
 		t.Errorf("row count mismatch: got %v", err)
 	}
@@ -347,7 +347,7 @@ func TestRepublishLinkedPart(t *testing.T) {
 	final := filepath.Join(dir, "t.parquet")
 	for range 2 {
 		tmp := final + parquetfile.TempMarker + "run"
-		if _, err := assemble(context.Background(), tmp, idSchema, []part{p}, cover([]part{p}, 2), 0, nil); err != nil {
+		if _, _, err := assemble(context.Background(), tmp, idSchema, []part{p}, cover([]part{p}, 2), 0, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := publishMoves([]move{{tmp: tmp, final: final}}); err != nil {

@@ -78,15 +78,21 @@ var errPartMismatch = errors.New("staged part does not match its announcement")
 // overlap after a redelivery, or interleave, or runs too short to make
 // good row groups) the batches are decoded and written again. It returns
 // the file's size.
-func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []part, owner []int, rowGroupRows int64, mem memory.Allocator) (int64, error) {
-	if runs := wholeRuns(parts, owner); len(runs) > 0 && joinable(runs, rowGroupRows) {
+func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []part, owner []int, rowGroupRows int64, mem memory.Allocator) (int64, string, error) {
+	runs := wholeRuns(parts, owner)
+	why := "the parts are not whole runs of consecutive batches"
+	if len(runs) > 0 {
+		why = fmt.Sprintf("%d runs of %d rows on average, under a quarter row group", len(runs), runRows(runs)/int64(len(runs)))
+	}
+	if len(runs) > 0 && joinable(runs, rowGroupRows) {
 		for _, p := range runs {
 			if err := checkPart(p, schema); err != nil {
-				return 0, err
+				return 0, "", err
 			}
 		}
 		if len(runs) == 1 {
-			return link(runs[0].path, dst)
+			size, err := link(runs[0].path, dst)
+			return size, "linked", err
 		}
 		paths := make([]string, len(runs))
 		for i, p := range runs {
@@ -94,18 +100,20 @@ func assemble(ctx context.Context, dst string, schema *arrow.Schema, parts []par
 		}
 		size, err := parquetfile.Concat(dst, paths, schemas.SeqsMetaKey)
 		if !errors.Is(err, parquetfile.ErrNotConcatenable) {
-			return size, err
+			return size, fmt.Sprintf("joined %d parts", len(runs)), err
 		}
+		why = err.Error()
 	}
 	out, err := parquetfile.Create(dst, schema, rowGroupRows, nil, mem)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	if err := eachBatch(ctx, schema, parts, owner, mem, out.Write); err != nil {
 		out.Abort()
-		return 0, err
+		return 0, "", err
 	}
-	return out.Commit()
+	size, err := out.Commit()
+	return size, "re-encoded: " + why, err
 }
 
 // wholeRuns is the parts that hold the table end to end, in order: each
@@ -139,13 +147,18 @@ func joinable(runs []part, rowGroupRows int64) bool {
 	if rowGroupRows <= 0 {
 		rowGroupRows = parquetfile.DefaultRowGroupRows
 	}
+	return runRows(runs)/int64(len(runs)) >= rowGroupRows/4
+}
+
+// runRows is the rows the parts hold.
+func runRows(runs []part) int64 {
 	var rows int64
 	for _, p := range runs {
 		for _, n := range p.seqRows {
 			rows += n
 		}
 	}
-	return rows/int64(len(runs)) >= rowGroupRows/4
+	return rows
 }
 
 // link hard-links the part at src to dst and returns its size.

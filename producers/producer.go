@@ -13,6 +13,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -47,7 +48,11 @@ type Options struct {
 	AckWait          time.Duration
 	MaxInFlight      int
 	MaxBacklog       int
-	Logger           *slog.Logger
+	// ChunkRows is how many rows of a table go on one lane before the next
+	// chunk takes the next lane (schemas.Lane): a writer's row group, so
+	// that a chunk is a part.
+	ChunkRows int64
+	Logger    *slog.Logger
 }
 
 // Validate reports options a producer cannot run with.
@@ -62,7 +67,7 @@ func (o Options) Validate() error {
 	if o.Sources == nil {
 		errs = append(errs, errors.New("no source lookup"))
 	}
-	if o.Concurrency < 0 || o.TableConcurrency < 0 || o.MaxInFlight < 0 || o.MaxBacklog < 0 || o.AckWait < 0 {
+	if o.Concurrency < 0 || o.TableConcurrency < 0 || o.MaxInFlight < 0 || o.MaxBacklog < 0 || o.AckWait < 0 || o.ChunkRows < 0 {
 		errs = append(errs, errors.New("negative concurrency, in-flight, backlog or ack wait"))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -98,6 +103,9 @@ func New(opts Options) *Producer {
 	}
 	if opts.MaxPayload <= 0 {
 		opts.MaxPayload = 1 << 20
+	}
+	if opts.ChunkRows <= 0 {
+		opts.ChunkRows = parquetfile.DefaultRowGroupRows
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -229,31 +237,33 @@ func (p *Producer) exhausted(ctx context.Context, msg jetstream.Msg, cause error
 	natsbus.Bury(ctx, p.opts.JS, p.log, msg, natsbus.DeadLetter(msg, source, table, cause), time.Second)
 }
 
-// waitBacklog blocks while more than MaxBacklog batches wait for a writer.
+// waitBacklog blocks while more than MaxBacklog batches wait for a writer
+// (on every lane together).
 func (p *Producer) waitBacklog(ctx context.Context, log *slog.Logger) error {
-	cons, err := p.opts.JS.Consumer(ctx, schemas.DataStream, schemas.WriterConsumer)
+	stream, err := p.opts.JS.Stream(ctx, schemas.DataStream)
 	if err != nil {
-		// No writer consumer yet: writers have not started; the stream
-		// keeps the batches until they do.
-		return nil
+		return fmt.Errorf("check writer backlog: %w", err)
 	}
 	poll := natsbus.Backoff{Min: 10 * time.Millisecond, Max: 200 * time.Millisecond}
 	warned := time.Now()
 	for {
 		// A cluster electing a new leader answers after a while.
-		var info *jetstream.ConsumerInfo
+		var info *jetstream.StreamInfo
 		if err := natsbus.Retry(ctx, func() (err error) {
-			info, err = cons.Info(ctx)
+			info, err = stream.Info(ctx)
 			return err
 		}); err != nil {
 			return fmt.Errorf("check writer backlog: %w", err)
 		}
-		if info.NumPending <= uint64(p.opts.MaxBacklog) {
+		// No consumer yet: writers have not started; the stream keeps the
+		// batches until they do. The work queue holds what no writer has
+		// acked: waiting, and being written.
+		if info.State.Consumers == 0 || info.State.Msgs <= uint64(p.opts.MaxBacklog) {
 			return nil
 		}
 		if time.Since(warned) > 30*time.Second {
 			warned = time.Now()
-			log.Warn("waiting for writers: backlog over limit", "pending", info.NumPending, "limit", p.opts.MaxBacklog)
+			log.Warn("waiting for writers: backlog over limit", "batches", info.State.Msgs, "limit", p.opts.MaxBacklog)
 		}
 		if err := poll.Wait(ctx); err != nil {
 			return err

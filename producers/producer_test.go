@@ -70,13 +70,17 @@ func start(tb testing.TB, maxPayload int) jetstream.JetStream {
 		}
 		return Source{Name: "src", Connector: "tcon"}, nil
 	}
-	p := New(Options{JS: js, Registry: reg, Sources: sources, MaxPayload: maxPayload, Logger: slog.New(slog.DiscardHandler)})
+	p := New(Options{JS: js, Registry: reg, Sources: sources, MaxPayload: maxPayload, ChunkRows: testChunkRows,
+		Logger: slog.New(slog.DiscardHandler)})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done })
 	return js
 }
+
+// testChunkRows makes a 6,000-row table travel on several lanes.
+const testChunkRows = 1000
 
 func request(tb testing.TB, js jetstream.JetStream, run, source string) {
 	tb.Helper()
@@ -128,7 +132,7 @@ func TestProducerPublishesAndIsolates(t *testing.T) {
 	// The data stream holds exactly the announced messages, seq 0..n-1, each under the limit.
 	stream, _ := js.Stream(context.Background(), schemas.DataStream)
 	cons, err := stream.CreateConsumer(context.Background(), jetstream.ConsumerConfig{Durable: "check", AckPolicy: jetstream.AckExplicitPolicy,
-		FilterSubject: schemas.DataSubject("src", "wide")})
+		FilterSubject: schemas.DataSubject("src", "wide") + ".*"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,11 +140,20 @@ func TestProducerPublishesAndIsolates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rows, n int64
+	var rows, n, chunk, chunkRows int64
+	lanes := map[int]bool{}
 	for m := range batch.Messages() {
 		ref, err := schemas.ParseDataHeader(m.Headers())
 		if err != nil {
 			t.Fatal(err)
+		}
+		// Each chunk of about testChunkRows rows goes on the next lane.
+		if want := schemas.LaneSubject("src", "wide", schemas.Lane(run1, "src", "wide", chunk)); m.Subject() != want {
+			t.Errorf("message %d (chunk %d) on %s, want %s", n, chunk, m.Subject(), want)
+		}
+		lanes[schemas.Lane(run1, "src", "wide", chunk)] = true
+		if chunkRows += ref.Rows; chunkRows >= testChunkRows {
+			chunk, chunkRows = chunk+1, 0
 		}
 		if ref.Seq != n {
 			t.Errorf("message %d has seq %d", n, ref.Seq)
@@ -150,6 +163,9 @@ func TestProducerPublishesAndIsolates(t *testing.T) {
 		}
 		rows += ref.Rows
 		n++
+	}
+	if len(lanes) < 5 {
+		t.Errorf("6000 rows in chunks of %d went on %d lanes", testChunkRows, len(lanes))
 	}
 	if n != done[0].Batches || rows != 6000 {
 		t.Errorf("stream holds %d messages / %d rows, announced %d / 6000", n, rows, done[0].Batches)

@@ -34,6 +34,10 @@ type sink struct {
 	backlog bool
 	// endSeq, when set, is the first message number the sink may not use.
 	endSeq int64
+	// chunk is the number of the chunk being published, chunkRows the rows
+	// in it so far: the lane of the next message (schemas.Lane). The
+	// stream run has no lanes.
+	chunk, chunkRows int64
 }
 
 func (p *Producer) newSink(run, source, table string, attempt int, schema *arrow.Schema, log *slog.Logger) *sink {
@@ -67,6 +71,20 @@ func (s *sink) wait(ctx context.Context, keep int) error {
 	return nil
 }
 
+// nextSubject is the subject of the next message, of rows rows: the plain
+// table subject for the stream run, else the lane of the current chunk. A
+// chunk ends with the message that brings it to ChunkRows rows.
+func (s *sink) nextSubject(rows int64) string {
+	if s.run == schemas.StreamRun {
+		return s.subject
+	}
+	subject := schemas.LaneSubject(s.source, s.table, schemas.Lane(s.run, s.source, s.table, s.chunk))
+	if s.chunkRows += rows; s.chunkRows >= s.p.opts.ChunkRows {
+		s.chunk, s.chunkRows = s.chunk+1, 0
+	}
+	return subject
+}
+
 // publish sends rec, split to fit the bus's payload limit.
 func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 	chunks, err := schemas.EncodeBatch(rec, s.p.opts.MaxPayload)
@@ -81,7 +99,7 @@ func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 		s.fingerprint = schemas.Fingerprint(rec.Schema())
 	}
 	for _, c := range chunks {
-		m := &nats.Msg{Subject: s.subject, Data: c.Data, Header: schemas.DataHeader(s.run, s.source, s.table, s.attempt, s.seq, c.Rows)}
+		m := &nats.Msg{Subject: s.nextSubject(c.Rows), Data: c.Data, Header: schemas.DataHeader(s.run, s.source, s.table, s.attempt, s.seq, c.Rows)}
 		m.Header.Set(schemas.HeaderSchema, s.fingerprint)
 		for k, v := range s.header {
 			m.Header[k] = v

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"sync"
 
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/ipc"
@@ -64,9 +65,17 @@ func EncodeBatch(rec arrow.RecordBatch, maxBytes int) ([]Chunk, error) {
 	return out, nil
 }
 
+// encodeBuffers are scratch buffers for encodeOne: a batch is encoded into
+// a warm buffer and copied out at its exact size, instead of growing a new
+// buffer by doubling (each step a fresh, zeroed allocation: a tenth of the
+// producer's CPU in the bench).
+var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 func encodeOne(rec arrow.RecordBatch) ([]byte, error) {
-	var buf bytes.Buffer
-	w := ipc.NewWriter(&buf, ipc.WithSchema(rec.Schema()), ipc.WithLZ4())
+	buf := encodeBuffers.Get().(*bytes.Buffer)
+	defer encodeBuffers.Put(buf)
+	buf.Reset()
+	w := ipc.NewWriter(buf, ipc.WithSchema(rec.Schema()), ipc.WithLZ4())
 	if err := w.Write(rec); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("encode batch: %w", err)
@@ -74,7 +83,7 @@ func encodeOne(rec arrow.RecordBatch) ([]byte, error) {
 	if err := w.Close(); err != nil {
 		return nil, fmt.Errorf("encode batch: %w", err)
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(buf.Bytes()), nil
 }
 
 // DecodeBatch decodes one IPC stream made by EncodeBatch. The caller releases

@@ -238,6 +238,27 @@ func TestSubjects(t *testing.T) {
 	if got := DataSubject("demo", "orders"); got != "agnes.data.demo.orders" {
 		t.Errorf("DataSubject = %q", got)
 	}
+	if got := LaneSubject("demo", "orders", 7); got != "agnes.data.demo.orders.7" {
+		t.Errorf("LaneSubject = %q", got)
+	}
+	for subject, want := range map[string]int{"agnes.data.demo.orders": -1, "agnes.data.demo.orders.0": 0, "agnes.data.demo.orders.15": 15} {
+		if got, ok := SubjectLane(subject, "demo", "orders"); !ok || got != want {
+			t.Errorf("SubjectLane(%q) = %d, %v; want %d", subject, got, ok, want)
+		}
+	}
+	for _, subject := range []string{"agnes.data.demo.orders.16", "agnes.data.demo.orders.07", "agnes.data.demo.orders.", "agnes.data.demo.orders.-1",
+		"agnes.data.demo.orders.x", "agnes.data.demo.other.1", "agnes.data.demo.orders.1.2", "agnes.data.demo.orders.+1"} {
+		if _, ok := SubjectLane(subject, "demo", "orders"); ok {
+			t.Errorf("SubjectLane accepted %q", subject)
+		}
+	}
+	// Consecutive chunks go to consecutive lanes, so a table's chunks
+	// spread over every writer.
+	for c := range int64(2 * DataLanes) {
+		if a, b := Lane("r", "s", "t", c), Lane("r", "s", "t", c+1); b != (a+1)%DataLanes {
+			t.Fatalf("chunk %d on lane %d, chunk %d on lane %d", c, a, c+1, b)
+		}
+	}
 	if got := EventSubject("demo", "r1", EventRunDone); got != "agnes.events.demo.r1.run_done" {
 		t.Errorf("EventSubject = %q", got)
 	}

@@ -19,12 +19,15 @@ import (
 	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/apache/arrow-go/v18/arrow/array"
 	"github.com/apache/arrow-go/v18/arrow/memory"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestWritersScaleOut: 1, 2 and 4 writer processes publish the same rows,
-// and with several writers each does part of the work.
+// and with several writers each does part of the work. A table travels in
+// chunks of a row group, one lane each (schemas.Lane), so 600,000 rows are
+// enough chunks for 4 writers.
 func TestWritersScaleOut(t *testing.T) {
-	rows := int64(200_000)
+	rows := int64(600_000)
 	if *soak {
 		rows = 1_000_000
 	}
@@ -204,6 +207,25 @@ func TestNATSRestart(t *testing.T) {
 	}
 }
 
+// busiestLane is the writers' consumer with the most batches waiting or
+// being written.
+func busiestLane(ctx context.Context, t *testing.T, js jetstream.JetStream) jetstream.Consumer {
+	t.Helper()
+	var busiest jetstream.Consumer
+	var most uint64
+	for _, name := range schemas.WriterConsumers() {
+		cons, err := js.Consumer(ctx, schemas.DataStream, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ci := cons.CachedInfo()
+		if n := ci.NumPending + uint64(ci.NumAckPending); busiest == nil || n > most {
+			busiest, most = cons, n
+		}
+	}
+	return busiest
+}
+
 func anyFailed(ev schemas.Event) bool {
 	for _, r := range ev.Results {
 		if r.Status != schemas.StatusDone {
@@ -235,12 +257,9 @@ func clusterNodeLoss(t *testing.T) {
 	e.waitBatchWritten(run)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, err := e.js.Consumer(ctx, schemas.DataStream, schemas.WriterConsumer)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cons := busiestLane(ctx, t, e.js)
 	leader := consumerLeader(t, cons)
-	t.Logf("killing %s, the leader of the writers' consumer", leader)
+	t.Logf("killing %s, the leader of %s, the busiest writers' consumer", leader, cons.CachedInfo().Name)
 	e.servers[slices.IndexFunc(e.servers, func(p *proc) bool { return p.name == "nats"+leader[1:] })].kill()
 	ev := e.finish(run, 3*time.Minute)
 	if ev.Type != schemas.EventExtractPublished || anyFailed(ev) {

@@ -372,7 +372,11 @@ func (e *procEnv) finish(run string, timeout time.Duration) schemas.Event {
 // consumer's leader, pending, ack-pending and waiting pulls, and the
 // streams' leaders and sizes.
 func (e *procEnv) dumpBus(ctx context.Context, w io.Writer) {
-	for _, c := range [][2]string{{schemas.SyncStream, schemas.ProducerConsumer}, {schemas.DataStream, schemas.WriterConsumer}} {
+	consumers := [][2]string{{schemas.SyncStream, schemas.ProducerConsumer}}
+	for _, name := range schemas.WriterConsumers() {
+		consumers = append(consumers, [2]string{schemas.DataStream, name})
+	}
+	for _, c := range consumers {
 		info, err := e.js.Consumer(ctx, c[0], c[1])
 		if err != nil {
 			fmt.Fprintf(w, "consumer %s: %v\n", c[1], err)

@@ -220,7 +220,11 @@ func (e *jiraEnv) isQuiet(ctx context.Context) (bool, string) {
 	if e.st != nil && e.st.Finalizer != nil && e.st.Finalizer.Busy() {
 		return false, "the finalizer is publishing or compacting"
 	}
-	for _, c := range []struct{ stream, consumer string }{{schemas.HookStream, schemas.HookConsumer}, {schemas.DataStream, schemas.WriterConsumer}} {
+	consumers := []struct{ stream, consumer string }{{schemas.HookStream, schemas.HookConsumer}}
+	for _, name := range schemas.WriterConsumers() {
+		consumers = append(consumers, struct{ stream, consumer string }{schemas.DataStream, name})
+	}
+	for _, c := range consumers {
 		cons, err := e.js.Consumer(ctx, c.stream, c.consumer)
 		if err != nil {
 			return false, err.Error()

@@ -1,6 +1,7 @@
 // Package writer turns Arrow IPC batches from the bus into Parquet part files.
-// Any number of writers share one durable pull consumer; each buffers the
-// batches it receives per table, writes them as one zstd Parquet part (one
+// Any number of writers share the data stream's lanes (schemas.DataLanes,
+// shared out in lanes.go) and its plain consumer; each buffers the batches
+// it receives per table and lane, writes them as one zstd Parquet part (one
 // row group) under the run's staging folder, announces the part with a
 // batch_written event and only then acks the batches.
 package writer
@@ -16,6 +17,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/metrics"
@@ -32,6 +35,7 @@ import (
 const (
 	DefaultRowGroupRows   = parquetfile.DefaultRowGroupRows
 	DefaultMaxBufferBytes = 64 << 20
+	DefaultMaxHeldBytes   = 128 << 20
 	DefaultFlushAfter     = 500 * time.Millisecond
 	// DefaultStreamFlushAfter is how long streamed (webhook) batches wait to
 	// be joined into one part: the floor of an event's time to visibility.
@@ -51,7 +55,10 @@ type Options struct {
 	Name           string
 	RowGroupRows   int64
 	MaxBufferBytes int64
-	FlushAfter     time.Duration
+	// MaxHeldBytes bounds the bytes buffered over all tables; past it the
+	// largest buffer is written.
+	MaxHeldBytes int64
+	FlushAfter   time.Duration
 	// StreamFlushAfter replaces FlushAfter for batches of the stream run.
 	StreamFlushAfter time.Duration
 	// Prefetch is how many batches are pulled ahead of the one being handled.
@@ -69,10 +76,16 @@ type Options struct {
 
 // Writer consumes data batches and writes Parquet parts.
 type Writer struct {
-	opts    Options
-	layout  schemas.Layout
-	log     *slog.Logger
+	opts   Options
+	layout schemas.Layout
+	log    *slog.Logger
+	// mu serialises the handling of batches from the lanes' consumers.
+	mu      sync.Mutex
 	buffers map[bufferKey]*buffer
+	// held is the bytes of the batches in buffers.
+	held int64
+	// lanes is the lanes the writer reads (Lanes).
+	lanes atomic.Pointer[[]int]
 	// events is the run event stream, looked up on first use; known holds
 	// the runs whose run_started event it holds.
 	events jetstream.Stream
@@ -88,6 +101,9 @@ type bufferKey struct {
 	attempt            int
 	// month is the partition of a partitioned table's rows.
 	month string
+	// lane is the lane the batches came on (-1: none). A table's chunks
+	// on other lanes are other runs of seqs, and other parts.
+	lane int
 }
 
 type runKey struct{ source, run string }
@@ -118,17 +134,19 @@ type buffer struct {
 // takes reports whether batch seq may join b's part. A batch table's part
 // is cut where its seqs stop being consecutive, so that the finalizer can
 // join the parts, in order, without decoding them (finalizer.assemble); a
-// copy of a seq the part holds joins it (flush drops it). A run shorter
-// than minRun is not cut: several writers keeping up with one table take
-// its batches in turn, and cutting would make a part, and a row group, of
-// each batch; such a part mixes seqs and the finalizer re-encodes the
-// table. A partition's parts (a month's rows come from any batch) and
-// streamed parts are placed whole and are never cut.
+// copy of a seq the part holds joins it (flush drops it). On a lane a chunk
+// comes to one writer, so a gap is a late redelivery (a lane changing
+// hands) and is always cut. Off the lanes, a run shorter than minRun is not
+// cut: several writers keeping up with one table take its batches in turn,
+// and cutting would make a part, and a row group, of each batch; such a
+// part mixes seqs and the finalizer re-encodes the table. A partition's
+// parts (a month's rows come from any batch) and streamed parts are placed
+// whole and are never cut.
 func (b *buffer) takes(seq, minRun int64) bool {
 	if b.key.run == schemas.StreamRun || b.key.month != "" || b.mixed || (seq >= b.first && seq <= b.last+1) {
 		return true
 	}
-	if b.rows < minRun {
+	if b.rows < minRun && b.key.lane < 0 {
 		b.mixed = true
 		return true
 	}
@@ -144,7 +162,7 @@ func (o Options) Validate() error {
 	if o.DataDir == "" {
 		errs = append(errs, errors.New("no data dir"))
 	}
-	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.Prefetch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
+	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.MaxHeldBytes < 0 || o.Prefetch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
 		o.AckWait < 0 || o.FlushAfter < 0 || o.StreamFlushAfter < 0 {
 		errs = append(errs, errors.New("negative size, count or duration"))
 	}
@@ -161,6 +179,9 @@ func New(opts Options) *Writer {
 	}
 	if opts.MaxBufferBytes <= 0 {
 		opts.MaxBufferBytes = DefaultMaxBufferBytes
+	}
+	if opts.MaxHeldBytes <= 0 {
+		opts.MaxHeldBytes = max(DefaultMaxHeldBytes, opts.MaxBufferBytes)
 	}
 	if opts.FlushAfter <= 0 {
 		opts.FlushAfter = DefaultFlushAfter
@@ -206,27 +227,59 @@ func (w *Writer) Run(ctx context.Context) error {
 	if err := w.opts.Validate(); err != nil {
 		return err
 	}
-	cons, err := w.opts.JS.CreateOrUpdateConsumer(ctx, schemas.DataStream, jetstream.ConsumerConfig{
-		Durable:       schemas.WriterConsumer,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       w.opts.AckWait,
-		MaxDeliver:    natsbus.Unlimited,
-		MaxAckPending: 20000,
-	})
+	plain, laneCons, err := w.consumers(ctx)
+	var kv jetstream.KeyValue
+	if err == nil {
+		kv, err = natsbus.KeyValue(ctx, w.opts.JS, schemas.WriterBucket)
+	}
 	if err != nil {
-		return fmt.Errorf("create consumer: %w", err)
+		if ctx.Err() != nil {
+			// Stopped while starting: nothing was taken.
+			w.log.Info("writer stopped", "parts", 0, "batches", 0, "rows", 0)
+			return nil
+		}
+		return err
 	}
 	w.log.Info("writer started")
 	defer w.release()
-	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.WriterConsumer, Logger: w.log,
-		Prefetch: w.opts.Prefetch, Handle: w.handle, Wait: w.fetchWait, Idle: w.flushDue,
-		MaxDeliver: w.opts.MaxDeliver, Exhausted: w.exhausted})
+	l := &lanes{w: w, ctx: ctx, kv: kv, key: memberKey(w.opts.Name), cons: laneCons, seen: map[string]time.Time{}, running: map[int]context.CancelFunc{}}
+	// Batches on plain subjects (the stream run's) go to every writer.
+	l.consume(ctx, plain, schemas.WriterConsumer, w.opts.Prefetch)
+	l.run(ctx)
 	// Flush what is buffered so it is not redelivered needlessly.
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	w.mu.Lock()
 	w.flushAll(fctx)
+	w.mu.Unlock()
 	cancel()
 	w.log.Info("writer stopped", "parts", w.Parts, "batches", w.Batches, "rows", w.Rows)
-	return err
+	return nil
+}
+
+// The consumers of the lanes a writer reads run side by side; one batch is
+// handled at a time.
+func (w *Writer) handleLocked(ctx context.Context, msg jetstream.Msg) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.handle(ctx, msg)
+}
+
+func (w *Writer) flushDueLocked(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.flushDue(ctx)
+}
+
+func (w *Writer) fetchWaitLocked() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fetchWait()
+}
+
+func (w *Writer) exhaustedLocked(ctx context.Context, msg jetstream.Msg, cause error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.exhausted(ctx, msg, cause)
 }
 
 func (w *Writer) release() {
@@ -246,7 +299,8 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	// The subject is what the stream's limits and the permissions act on;
 	// a batch whose headers name another table is forged or misrouted.
-	if want := schemas.DataSubject(ref.Source, ref.Table); msg.Subject() != want {
+	lane, ok := schemas.SubjectLane(msg.Subject(), ref.Source, ref.Table)
+	if want := schemas.DataSubject(ref.Source, ref.Table); !ok {
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: published on %s, but its headers name table %s.%s (subject %s)",
 			schemas.ErrBadBatch, schemas.Clip(msg.Subject()), ref.Source, ref.Table, want))
 		return
@@ -276,25 +330,13 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 		w.poison(ctx, msg, ref, fmt.Errorf("%w: batch schema does not match the table's declared schema: %s", schemas.ErrBadBatch, got))
 		return
 	}
-	month, keyCol := msg.Headers().Get(schemas.HeaderMonth), msg.Headers().Get(schemas.HeaderKeyColumn)
-	if month != "" || keyCol != "" {
-		if err := schemas.ValidateMonth(month); err != nil {
-			rec.Release()
-			w.poison(ctx, msg, ref, fmt.Errorf("%w: header %s: %v", schemas.ErrBadBatch, schemas.HeaderMonth, err))
-			return
-		}
-		if err := schemas.ValidateName("key column", keyCol); err != nil {
-			rec.Release()
-			w.poison(ctx, msg, ref, fmt.Errorf("%w: header %s: %v", schemas.ErrBadBatch, schemas.HeaderKeyColumn, err))
-			return
-		}
-		if err := schemas.CheckStored(rec.Schema(), keyCol); err != nil {
-			rec.Release()
-			w.poison(ctx, msg, ref, fmt.Errorf("%w: %v", schemas.ErrBadBatch, err))
-			return
-		}
+	month, keyCol, err := partitionHeaders(msg, rec)
+	if err != nil {
+		rec.Release()
+		w.poison(ctx, msg, ref, err)
+		return
 	}
-	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt, month}
+	key := bufferKey{ref.Run, ref.Source, ref.Table, ref.Attempt, month, lane}
 	b := w.buffers[key]
 	if b == nil && !w.admit(ctx, msg, ref) {
 		rec.Release()
@@ -313,10 +355,47 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	b.entries = append(b.entries, entry{ref: ref, rec: rec, msg: msg})
 	b.last = max(b.last, ref.Seq)
 	b.rows += rec.NumRows()
-	b.bytes += recordBytes(rec)
+	n := recordBytes(rec)
+	b.bytes += n
+	w.held += n
 	if b.rows >= w.opts.RowGroupRows || b.bytes >= w.opts.MaxBufferBytes {
 		w.flush(ctx, b)
 	}
+	w.bound(ctx)
+}
+
+// bound writes the largest buffers while the writer holds more than
+// MaxHeldBytes, so its memory does not grow with the number of tables and
+// lanes it reads.
+func (w *Writer) bound(ctx context.Context) {
+	for w.held > w.opts.MaxHeldBytes && len(w.buffers) > 0 {
+		var big *buffer
+		for _, b := range w.buffers {
+			if big == nil || b.bytes > big.bytes {
+				big = b
+			}
+		}
+		w.flush(ctx, big)
+	}
+}
+
+// partitionHeaders reads the partition month and key column of a batch of a
+// partitioned table (both empty for other tables).
+func partitionHeaders(msg jetstream.Msg, rec arrow.RecordBatch) (month, keyCol string, err error) {
+	month, keyCol = msg.Headers().Get(schemas.HeaderMonth), msg.Headers().Get(schemas.HeaderKeyColumn)
+	if month == "" && keyCol == "" {
+		return "", "", nil
+	}
+	if err := schemas.ValidateMonth(month); err != nil {
+		return "", "", fmt.Errorf("%w: header %s: %v", schemas.ErrBadBatch, schemas.HeaderMonth, err)
+	}
+	if err := schemas.ValidateName("key column", keyCol); err != nil {
+		return "", "", fmt.Errorf("%w: header %s: %v", schemas.ErrBadBatch, schemas.HeaderKeyColumn, err)
+	}
+	if err := schemas.CheckStored(rec.Schema(), keyCol); err != nil {
+		return "", "", fmt.Errorf("%w: %v", schemas.ErrBadBatch, err)
+	}
+	return month, keyCol, nil
 }
 
 // exhausted dead-letters a batch delivered more often than MaxDeliver
@@ -443,6 +522,7 @@ func (w *Writer) flushAll(ctx context.Context) {
 // failure the messages are nak'ed for redelivery.
 func (w *Writer) flush(ctx context.Context, b *buffer) {
 	delete(w.buffers, b.key)
+	w.held -= b.bytes
 	defer func() {
 		for _, e := range b.entries {
 			e.rec.Release()

@@ -21,7 +21,9 @@ func main() {
 		<-c
 		os.Exit(130)
 	}()
+	stopProfile := cli.ProfileFromEnv(os.Stderr)
 	code := cli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	cancel()
+	stopProfile()
 	os.Exit(code)
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -73,6 +74,7 @@ type benchOptions struct {
 	dir           string
 	asJSON        bool
 	keepDir       bool
+	profile       bool
 	pipelineFlags []string
 }
 
@@ -89,12 +91,16 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.tables, "tables", 1, "tables shaped like the demo orders table (orders, orders_2, …)")
 	fs.StringVar(&o.dir, "dir", "", "working directory, kept afterwards (the direct Parquet files in <dir>/direct/); default: a temporary one, removed")
 	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object instead of a table")
+	fs.BoolVar(&o.profile, "profile", false, "keep a CPU profile of each pipeline process in <dir>/pipeline/<name>.cpu.pprof (needs --dir)")
 	phase := fs.String("phase", "", "internal: run one phase (direct or duckdb) in this process and print JSON")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	if o.rows < 1 || o.writers < 1 || o.tables < 1 || o.tables > demo.MaxOrderTables {
 		return usageError{fmt.Errorf("--rows and --writers must be at least 1 and --tables between 1 and %d", demo.MaxOrderTables)}
+	}
+	if o.profile && o.dir == "" {
+		return usageError{errors.New("--profile needs --dir: the profiles are kept there")}
 	}
 	if o.rows%int64(o.tables) != 0 {
 		return usageError{fmt.Errorf("--rows %d does not split evenly over --tables %d", o.rows, o.tables)}

@@ -12,8 +12,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -75,6 +77,8 @@ type benchProc struct {
 	mu         sync.Mutex
 	log        *bytes.Buffer
 	usage      procUsage
+	// peers is how many writers a writer last shared the lanes with.
+	peers atomic.Int64
 }
 
 type pipelineResult struct {
@@ -114,7 +118,11 @@ func benchPipeline(ctx context.Context, o benchOptions, stderr io.Writer) (*pipe
 	}()
 	start := func(role, name string, args ...string) (*benchProc, error) {
 		args = append([]string{"serve", "--config", cfgPath, "--name", name, "--writers", "1"}, args...)
-		p, err := startBenchProc(self, role, name, args)
+		var env []string
+		if o.profile {
+			env = append(env, ProfileEnv+"="+filepath.Join(dir, name+".cpu.pprof"))
+		}
+		p, err := startBenchProc(self, role, name, args, filepath.Join(dir, name+".log"), env)
 		if err == nil {
 			res.procs = append(res.procs, p)
 		}
@@ -140,6 +148,11 @@ func benchPipeline(ctx context.Context, o benchOptions, stderr io.Writer) (*pipe
 		if err := p.wait(ctx); err != nil {
 			return nil, err
 		}
+	}
+	// The steady state is measured: every writer reading its share of the
+	// lanes.
+	if err := settled(ctx, res.procs, o.writers); err != nil {
+		return nil, err
 	}
 	if res.seconds, res.bytes, err = benchSync(ctx, url, o); err != nil {
 		for _, p := range res.procs {
@@ -191,20 +204,32 @@ func benchSync(ctx context.Context, url string, o benchOptions) (float64, int64,
 	return took, size, nil
 }
 
-func startBenchProc(bin, role, name string, args []string) (*benchProc, error) {
+// startBenchProc starts a process and keeps its log in logPath, and its
+// last lines in memory for errors.
+func startBenchProc(bin, role, name string, args []string, logPath string, env []string) (*benchProc, error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
 	p := &benchProc{role: role, name: name, ready: make(chan struct{}), exited: make(chan struct{}), log: &bytes.Buffer{}}
 	p.cmd = exec.Command(bin, args...)
 	// The bus address comes from the flags only.
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "NATS_URL=") {
+		if !strings.HasPrefix(kv, "NATS_URL=") && !strings.HasPrefix(kv, "LOG_LEVEL=") {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
+	// The bench reads the writers' INFO lines (settled).
+	if os.Getenv("LOG_LEVEL") == "debug" {
+		p.cmd.Env = append(p.cmd.Env, "LOG_LEVEL=debug")
+	}
+	p.cmd.Env = append(p.cmd.Env, env...)
 	pr, err := p.cmd.StderrPipe()
 	if err != nil {
 		return nil, err
 	}
 	if err := p.cmd.Start(); err != nil {
+		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	lines := make(chan string)
@@ -218,8 +243,16 @@ func startBenchProc(bin, role, name string, args []string) (*benchProc, error) {
 	}()
 	go func() {
 		once := false
+		defer logFile.Close()
 		for l := range lines {
 			p.appendLog(l)
+			fmt.Fprintln(logFile, l)
+			if strings.Contains(l, "lanes assigned") {
+				var rec struct{ Writers int64 }
+				if json.Unmarshal([]byte(l), &rec) == nil {
+					p.peers.Store(rec.Writers)
+				}
+			}
 			if !once && strings.Contains(l, "da serving") {
 				once = true
 				close(p.ready)
@@ -260,6 +293,60 @@ func (p *benchProc) wait(ctx context.Context) error {
 		return fmt.Errorf("bench: %s did not serve within 2 minutes:\n%s", p.name, p.lastLog(15))
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// ProfileEnv names a file to write the process's CPU profile to ("da bench
+// --profile" sets it for each pipeline process).
+const ProfileEnv = "DA_CPU_PROFILE"
+
+// ProfileFromEnv starts a CPU profile when ProfileEnv is set; the returned
+// function stops it and writes the file.
+func ProfileFromEnv(stderr io.Writer) (stop func()) {
+	path := os.Getenv(ProfileEnv)
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "da: %s=%s: %v; not profiling\n", ProfileEnv, path, err)
+		if f != nil {
+			f.Close()
+		}
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
+// settled waits until every writer process shares the lanes with n.
+func settled(ctx context.Context, procs []*benchProc, n int) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		waiting := ""
+		for _, p := range procs {
+			if p.role == roleWriterName && p.peers.Load() != int64(n) {
+				waiting = p.name
+			}
+		}
+		if waiting == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: writer %s did not see all %d writers within 30 s", waiting, n)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
 	}
 }
 

@@ -147,6 +147,15 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 	}); err != nil {
 		return fmt.Errorf("provision lock bucket: %w", err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      schemas.WriterBucket,
+		Description: "Agnes live writers, one key per writer, refreshed every second; the lanes of the data stream are shared among them",
+		TTL:         time.Minute,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    replicas,
+	}); err != nil {
+		return fmt.Errorf("provision writer bucket: %w", err)
+	}
 	return nil
 }
 

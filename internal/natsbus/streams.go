@@ -20,9 +20,16 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 	dlq := stream(schemas.DeadLetterStream, "Agnes batches that could not be written, with the reason", "agnes.dlq.>",
 		jetstream.LimitsPolicy, 30*24*time.Hour)
 	dlq.Duplicates = 0
+	// The data stream takes the plain subjects and each lane's, and no
+	// other: a batch on a lane no consumer reads would wait forever.
+	data := stream(schemas.DataStream, "Agnes Arrow IPC batches, one subject per table and lane", schemas.PlainDataFilter,
+		jetstream.WorkQueuePolicy, 0)
+	for i := range schemas.DataLanes {
+		data.Subjects = append(data.Subjects, schemas.LaneFilter(i))
+	}
 	return []jetstream.StreamConfig{
 		stream(schemas.SyncStream, "Agnes sync requests", "agnes.sync.*", jetstream.WorkQueuePolicy, 0),
-		stream(schemas.DataStream, "Agnes Arrow IPC batches, one subject per table", "agnes.data.*.*", jetstream.WorkQueuePolicy, 0),
+		data,
 		stream(schemas.EventStream, "Agnes run events", "agnes.events.>", jetstream.LimitsPolicy, 7*24*time.Hour),
 		stream(schemas.StreamEventStream, "Agnes events of streamed (webhook) data: parts written and published", "agnes.stream.>",
 			jetstream.LimitsPolicy, schemas.StreamEventRetention),

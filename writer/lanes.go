@@ -1,0 +1,235 @@
+package writer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// consumers creates (or updates) the shared consumer of plain data
+// subjects and one consumer per lane (schemas.LaneConsumer). A work-queue
+// stream needs its consumers' filters not to overlap, so the shared one is
+// narrowed first: before lanes it took every subject.
+func (w *Writer) consumers(ctx context.Context) (plain jetstream.Consumer, lanes []jetstream.Consumer, err error) {
+	cfg := func(name, filter string) jetstream.ConsumerConfig {
+		return jetstream.ConsumerConfig{Durable: name, FilterSubject: filter, AckPolicy: jetstream.AckExplicitPolicy,
+			AckWait: w.opts.AckWait, MaxDeliver: natsbus.Unlimited, MaxAckPending: 20000}
+	}
+	if plain, err = w.opts.JS.CreateOrUpdateConsumer(ctx, schemas.DataStream, cfg(schemas.WriterConsumer, schemas.PlainDataFilter)); err != nil {
+		return nil, nil, fmt.Errorf("create consumer %s: %w", schemas.WriterConsumer, err)
+	}
+	for i := range schemas.DataLanes {
+		c, err := w.opts.JS.CreateOrUpdateConsumer(ctx, schemas.DataStream, cfg(schemas.LaneConsumer(i), schemas.LaneFilter(i)))
+		if err != nil {
+			return nil, nil, fmt.Errorf("create consumer %s: %w", schemas.LaneConsumer(i), err)
+		}
+		lanes = append(lanes, c)
+	}
+	return plain, lanes, nil
+}
+
+// lanes shares the data lanes out among the live writers. Each writer puts
+// a key in schemas.WriterBucket every schemas.WriterHeartbeat and watches
+// the others'; the live ones, sorted by key, take lane i in turn (the
+// writer at i mod n), so each gets an even share, and a writer not heard
+// from for schemas.WriterTTL (killed, cut off) loses its lanes to the
+// rest. While two writers disagree for a moment both read a lane: a table's
+// parts may then mix seqs, which costs the finalizer a re-encode, never
+// rows.
+type lanes struct {
+	w *Writer
+	// ctx is the writer's: batches, parts and their events outlive the
+	// lane they came on (a lane handed to another writer stops its pull,
+	// not the writes of what it delivered).
+	ctx  context.Context
+	kv   jetstream.KeyValue
+	key  string
+	cons []jetstream.Consumer
+	// seen is when each other writer was last heard from.
+	seen    map[string]time.Time
+	running map[int]context.CancelFunc
+	wg      sync.WaitGroup
+	// mine is the lanes this writer reads.
+	mine []int
+}
+
+// memberKey is the writer's key in the bucket: its name made a valid key,
+// and a random suffix, so two writers given one name still count as two.
+func memberKey(name string) string {
+	clean := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, name)
+	var b [4]byte
+	rand.Read(b[:])
+	return clean[:min(len(clean), 64)] + "." + hex.EncodeToString(b[:])
+}
+
+// run keeps the lanes shared until ctx ends, then stops reading them and
+// removes the writer's key, so that the others take its lanes at once.
+func (l *lanes) run(ctx context.Context) {
+	defer l.stopAll()
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		l.kv.Delete(dctx, l.key)
+	}()
+	l.beat(ctx)
+	var updates <-chan jetstream.KeyValueEntry
+	watcher, err := l.kv.WatchAll(ctx)
+	if err == nil {
+		defer watcher.Stop()
+		updates = watcher.Updates()
+	}
+	// Until the watch has delivered the keys already there, this writer
+	// does not know its peers and takes no lane.
+	ready := false
+	tick := time.NewTicker(schemas.WriterHeartbeat / 2)
+	defer tick.Stop()
+	beat := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-updates:
+			switch {
+			case !ok:
+				updates, ready = nil, false // the watch broke: open it again below
+			case e == nil:
+				ready = true
+			default:
+				l.note(e, ready)
+			}
+			if ready {
+				l.assign(ctx)
+			}
+			continue
+		case <-tick.C:
+		}
+		if time.Since(beat) >= schemas.WriterHeartbeat {
+			l.beat(ctx)
+			beat = time.Now()
+		}
+		if updates == nil {
+			if watcher, err = l.kv.WatchAll(ctx); err == nil {
+				defer watcher.Stop()
+				updates = watcher.Updates()
+			}
+		}
+		if ready {
+			l.assign(ctx)
+		}
+	}
+}
+
+// beat refreshes the writer's key; a failure (the bus away) is retried at
+// the next beat, and the others may meanwhile take this writer's lanes.
+func (l *lanes) beat(ctx context.Context) {
+	bctx, cancel := context.WithTimeout(ctx, schemas.WriterHeartbeat)
+	defer cancel()
+	if _, err := l.kv.PutString(bctx, l.key, l.w.opts.Name); err != nil && ctx.Err() == nil {
+		l.w.log.Debug("writer heartbeat failed", "err", err)
+	}
+}
+
+// note records an entry of the bucket. A key already there when the watch
+// began counts only if it was written within WriterTTL (by the server's
+// clock); later puts count from when they arrive.
+func (l *lanes) note(e jetstream.KeyValueEntry, live bool) {
+	if e.Key() == l.key {
+		return
+	}
+	switch {
+	case e.Operation() != jetstream.KeyValuePut:
+		delete(l.seen, e.Key())
+	case live || time.Since(e.Created()) < schemas.WriterTTL:
+		l.seen[e.Key()] = time.Now()
+	}
+}
+
+// assign starts reading the lanes that are this writer's share now and
+// stops reading the rest.
+func (l *lanes) assign(ctx context.Context) {
+	members := []string{l.key}
+	for k, t := range l.seen {
+		if time.Since(t) < schemas.WriterTTL {
+			members = append(members, k)
+		} else {
+			delete(l.seen, k)
+		}
+	}
+	slices.Sort(members)
+	me := slices.Index(members, l.key)
+	var mine []int
+	for i := range schemas.DataLanes {
+		if i%len(members) == me {
+			mine = append(mine, i)
+		}
+	}
+	if slices.Equal(mine, l.mine) {
+		return
+	}
+	for i, stop := range l.running {
+		if !slices.Contains(mine, i) {
+			stop()
+			delete(l.running, i)
+		}
+	}
+	prefetch := max(2, l.w.opts.Prefetch/len(mine))
+	for _, i := range mine {
+		if l.running[i] == nil {
+			lctx, cancel := context.WithCancel(ctx)
+			l.running[i] = cancel
+			l.consume(lctx, l.cons[i], schemas.LaneConsumer(i), prefetch)
+		}
+	}
+	l.w.log.Info("lanes assigned", "writers", len(members), "lanes", fmt.Sprint(mine))
+	l.mine = mine
+	l.w.lanes.Store(&mine)
+}
+
+// consume reads cons in the background until ctx ends.
+func (l *lanes) consume(ctx context.Context, cons jetstream.Consumer, name string, prefetch int) {
+	w := l.w
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		err := natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: name, Logger: w.log, Prefetch: prefetch,
+			Handle:     func(_ context.Context, m jetstream.Msg) { w.handleLocked(l.ctx, m) },
+			Wait:       w.fetchWaitLocked,
+			Idle:       func(context.Context) { w.flushDueLocked(l.ctx) },
+			MaxDeliver: w.opts.MaxDeliver,
+			Exhausted:  func(_ context.Context, m jetstream.Msg, cause error) { w.exhaustedLocked(l.ctx, m, cause) }})
+		if err != nil && !errors.Is(err, context.Canceled) {
+			w.log.Error("consumer stopped", "consumer", name, "err", err)
+		}
+	}()
+}
+
+func (l *lanes) stopAll() {
+	for i, stop := range l.running {
+		stop()
+		delete(l.running, i)
+	}
+	l.wg.Wait()
+}
+
+// Lanes is the lanes the writer reads now.
+func (w *Writer) Lanes() []int {
+	if p := w.lanes.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
