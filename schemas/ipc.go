@@ -67,7 +67,7 @@ func EncodeBatch(rec arrow.RecordBatch, maxBytes int) ([]Chunk, error) {
 
 // encodeBuffers are scratch buffers for encodeOne: a batch is encoded into
 // a warm buffer and copied out at its exact size, instead of growing a new
-// buffer by doubling (each step a fresh, zeroed allocation: a tenth of the
+// buffer by doubling (each step a fresh, zeroed allocation: a sixth of the
 // producer's CPU in the bench).
 var encodeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 

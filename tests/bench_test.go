@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -72,7 +73,7 @@ func BenchmarkDirectParquet(b *testing.B) {
 func TestBenchCommand(t *testing.T) {
 	da, _ := binaries(t)
 	dir := t.TempDir()
-	cmd := exec.Command(da, "bench", "--rows", "40000", "--writers", "2", "--tables", "4", "--dir", dir, "--json")
+	cmd := exec.Command(da, "bench", "--rows", "40000", "--writers", "2", "--tables", "4", "--dir", dir, "--json", "--profile", "--gomaxprocs", "1")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -91,6 +92,7 @@ func TestBenchCommand(t *testing.T) {
 		RoleRSS              map[string]int64   `json:"peak_rss_bytes"`
 		DuckDB               float64            `json:"duckdb_copy_rows_per_s"`
 		CPUSecondsPerMillion float64            `json:"cpu_seconds_per_million_rows"`
+		PipelineGOMAXPROCS   int                `json:"pipeline_gomaxprocs"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(out))
 	if err := dec.Decode(&rep); err != nil {
@@ -133,10 +135,32 @@ func TestBenchCommand(t *testing.T) {
 	if len(files) != 4 || rows != 40000 {
 		t.Errorf("direct files %v hold %d rows; want 4 files, 40000 rows", files, rows)
 	}
+	if rep.PipelineGOMAXPROCS != 1 {
+		t.Errorf("pipeline_gomaxprocs %d, want 1", rep.PipelineGOMAXPROCS)
+	}
+	// Each pipeline process left its log and a CPU profile; the finalizer
+	// says how it assembled each table, and the writers' parts were joined.
+	for _, name := range []string{"nats", "finalizer", "producer", "w1", "w2"} {
+		prof, err := os.ReadFile(filepath.Join(dir, "pipeline", name+".cpu.pprof"))
+		if err != nil || len(prof) < 2 || prof[0] != 0x1f || prof[1] != 0x8b {
+			t.Errorf("%s: no gzipped CPU profile (%v)", name, err)
+		}
+	}
+	flog, err := os.ReadFile(filepath.Join(dir, "pipeline", "finalizer.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(flog), `"how":"linked"`) + strings.Count(string(flog), `"how":"joined`); n != 4 {
+		t.Errorf("%d of 4 tables linked or joined; the finalizer's log:\n%s", n, flog)
+	}
 	bad := exec.Command(da, "bench", "--rows", "10", "--tables", "3")
 	msg, err := bad.CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(msg), "does not split evenly") {
 		t.Errorf("rows that do not split over the tables: %v, %s; want exit 2 naming the problem", err, msg)
+	}
+	msg, err = exec.Command(da, "bench", "--profile").CombinedOutput()
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(msg), "--profile needs --dir") {
+		t.Errorf("--profile without --dir: %v, %s; want exit 2 naming the problem", err, msg)
 	}
 }

@@ -192,7 +192,7 @@ func (l *lanes) assign(ctx context.Context) {
 		if l.running[i] == nil {
 			lctx, cancel := context.WithCancel(ctx)
 			l.running[i] = cancel
-			l.consume(lctx, l.cons[i], schemas.LaneConsumer(i), prefetch)
+			l.consume(lctx, l.cons[i], schemas.LaneConsumer(i), i, prefetch)
 		}
 	}
 	l.w.log.Info("lanes assigned", "writers", len(members), "lanes", fmt.Sprint(mine))
@@ -200,14 +200,15 @@ func (l *lanes) assign(ctx context.Context) {
 	l.w.lanes.Store(&mine)
 }
 
-// consume reads cons in the background until ctx ends.
-func (l *lanes) consume(ctx context.Context, cons jetstream.Consumer, name string, prefetch int) {
+// consume reads cons, the consumer of lane (-1: plain subjects), in the
+// background until ctx ends.
+func (l *lanes) consume(ctx context.Context, cons jetstream.Consumer, name string, lane, prefetch int) {
 	w := l.w
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
 		err := natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: name, Logger: w.log, Prefetch: prefetch,
-			Handle:     func(_ context.Context, m jetstream.Msg) { w.handleLocked(l.ctx, m) },
+			Handle:     func(_ context.Context, m jetstream.Msg) { w.handleLane(ctx, l.ctx, lane, m) },
 			Wait:       w.fetchWaitLocked,
 			Idle:       func(context.Context) { w.flushDueLocked(l.ctx) },
 			MaxDeliver: w.opts.MaxDeliver,
@@ -232,4 +233,67 @@ func (w *Writer) Lanes() []int {
 		return *p
 	}
 	return nil
+}
+
+// handleLane hands a batch that came on lane (-1: a plain subject) to the
+// writer once gate lets it.
+func (w *Writer) handleLane(pull, ctx context.Context, lane int, msg jetstream.Msg) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gate(pull, lane)
+	w.handle(ctx, msg)
+}
+
+// gate holds a batch of a lane on which no part is in the making while
+// MaxOpenLanes other lanes have one, until one of them is written, FlushAfter
+// passes or pull ends. A writer behind its lanes would otherwise take all of
+// them in turn and build a part on each at once: memory for every lane, and
+// each part cut short by the time limit. The gate makes it finish the
+// chunks it started first. The caller holds mu; gate releases it while it
+// waits.
+func (w *Writer) gate(pull context.Context, lane int) {
+	if lane < 0 {
+		return
+	}
+	var deadline <-chan time.Time
+	for w.open[lane] == 0 && len(w.open) >= w.opts.MaxOpenLanes {
+		if deadline == nil {
+			t := time.NewTimer(w.opts.FlushAfter)
+			defer t.Stop()
+			deadline = t.C
+		}
+		closed := w.laneClosed
+		w.mu.Unlock()
+		expired := false
+		select {
+		case <-closed:
+		case <-deadline:
+			expired = true
+		case <-pull.Done():
+			expired = true
+		}
+		w.mu.Lock()
+		if expired {
+			return
+		}
+	}
+}
+
+// opened and closed count the buffers open on a lane; the caller holds mu.
+func (w *Writer) opened(lane int) {
+	if lane >= 0 {
+		w.open[lane]++
+		w.PeakOpenLanes = max(w.PeakOpenLanes, len(w.open))
+	}
+}
+
+func (w *Writer) closed(lane int) {
+	if lane < 0 {
+		return
+	}
+	if w.open[lane]--; w.open[lane] <= 0 {
+		delete(w.open, lane)
+		close(w.laneClosed)
+		w.laneClosed = make(chan struct{})
+	}
 }

@@ -137,7 +137,7 @@ func TestWriterBoundsHeldBytes(t *testing.T) {
 	for lane := range 8 {
 		publishLane(t, js, run1, lane, int64(lane))
 	}
-	w, stop := runWriter(t, js, dir, "w1", Options{RowGroupRows: 1 << 20, FlushAfter: time.Hour, MaxHeldBytes: 3 * per})
+	w, stop := runWriter(t, js, dir, "w1", Options{RowGroupRows: 1 << 20, FlushAfter: time.Hour, MaxHeldBytes: 3 * per, MaxOpenLanes: 8})
 	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run1+".batch_written", 20*time.Second, func(evs []schemas.Event) bool {
 		return len(evs) >= 5
 	})
@@ -197,5 +197,41 @@ func TestLaneHandover(t *testing.T) {
 		if k != 1 {
 			t.Errorf("seq %d written %d times", s, k)
 		}
+	}
+}
+
+// TestGateFinishesStartedChunks: a writer behind on three lanes builds one
+// part at a time with MaxOpenLanes 1, instead of one on every lane at once,
+// and every part is a whole chunk.
+func TestGateFinishesStartedChunks(t *testing.T) {
+	for _, maxOpen := range []int{1, 2} {
+		t.Run(fmt.Sprint("MaxOpenLanes", maxOpen), func(t *testing.T) {
+			js := natstest.MustStart(t)
+			dir := t.TempDir()
+			announceRun(t, js, run1)
+			// Three chunks of 5 batches, published in turn, all waiting
+			// before the writer starts.
+			for i := range int64(5) {
+				for lane := range int64(3) {
+					publishLane(t, js, run1, int(lane)+3, lane*5+i)
+				}
+			}
+			w, stop := runWriter(t, js, dir, "w1", Options{RowGroupRows: 50, FlushAfter: 10 * time.Second, MaxOpenLanes: maxOpen})
+			evs := natstest.WaitEvents(t, js, "agnes.events.src."+run1+".batch_written", 20*time.Second, func(evs []schemas.Event) bool {
+				return len(evs) >= 3
+			})
+			stop()
+			var parts [][]int64
+			for _, e := range evs {
+				parts = append(parts, e.Seqs)
+			}
+			slices.SortFunc(parts, func(a, b []int64) int { return int(a[0] - b[0]) })
+			if want := [][]int64{{0, 1, 2, 3, 4}, {5, 6, 7, 8, 9}, {10, 11, 12, 13, 14}}; fmt.Sprint(parts) != fmt.Sprint(want) {
+				t.Errorf("parts hold seqs %v, want %v", parts, want)
+			}
+			if w.PeakOpenLanes > maxOpen {
+				t.Errorf("%d lanes had a part in the making at once, MaxOpenLanes %d", w.PeakOpenLanes, maxOpen)
+			}
+		})
 	}
 }

@@ -36,6 +36,7 @@ const (
 	DefaultRowGroupRows   = parquetfile.DefaultRowGroupRows
 	DefaultMaxBufferBytes = 64 << 20
 	DefaultMaxHeldBytes   = 128 << 20
+	DefaultMaxOpenLanes   = 2
 	DefaultFlushAfter     = 500 * time.Millisecond
 	// DefaultStreamFlushAfter is how long streamed (webhook) batches wait to
 	// be joined into one part: the floor of an event's time to visibility.
@@ -58,6 +59,9 @@ type Options struct {
 	// MaxHeldBytes bounds the bytes buffered over all tables; past it the
 	// largest buffer is written.
 	MaxHeldBytes int64
+	// MaxOpenLanes is how many lanes may have a part in the making before a
+	// batch that would start one on another lane waits (gate).
+	MaxOpenLanes int
 	FlushAfter   time.Duration
 	// StreamFlushAfter replaces FlushAfter for batches of the stream run.
 	StreamFlushAfter time.Duration
@@ -86,6 +90,10 @@ type Writer struct {
 	held int64
 	// lanes is the lanes the writer reads (Lanes).
 	lanes atomic.Pointer[[]int]
+	// open counts the buffers open per lane; laneClosed is closed (and
+	// replaced) when a lane's last one is written (gate).
+	open       map[int]int
+	laneClosed chan struct{}
 	// events is the run event stream, looked up on first use; known holds
 	// the runs whose run_started event it holds.
 	events jetstream.Stream
@@ -94,6 +102,8 @@ type Writer struct {
 	Parts   int64
 	Batches int64
 	Rows    int64
+	// PeakOpenLanes is the most lanes that had a part in the making at once.
+	PeakOpenLanes int
 }
 
 type bufferKey struct {
@@ -162,7 +172,7 @@ func (o Options) Validate() error {
 	if o.DataDir == "" {
 		errs = append(errs, errors.New("no data dir"))
 	}
-	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.MaxHeldBytes < 0 || o.Prefetch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
+	if o.RowGroupRows < 0 || o.MaxBufferBytes < 0 || o.MaxHeldBytes < 0 || o.MaxOpenLanes < 0 || o.Prefetch < 0 || o.MaxDeliver < 0 || o.MaxBatchBytes < 0 ||
 		o.AckWait < 0 || o.FlushAfter < 0 || o.StreamFlushAfter < 0 {
 		errs = append(errs, errors.New("negative size, count or duration"))
 	}
@@ -182,6 +192,9 @@ func New(opts Options) *Writer {
 	}
 	if opts.MaxHeldBytes <= 0 {
 		opts.MaxHeldBytes = max(DefaultMaxHeldBytes, opts.MaxBufferBytes)
+	}
+	if opts.MaxOpenLanes <= 0 {
+		opts.MaxOpenLanes = DefaultMaxOpenLanes
 	}
 	if opts.FlushAfter <= 0 {
 		opts.FlushAfter = DefaultFlushAfter
@@ -218,7 +231,7 @@ func New(opts Options) *Writer {
 		layout = schemas.LayoutAt(opts.DataDir)
 	}
 	return &Writer{opts: opts, layout: layout, log: opts.Logger.With("service", "writer", "writer", opts.Name), buffers: map[bufferKey]*buffer{},
-		known: map[runKey]bool{}}
+		known: map[runKey]bool{}, open: map[int]int{}, laneClosed: make(chan struct{})}
 }
 
 // Run consumes batches until ctx ends. On return every buffered batch has
@@ -244,7 +257,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	defer w.release()
 	l := &lanes{w: w, ctx: ctx, kv: kv, key: memberKey(w.opts.Name), cons: laneCons, seen: map[string]time.Time{}, running: map[int]context.CancelFunc{}}
 	// Batches on plain subjects (the stream run's) go to every writer.
-	l.consume(ctx, plain, schemas.WriterConsumer, w.opts.Prefetch)
+	l.consume(ctx, plain, schemas.WriterConsumer, -1, w.opts.Prefetch)
 	l.run(ctx)
 	// Flush what is buffered so it is not redelivered needlessly.
 	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -257,13 +270,7 @@ func (w *Writer) Run(ctx context.Context) error {
 }
 
 // The consumers of the lanes a writer reads run side by side; one batch is
-// handled at a time.
-func (w *Writer) handleLocked(ctx context.Context, msg jetstream.Msg) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.handle(ctx, msg)
-}
-
+// handled at a time (handleLane).
 func (w *Writer) flushDueLocked(ctx context.Context) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -351,6 +358,7 @@ func (w *Writer) handle(ctx context.Context, msg jetstream.Msg) {
 	if b == nil {
 		b = &buffer{key: key, keyCol: keyCol, schema: rec.Schema(), since: time.Now(), first: ref.Seq, last: ref.Seq - 1}
 		w.buffers[key] = b
+		w.opened(key.lane)
 	}
 	b.entries = append(b.entries, entry{ref: ref, rec: rec, msg: msg})
 	b.last = max(b.last, ref.Seq)
@@ -522,6 +530,7 @@ func (w *Writer) flushAll(ctx context.Context) {
 // failure the messages are nak'ed for redelivery.
 func (w *Writer) flush(ctx context.Context, b *buffer) {
 	delete(w.buffers, b.key)
+	w.closed(b.key.lane)
 	w.held -= b.bytes
 	defer func() {
 		for _, e := range b.entries {

@@ -25,6 +25,8 @@ type benchReport struct {
 	Writers    int   `json:"writers"`
 	Tables     int   `json:"tables"`
 	GOMAXPROCS int   `json:"gomaxprocs"`
+	// PipelineGOMAXPROCS is each pipeline process's (--gomaxprocs).
+	PipelineGOMAXPROCS int `json:"pipeline_gomaxprocs"`
 	// DirectRowsPerS: the demo rows written straight from Arrow to one
 	// Parquet file per table, in one goroutine.
 	DirectRowsPerS float64 `json:"direct_rows_per_s"`
@@ -75,6 +77,7 @@ type benchOptions struct {
 	asJSON        bool
 	keepDir       bool
 	profile       bool
+	gomaxprocs    int
 	pipelineFlags []string
 }
 
@@ -91,10 +94,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&o.tables, "tables", 1, "tables shaped like the demo orders table (orders, orders_2, …)")
 	fs.StringVar(&o.dir, "dir", "", "working directory, kept afterwards (the direct Parquet files in <dir>/direct/); default: a temporary one, removed")
 	fs.BoolVar(&o.asJSON, "json", false, "print one JSON object instead of a table")
+	fs.IntVar(&o.gomaxprocs, "gomaxprocs", 0, "GOMAXPROCS of each pipeline process (default: the Go runtime's, all cores)")
 	fs.BoolVar(&o.profile, "profile", false, "keep a CPU profile of each pipeline process in <dir>/pipeline/<name>.cpu.pprof (needs --dir)")
 	phase := fs.String("phase", "", "internal: run one phase (direct or duckdb) in this process and print JSON")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
+	}
+	if o.gomaxprocs < 0 {
+		return usageError{fmt.Errorf("--gomaxprocs must be positive, got %d", o.gomaxprocs)}
 	}
 	if o.rows < 1 || o.writers < 1 || o.tables < 1 || o.tables > demo.MaxOrderTables {
 		return usageError{fmt.Errorf("--rows and --writers must be at least 1 and --tables between 1 and %d", demo.MaxOrderTables)}
@@ -136,7 +143,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // benchAll runs the three phases and puts their figures together.
 func benchAll(ctx context.Context, o benchOptions, stderr io.Writer) (*benchReport, error) {
-	rep := &benchReport{Rows: o.rows, Writers: o.writers, Tables: o.tables, GOMAXPROCS: runtimeProcs()}
+	rep := &benchReport{Rows: o.rows, Writers: o.writers, Tables: o.tables, GOMAXPROCS: runtimeProcs(), PipelineGOMAXPROCS: runtimeProcs()}
+	if o.gomaxprocs > 0 {
+		rep.PipelineGOMAXPROCS = o.gomaxprocs
+	}
 	direct, usage, err := runPhase(ctx, o, "direct", stderr)
 	if err != nil {
 		return nil, err
@@ -220,8 +230,8 @@ func benchPhase(ctx context.Context, phase string, o benchOptions) (phaseResult,
 }
 
 func printBench(w io.Writer, r *benchReport) {
-	fmt.Fprintf(w, "demo orders: %s rows in %d table(s), %d writer process(es), GOMAXPROCS=%d\n",
-		thousands(r.Rows), r.Tables, r.Writers, r.GOMAXPROCS)
+	fmt.Fprintf(w, "demo orders: %s rows in %d table(s), %d writer process(es), GOMAXPROCS=%d (pipeline processes: %d)\n",
+		thousands(r.Rows), r.Tables, r.Writers, r.GOMAXPROCS, r.PipelineGOMAXPROCS)
 	fmt.Fprintf(w, "%-40s %12s %10s %12s %12s\n", "phase", "rows/s", "seconds", "parquet", "peak RSS")
 	fmt.Fprintf(w, "%-40s %12.0f %10.2f %12s %12s\n", "direct Arrow -> Parquet, one goroutine", r.DirectRowsPerS, r.DirectSeconds,
 		humanBytes(r.ParquetBytes.Direct), humanBytes(r.DirectPeakRSSBytes))

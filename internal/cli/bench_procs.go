@@ -118,11 +118,7 @@ func benchPipeline(ctx context.Context, o benchOptions, stderr io.Writer) (*pipe
 	}()
 	start := func(role, name string, args ...string) (*benchProc, error) {
 		args = append([]string{"serve", "--config", cfgPath, "--name", name, "--writers", "1"}, args...)
-		var env []string
-		if o.profile {
-			env = append(env, ProfileEnv+"="+filepath.Join(dir, name+".cpu.pprof"))
-		}
-		p, err := startBenchProc(self, role, name, args, filepath.Join(dir, name+".log"), env)
+		p, err := startBenchProc(self, role, name, args, filepath.Join(dir, name+".log"), o.procEnv(dir, name))
 		if err == nil {
 			res.procs = append(res.procs, p)
 		}
@@ -204,6 +200,18 @@ func benchSync(ctx context.Context, url string, o benchOptions) (float64, int64,
 	return took, size, nil
 }
 
+// procEnv is what the bench adds to a pipeline process's environment.
+func (o benchOptions) procEnv(dir, name string) []string {
+	var env []string
+	if o.gomaxprocs > 0 {
+		env = append(env, fmt.Sprintf("GOMAXPROCS=%d", o.gomaxprocs))
+	}
+	if o.profile {
+		env = append(env, ProfileEnv+"="+filepath.Join(dir, name+".cpu.pprof"))
+	}
+	return env
+}
+
 // startBenchProc starts a process and keeps its log in logPath, and its
 // last lines in memory for errors.
 func startBenchProc(bin, role, name string, args []string, logPath string, env []string) (*benchProc, error) {
@@ -215,7 +223,7 @@ func startBenchProc(bin, role, name string, args []string, logPath string, env [
 	p.cmd = exec.Command(bin, args...)
 	// The bus address comes from the flags only.
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "NATS_URL=") && !strings.HasPrefix(kv, "LOG_LEVEL=") {
+		if !strings.HasPrefix(kv, "NATS_URL=") && !strings.HasPrefix(kv, "LOG_LEVEL=") && !strings.HasPrefix(kv, "GOMAXPROCS=") {
 			p.cmd.Env = append(p.cmd.Env, kv)
 		}
 	}
