@@ -167,7 +167,8 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		metrics.RunsRejected.Inc()
 		// The answer is on the bus before the request is settled: whoever
 		// waits for the run hears it.
-		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error()}) {
+		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error(),
+			Trigger: req.Trigger()}) {
 			natsbus.HandBack(p.log, msg)
 			return
 		}
@@ -205,7 +206,8 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		if err := natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID); err != nil {
 			p.log.Warn("release source lock", "run", req.RunID, "source", req.Source, "err", err)
 		}
-		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error()}) {
+		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunFailed, RunID: req.RunID, Attempt: req.Attempt, Source: req.Source, Error: err.Error(),
+			Trigger: req.Trigger()}) {
 			// Not on the bus: the request comes back for another attempt
 			// rather than leaving its waiters without an answer.
 			natsbus.HandBack(p.log, msg)

@@ -88,6 +88,7 @@ func (p *Producer) runRequest(ctx context.Context, req schemas.SyncRequest) erro
 		return err
 	}
 	started := r.event(schemas.EventRunStarted, "")
+	started.Trigger = r.req.Trigger()
 	for _, t := range tables {
 		started.Tables = append(started.Tables, t.Name)
 	}

@@ -17,9 +17,29 @@ type SyncRequest struct {
 	Tables      []string  `json:"tables,omitempty"`
 	FullRefresh bool      `json:"full_refresh,omitempty"`
 	RequestedAt time.Time `json:"requested_at"`
-	RequestedBy string    `json:"requested_by,omitempty"`
+	// RequestedBy is the run's trigger: cli, api, schedule or webhook.
+	RequestedBy string `json:"requested_by,omitempty"`
 	// Attempt is set by the producer from the request's delivery count.
 	Attempt int `json:"-"`
+}
+
+// Run triggers: who asked for a run (SyncRequest.RequestedBy, the run's
+// record).
+const (
+	TriggerCLI      = "cli"
+	TriggerAPI      = "api"
+	TriggerSchedule = "schedule"
+	TriggerWebhook  = "webhook"
+)
+
+// Trigger is who asked for the run: RequestedBy when it is one of the
+// triggers, else api (any other client on the bus).
+func (r SyncRequest) Trigger() string {
+	switch r.RequestedBy {
+	case TriggerCLI, TriggerAPI, TriggerSchedule, TriggerWebhook:
+		return r.RequestedBy
+	}
+	return TriggerAPI
 }
 
 // Validate checks the request's names before they reach a file path or SQL.
@@ -119,8 +139,10 @@ type Event struct {
 	// Attempt is the producer's attempt at the run that made the event.
 	Attempt int `json:"attempt,omitempty"`
 
-	// RunStarted lists the tables the run will produce.
-	Tables []string `json:"tables,omitempty"`
+	// RunStarted lists the tables the run will produce, and who asked for
+	// the run (SyncRequest.Trigger).
+	Tables  []string `json:"tables,omitempty"`
+	Trigger string   `json:"trigger,omitempty"`
 	// RunDone carries the remote catalog to attach, if any.
 	Remote *RemoteAttach `json:"remote,omitempty"`
 	// RunDone and ExtractPublished carry the outcome per table.
@@ -268,6 +290,9 @@ func (e Event) Validate() error {
 	}
 	if e.Batches < 0 || e.Rows < 0 || e.Seq < 0 || e.Reconcile < 0 {
 		return bad("negative count")
+	}
+	if e.Trigger != "" && (SyncRequest{RequestedBy: e.Trigger}).Trigger() != e.Trigger {
+		return bad("trigger %s is not cli, api, schedule or webhook", Clip(e.Trigger))
 	}
 	switch e.Type {
 	case EventBatchWritten:

@@ -16,3 +16,10 @@ const LockTTL = 2 * time.Minute
 
 // ErrAlreadyRunning marks a sync request for a source whose sync is running.
 var ErrAlreadyRunning = errors.New("a sync of this source is already running")
+
+// RunsBucket keeps one record per run (internal/runs), keyed
+// "<source>.<run>", for RunRetention after its last change.
+const RunsBucket = "AGNES_RUNS"
+
+// RunRetention is how long a run's record is kept after its last change.
+const RunRetention = 30 * 24 * time.Hour

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -105,6 +106,9 @@ func TestSyncAPI(t *testing.T) {
 	})
 	if res, _ := body["results"].([]any); len(res) != 2 {
 		t.Errorf("results %v", body["results"])
+	}
+	if r := waitRecord(t, st.JS, "demo", run, ended); r.Trigger != "api" || r.Status != runs.Published || r.QueuedAt == nil {
+		t.Errorf("the triggered run's record %+v", r)
 	}
 
 	// A source whose sync is running answers 409.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"iter"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -90,9 +92,17 @@ func TestConcurrentSources(t *testing.T) {
 	})
 
 	// A second request for a while A runs is answered as already running.
-	_, err = stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "a"}, nil)
+	second := uuid.NewString()
+	_, err = stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: second, Source: "a"}, nil)
 	if !errors.Is(err, schemas.ErrAlreadyRunning) {
 		t.Fatalf("second sync of a running source: %v, want ErrAlreadyRunning", err)
+	}
+	// Its record says so and names the running run; the running run is running.
+	if r := waitRecord(t, st.JS, "a", second, ended); r.Status != runs.Rejected || !strings.Contains(r.Error, runA) {
+		t.Errorf("rejected run's record %+v", r)
+	}
+	if r := waitRecord(t, st.JS, "a", runA, func(r runs.Record) bool { return r.Status != runs.Queued }); r.Status != runs.Running {
+		t.Errorf("running run's record %+v", r)
 	}
 
 	// Source b syncs to the end while a is still running.

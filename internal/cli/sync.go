@@ -46,7 +46,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	req := schemas.SyncRequest{RunID: uuid.NewString(), Source: pos[0], RequestedAt: time.Now().UTC(), RequestedBy: "cli", FullRefresh: *fullRefresh}
+	req := schemas.SyncRequest{RunID: uuid.NewString(), Source: pos[0], RequestedAt: time.Now().UTC(), RequestedBy: schemas.TriggerCLI, FullRefresh: *fullRefresh}
 	if *tables != "" {
 		for _, t := range strings.Split(*tables, ",") {
 			req.Tables = append(req.Tables, strings.TrimSpace(t))

@@ -24,6 +24,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +47,7 @@ type API struct {
 	mu     sync.Mutex
 	locks  jetstream.KeyValue
 	events jetstream.Stream
+	runs   *runs.Store
 }
 
 // New returns the API; token empty disables the /api routes (503).
@@ -134,6 +136,23 @@ type triggered struct {
 	Status string `json:"status"`
 }
 
+// queue records the run as queued before its request is published.
+func (a *API) queue(ctx context.Context, req schemas.SyncRequest) error {
+	a.mu.Lock()
+	store := a.runs
+	a.mu.Unlock()
+	if store == nil {
+		s, err := runs.Open(ctx, a.js)
+		if err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.runs, store = s, s
+		a.mu.Unlock()
+	}
+	return store.Queue(ctx, req)
+}
+
 // trigger publishes one sync request per source (all configured sources
 // when none is named) and answers 202 with the run ids, or 409 when a
 // named source is already syncing.
@@ -174,7 +193,7 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 	var out []triggered
 	for _, src := range sources {
 		sr := schemas.SyncRequest{RunID: uuid.NewString(), Source: src, Tables: req.Tables, FullRefresh: req.FullRefresh,
-			RequestedAt: time.Now().UTC(), RequestedBy: "api"}
+			RequestedAt: time.Now().UTC(), RequestedBy: schemas.TriggerAPI}
 		if err := sr.Validate(); err != nil {
 			fail(w, http.StatusBadRequest, "%v", err)
 			return
@@ -196,6 +215,11 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		b, _ := json.Marshal(sr)
+		if err := a.queue(ctx, sr); err != nil {
+			_ = natsbus.ReleaseRun(context.WithoutCancel(ctx), locks, src, sr.RunID)
+			fail(w, http.StatusServiceUnavailable, "record run of %s: %v", src, err)
+			return
+		}
 		if _, err := a.js.Publish(ctx, schemas.SyncSubject(src), b, jetstream.WithMsgID(sr.RunID)); err != nil {
 			_ = natsbus.ReleaseRun(context.WithoutCancel(ctx), locks, src, sr.RunID)
 			fail(w, http.StatusServiceUnavailable, "publish sync request: %v", err)

@@ -148,6 +148,15 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 		return fmt.Errorf("provision lock bucket: %w", err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      schemas.RunsBucket,
+		Description: "Agnes run history, one record per run, kept 30 days after its last change",
+		TTL:         schemas.RunRetention,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	}); err != nil {
+		return fmt.Errorf("provision runs bucket: %w", err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      schemas.WriterBucket,
 		Description: "Agnes live writers, one key per writer, refreshed every second; the lanes of the data stream are shared among them",
 		TTL:         time.Minute,

@@ -22,6 +22,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/redact"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/producers"
 	"github.com/agnes-ai/connector-kit/writer"
 	"github.com/nats-io/nats.go"
@@ -230,6 +231,7 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 		}
 		s.Finalizer = f
 		s.run(ctx, role, o.Logger, f.Run)
+		s.run(ctx, "recorder", o.Logger, runs.NewRecorder(s.JS, o.Logger).Run)
 	case RoleGateway:
 		addr := o.GatewayListen
 		if addr == "" {

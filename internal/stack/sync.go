@@ -8,6 +8,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -52,6 +53,15 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
+	}
+	// The run's record first, so it is listed (queued) from the moment the
+	// request is on the bus.
+	store, err := runs.Open(ctx, js)
+	if err == nil {
+		err = store.Queue(ctx, req)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("record run %s: %w", req.RunID, err)
 	}
 	// Events are read from the stream's start for this run's subjects, so
 	// nothing published before the follower starts is missed.

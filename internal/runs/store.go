@@ -1,0 +1,175 @@
+package runs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrNotFound: no record of that run (never asked for, or expired).
+var ErrNotFound = errors.New("no such run")
+
+// Store reads and writes run records.
+type Store struct {
+	kv jetstream.KeyValue
+}
+
+// Open opens the runs bucket, retrying while the bus is unavailable.
+func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := natsbus.KeyValue(ctx, js, schemas.RunsBucket)
+	if err != nil {
+		return nil, err
+	}
+	return &Store{kv: kv}, nil
+}
+
+// Key is a run's key in the bucket. Both parts were validated (an
+// identifier and a UUID), so the key is a valid subject token pair.
+func Key(source, run string) string { return source + "." + run }
+
+// Get reads the record of run of source.
+func (s *Store) Get(ctx context.Context, source, run string) (Record, error) {
+	r, _, err := s.get(ctx, source, run)
+	return r, err
+}
+
+func (s *Store) get(ctx context.Context, source, run string) (Record, uint64, error) {
+	e, err := s.kv.Get(ctx, Key(source, run))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Record{}, 0, fmt.Errorf("%w: run %s of source %s", ErrNotFound, run, source)
+	}
+	if err != nil {
+		return Record{}, 0, fmt.Errorf("read run %s: %w", run, err)
+	}
+	var r Record
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return Record{}, 0, fmt.Errorf("run %s: stored record is not JSON: %w", run, err)
+	}
+	return r, e.Revision(), nil
+}
+
+// Update applies fn to the record of run of source (a new one when there
+// is none) and stores it, again from a fresh read when another writer got
+// there first.
+func (s *Store) Update(ctx context.Context, source, run string, fn func(*Record)) (Record, error) {
+	for {
+		r, rev, err := s.get(ctx, source, run)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return Record{}, err
+		}
+		fn(&r)
+		b, err := json.Marshal(r)
+		if err != nil {
+			return Record{}, err
+		}
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, Key(source, run), b)
+		} else {
+			_, err = s.kv.Update(ctx, Key(source, run), b, rev)
+		}
+		if err == nil {
+			return r, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !isWrongRevision(err) {
+			return Record{}, fmt.Errorf("store run %s: %w", run, err)
+		}
+		if ctx.Err() != nil {
+			return Record{}, ctx.Err()
+		}
+	}
+}
+
+// isWrongRevision: the record changed since it was read.
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// Queue records a requested run before its request is published.
+func (s *Store) Queue(ctx context.Context, req schemas.SyncRequest) error {
+	_, err := s.Update(ctx, req.Source, req.RunID, func(r *Record) {
+		q := Queue(req)
+		if r.RunID == "" {
+			*r = q
+			return
+		}
+		// Events came first (a slow requester): keep them, add what only
+		// the request knows.
+		r.QueuedAt, r.Trigger = q.QueuedAt, q.Trigger
+	})
+	return err
+}
+
+// Recorder folds run events into records. Any number may run (one per
+// finalizer); they share one durable consumer, and Apply makes the order
+// in which they store events irrelevant.
+type Recorder struct {
+	js    jetstream.JetStream
+	store *Store
+	log   *slog.Logger
+}
+
+// RecorderConsumer is the recorders' durable consumer on the event stream.
+const RecorderConsumer = "recorders"
+
+// NewRecorder returns a recorder; Run starts it.
+func NewRecorder(js jetstream.JetStream, log *slog.Logger) *Recorder {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Recorder{js: js, log: log.With("service", "recorder")}
+}
+
+// Run records events until ctx ends.
+func (r *Recorder) Run(ctx context.Context) error {
+	store, err := Open(ctx, r.js)
+	if err != nil {
+		return err
+	}
+	r.store = store
+	var filters []string
+	for _, t := range Recorded {
+		filters = append(filters, "agnes.events.*.*."+string(t))
+	}
+	cons, err := r.js.CreateOrUpdateConsumer(ctx, schemas.EventStream, jetstream.ConsumerConfig{Durable: RecorderConsumer,
+		FilterSubjects: filters, AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: natsbus.Unlimited})
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", RecorderConsumer, err)
+	}
+	r.log.Info("recorder started")
+	return natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: RecorderConsumer, Logger: r.log, Prefetch: 64, Handle: r.handle,
+		MaxDeliver: 10, Exhausted: func(_ context.Context, msg jetstream.Msg, cause error) {
+			r.log.Error("run event not recorded", "subject", schemas.Clip(msg.Subject()), "err", cause)
+			natsbus.Settle(r.log, "term", msg.Term())
+		}})
+}
+
+// handle records one event. An event that is not what its subject says
+// (forged or corrupt) is dropped with a line; a store failure is retried.
+func (r *Recorder) handle(ctx context.Context, msg jetstream.Msg) {
+	ev, err := schemas.DecodeEvent(msg.Data())
+	if err == nil && msg.Subject() != schemas.EventSubject(ev.Source, ev.RunID, ev.Type) {
+		err = fmt.Errorf("published on %s, but it is %s of run %s of %s", schemas.Clip(msg.Subject()), ev.Type, schemas.Clip(ev.RunID), schemas.Clip(ev.Source))
+	}
+	if err == nil && ev.RunID == schemas.StreamRun {
+		err = errors.New("the stream run has no record")
+	}
+	if err != nil {
+		r.log.Warn("run event not recorded", "subject", schemas.Clip(msg.Subject()), "err", err)
+		natsbus.Settle(r.log, "term", msg.Term())
+		return
+	}
+	if _, err := r.store.Update(ctx, ev.Source, ev.RunID, func(rec *Record) { rec.Apply(ev) }); err != nil {
+		r.log.Warn("could not record run event; retrying", "run", ev.RunID, "type", ev.Type, "err", err)
+		natsbus.Settle(r.log, "nak", msg.NakWithDelay(time.Second))
+		return
+	}
+	natsbus.Settle(r.log, "ack", msg.Ack())
+}
