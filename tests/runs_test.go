@@ -1,12 +1,21 @@
 package tests
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/cli"
+	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/httpapi"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
@@ -95,4 +104,139 @@ func TestRunRecords(t *testing.T) {
 	if _, err := store.Get(ctx, "demo", uuid.NewString()); !errors.Is(err, runs.ErrNotFound) {
 		t.Errorf("an unknown run: %v, want ErrNotFound", err)
 	}
+}
+
+// TestRunHistoryListed: the runs are listed, newest first and paged, the
+// same by the API (two replicas), "da runs" and "da status".
+func TestRunHistoryListed(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Sources = []config.Source{{Name: "demo", Connector: "demo", Config: map[string]any{"rows": 3000, "customer_rows": 300}}}
+	// The embedded server listens, so that the CLI can reach it.
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
+		ListenHost: "127.0.0.1", ListenPort: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var ids []string // oldest first
+	for range 3 {
+		id := uuid.NewString()
+		if _, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: id, Source: "demo", RequestedAt: time.Now().UTC(), RequestedBy: schemas.TriggerCLI}, nil); err != nil {
+			t.Fatal(err)
+		}
+		waitRecord(t, st.JS, "demo", id, ended)
+		ids = append(ids, id)
+	}
+	failed := uuid.NewString()
+	stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: failed, Source: "gone", RequestedAt: time.Now().UTC()}, nil)
+	waitRecord(t, st.JS, "gone", failed, ended)
+	newest := []string{failed, ids[2], ids[1], ids[0]}
+
+	replicas := []*httptest.Server{
+		httptest.NewServer(httpapi.New(st.JS, cfg, "s3cret", slog.New(slog.DiscardHandler)).Handler()),
+		httptest.NewServer(httpapi.New(st.JS, cfg, "s3cret", slog.New(slog.DiscardHandler)).Handler()),
+	}
+	for i, srv := range replicas {
+		defer srv.Close()
+		// Pages of 3 and 1, following the cursor.
+		var got []string
+		next := srv.URL + "/api/sync/runs?limit=3"
+		for pages := 0; next != "" && pages < 5; pages++ {
+			resp, recs := getRuns(t, next)
+			for _, r := range recs {
+				got = append(got, r.RunID)
+			}
+			next = ""
+			if c := resp.Header.Get("X-Next-Cursor"); c != "" {
+				next = srv.URL + "/api/sync/runs?limit=3&cursor=" + c
+				if !strings.Contains(resp.Header.Get("Link"), `rel="next"`) {
+					t.Errorf("no Link header to the next page: %v", resp.Header)
+				}
+			}
+		}
+		if strings.Join(got, ",") != strings.Join(newest, ",") {
+			t.Errorf("replica %d lists %v, want newest first %v", i, got, newest)
+		}
+	}
+	srv := replicas[0]
+	if _, recs := getRuns(t, srv.URL+"/api/sync/runs?status=failed"); len(recs) != 1 || recs[0].RunID != failed || recs[0].Error == "" {
+		t.Errorf("failed runs: %+v", recs)
+	}
+	if _, recs := getRuns(t, srv.URL+"/api/sync/runs?source=demo&limit=1"); len(recs) != 1 || recs[0].RunID != ids[2] ||
+		recs[0].Trigger != "cli" || len(recs[0].Tables) != 2 || recs[0].Tables[0].Bytes <= 0 {
+		t.Errorf("newest demo run: %+v", recs)
+	}
+	for _, q := range []string{"status=done", "limit=0", "limit=x", "cursor=nope", "source=../x", "limit=5000"} {
+		if code, body := call(t, "GET", srv.URL+"/api/sync/runs?"+q, "s3cret", ""); code != 400 || body["error"] == nil {
+			t.Errorf("?%s: %d %v, want 400 naming the problem", q, code, body)
+		}
+	}
+	code, body := call(t, "GET", srv.URL+"/api/sync/runs/"+ids[0], "s3cret", "")
+	if code != 200 || body["status"] != "published" || body["trigger"] != "cli" || body["started_at"] == nil || body["tables"] == nil {
+		t.Errorf("GET a run: %d %v", code, body)
+	}
+
+	var sources []runs.SourceStatus
+	getJSON(t, srv.URL+"/api/sources", &sources)
+	if len(sources) != 1 || sources[0].Name != "demo" || sources[0].Connector != "demo" || sources[0].LastSuccessAt == nil ||
+		sources[0].FreshnessS == nil || *sources[0].FreshnessS < 0 || sources[0].LastRun == nil || sources[0].LastRun.ID != ids[2] ||
+		sources[0].LastRun.Status != runs.Published || sources[0].NextRunAt != nil {
+		t.Errorf("sources %+v", sources)
+	}
+
+	// The CLI reads the same history.
+	var out, errb bytes.Buffer
+	url := st.Server.ClientURL()
+	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--json"}, &out, &errb); code != 0 {
+		t.Fatalf("da runs: %d %s", code, errb.String())
+	}
+	var listed []runs.Record
+	if err := json.Unmarshal(out.Bytes(), &listed); err != nil || len(listed) != 4 || listed[0].RunID != failed {
+		t.Errorf("da runs --json: %v %s", err, out.String())
+	}
+	out.Reset()
+	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--source", "demo", "--limit", "2"}, &out, &errb); code != 0 ||
+		!strings.Contains(out.String(), ids[2]) || strings.Contains(out.String(), ids[0]) || !strings.Contains(errb.String(), "--cursor") {
+		t.Errorf("da runs --limit 2: %d\n%s\n%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--status", "bogus"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "bogus") {
+		t.Errorf("da runs --status bogus: %d %s", code, errb.String())
+	}
+	out.Reset()
+	if code := cli.Run(ctx, []string{"status", "--nats-url", url, "--json"}, &out, &errb); code != 0 {
+		t.Fatalf("da status: %d %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), `"last_success_at"`) || !strings.Contains(out.String(), ids[2]) {
+		t.Errorf("da status --json:\n%s", out.String())
+	}
+}
+
+func getRuns(t *testing.T, url string) (*http.Response, []runs.Record) {
+	t.Helper()
+	var recs []runs.Record
+	return getJSON(t, url, &recs), recs
+}
+
+func getJSON(t *testing.T, url string, v any) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d", url, resp.StatusCode)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp
 }

@@ -31,6 +31,8 @@ Usage:
   da connector new <name>       scaffold a connector (--caps discover,read,...)
   da verify <source>            check a published extract against the contract
   da dead-letters [--source s]  list batches that could not be written, with the reason
+  da runs [flags]               list past and current runs, newest first (--source, --status, --limit, --json)
+  da status [--json]            each source's last run and freshness
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
 
@@ -53,6 +55,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBench(ctx, args[1:], stdout, stderr)
 	case "dead-letters":
 		err = runDeadLetters(ctx, args[1:], stdout, stderr)
+	case "runs":
+		err = runRuns(ctx, args[1:], stdout, stderr)
+	case "status":
+		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "verify":
 		err = runVerify(ctx, args[1:], stdout, stderr)
 	case "connector", "connectors":

@@ -2,7 +2,9 @@
 // front for the same sync requests "da sync" publishes.
 //
 //	POST /api/sync/trigger   {"source": "demo", "tables": [...], "full_refresh": false}
-//	GET  /api/sync/runs/{id} the run's status and per-table results
+//	GET  /api/sync/runs      run records, newest first (?source=&status=&limit=&cursor=)
+//	GET  /api/sync/runs/{id} the run's record
+//	GET  /api/sources        each source's last run and freshness
 //	GET  /healthz            liveness, public
 //
 // Every /api route needs "Authorization: Bearer <token>"; with no token
@@ -18,6 +20,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -66,6 +70,8 @@ func (a *API) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /api/sync/trigger", a.auth(a.trigger))
 	mux.HandleFunc("GET /api/sync/runs/{id}", a.auth(a.status))
+	mux.HandleFunc("GET /api/sync/runs", a.auth(a.list))
+	mux.HandleFunc("GET /api/sources", a.auth(a.sources))
 	return mux
 }
 
@@ -138,19 +144,110 @@ type triggered struct {
 
 // queue records the run as queued before its request is published.
 func (a *API) queue(ctx context.Context, req schemas.SyncRequest) error {
-	a.mu.Lock()
-	store := a.runs
-	a.mu.Unlock()
-	if store == nil {
-		s, err := runs.Open(ctx, a.js)
-		if err != nil {
-			return err
-		}
-		a.mu.Lock()
-		a.runs, store = s, s
-		a.mu.Unlock()
+	store, err := a.runStore(ctx)
+	if err != nil {
+		return err
 	}
 	return store.Queue(ctx, req)
+}
+
+// runStore is the run history, opened on first use.
+func (a *API) runStore(ctx context.Context) (*runs.Store, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.runs != nil {
+		return a.runs, nil
+	}
+	s, err := runs.Open(ctx, a.js)
+	if err != nil {
+		return nil, err
+	}
+	a.runs = s
+	return s, nil
+}
+
+// list answers a page of run records, newest first, as a JSON list; the
+// next page's cursor is in X-Next-Cursor and a Link header.
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := runs.Filter{Source: q.Get("source"), Status: runs.Status(q.Get("status")), Cursor: q.Get("cursor")}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			fail(w, http.StatusBadRequest, "limit %q is not a number between 1 and %d", schemas.Clip(l), runs.MaxLimit)
+			return
+		}
+		f.Limit = n
+	}
+	if err := f.Validate(); err != nil {
+		fail(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	a.answerRuns(w, r, func(ctx context.Context, store *runs.Store) (any, error) {
+		page, err := store.List(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		if page.Next != "" {
+			next := url.Values{}
+			for k, v := range q {
+				next[k] = v
+			}
+			next.Set("cursor", page.Next)
+			w.Header().Set("X-Next-Cursor", page.Next)
+			w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, next.Encode()))
+		}
+		return page.Runs, nil
+	})
+}
+
+// sources answers each configured source's last run and freshness.
+func (a *API) sources(w http.ResponseWriter, r *http.Request) {
+	a.answerRuns(w, r, func(ctx context.Context, store *runs.Store) (any, error) {
+		return store.Sources(ctx, runs.SourceRefs(a.cfg), time.Now().UTC())
+	})
+}
+
+// answerRuns answers what fn reads from the run history, or 503 when the
+// bus does not answer.
+func (a *API) answerRuns(w http.ResponseWriter, r *http.Request, fn func(context.Context, *runs.Store) (any, error)) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	store, err := a.runStore(ctx)
+	if err == nil {
+		var v any
+		if v, err = fn(ctx, store); err == nil {
+			writeJSON(w, http.StatusOK, v)
+			return
+		}
+	}
+	fail(w, http.StatusServiceUnavailable, "run history: %v", err)
+}
+
+// recordAnswer is a run's record with its tables also in the shape of
+// the results of run events (results), as this route answered before.
+type recordAnswer struct {
+	runs.Record
+	Results []schemas.TableResult `json:"results"`
+}
+
+// record answers the run's record when the history has one.
+func (a *API) record(ctx context.Context, w http.ResponseWriter, id string) bool {
+	store, err := a.runStore(ctx)
+	if err != nil {
+		return false
+	}
+	rec, err := store.Find(ctx, id)
+	if err != nil {
+		return false
+	}
+	ans := recordAnswer{Record: rec, Results: []schemas.TableResult{}}
+	for _, t := range rec.Tables {
+		ans.Results = append(ans.Results, schemas.TableResult{Table: t.Name, Status: t.Status, Rows: t.Rows, SizeBytes: t.Bytes,
+			SchemaChanges: t.SchemaChanges, Error: t.Error})
+	}
+	writeJSON(w, http.StatusOK, ans)
+	return true
 }
 
 // trigger publishes one sync request per source (all configured sources
@@ -297,6 +394,10 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
+	// The run's record; runs from before the history, from its events.
+	if a.record(ctx, w, id) {
+		return
+	}
 	stream, err := a.eventStream(ctx)
 	if err != nil {
 		fail(w, http.StatusServiceUnavailable, "the bus is unavailable: %v", err)

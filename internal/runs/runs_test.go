@@ -199,3 +199,63 @@ func publish(t *testing.T, js jetstream.JetStream, subject string, e schemas.Eve
 		t.Fatal(err)
 	}
 }
+
+// TestListPages: pages follow each other without gaps or repeats, also
+// when runs started at the same instant; filters and cursors are checked.
+func TestListPages(t *testing.T) {
+	js := natstest.MustStart(t)
+	ctx := context.Background()
+	store, err := Open(ctx, js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for i := range 7 {
+		id := "00000000-0000-4000-8000-00000000001" + string(rune('0'+i))
+		at := t0.Add(time.Duration(i/3) * time.Second) // three share an instant
+		if _, err := store.Update(ctx, "demo", id, func(r *Record) {
+			*r = Record{RunID: id, Source: "demo", Status: Published, StartedAt: &at}
+			if i == 6 {
+				r.Status = Failed
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		want[id] = true
+	}
+	var got []Record
+	cur := ""
+	for range 10 {
+		p, err := store.List(ctx, Filter{Limit: 2, Cursor: cur})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p.Runs...)
+		if cur = p.Next; cur == "" {
+			break
+		}
+	}
+	if len(got) != 7 {
+		t.Fatalf("pages hold %d runs, want 7", len(got))
+	}
+	for i, r := range got {
+		if !want[r.RunID] {
+			t.Errorf("run %s listed twice or unknown", r.RunID)
+		}
+		delete(want, r.RunID)
+		if i > 0 && newer(got[i-1], r) >= 0 {
+			t.Errorf("%s listed before %s: not newest first", got[i-1].RunID, r.RunID)
+		}
+	}
+	if p, err := store.List(ctx, Filter{Status: Failed}); err != nil || len(p.Runs) != 1 {
+		t.Errorf("failed runs: %+v, %v", p.Runs, err)
+	}
+	if p, err := store.List(ctx, Filter{Source: "other"}); err != nil || len(p.Runs) != 0 || p.Runs == nil {
+		t.Errorf("another source's runs: %#v, %v", p.Runs, err)
+	}
+	for _, f := range []Filter{{Cursor: "x"}, {Status: "done"}, {Limit: MaxLimit + 1}, {Source: "a b"}} {
+		if _, err := store.List(ctx, f); err == nil {
+			t.Errorf("filter %+v accepted", f)
+		}
+	}
+}

@@ -155,8 +155,8 @@ func (r *Recorder) Run(ctx context.Context) error {
 // (forged or corrupt) is dropped with a line; a store failure is retried.
 func (r *Recorder) handle(ctx context.Context, msg jetstream.Msg) {
 	ev, err := schemas.DecodeEvent(msg.Data())
-	if err == nil && msg.Subject() != schemas.EventSubject(ev.Source, ev.RunID, ev.Type) {
-		err = fmt.Errorf("published on %s, but it is %s of run %s of %s", schemas.Clip(msg.Subject()), ev.Type, schemas.Clip(ev.RunID), schemas.Clip(ev.Source))
+	if err == nil {
+		err = schemas.CheckEventSubject(msg.Subject(), ev)
 	}
 	if err == nil && ev.RunID == schemas.StreamRun {
 		err = errors.New("the stream run has no record")

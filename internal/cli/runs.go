@@ -1,0 +1,149 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/runs"
+	"github.com/agnes-ai/connector-kit/internal/stack"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// openRuns reaches the bus as the read-only commands do and opens the run
+// history.
+func openRuns(ctx context.Context, c commonFlags, stderr io.Writer) (*runs.Store, []runs.SourceRef, func(), error) {
+	cfg, err := c.load()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var js jetstream.JetStream
+	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: newLogger(stderr, slog.LevelWarn)}, false)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	store, err := runs.Open(ctx, js)
+	if err != nil {
+		closeBus()
+		return nil, nil, nil, err
+	}
+	return store, runs.SourceRefs(cfg), closeBus, nil
+}
+
+// runRuns lists runs, newest first.
+func runRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("runs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	var f runs.Filter
+	fs.StringVar(&f.Source, "source", "", "only runs of this source")
+	status := fs.String("status", "", "only runs in this status: queued, running, writing, published, failed, rejected, skipped, cancelled, abandoned")
+	fs.IntVar(&f.Limit, "limit", runs.DefaultLimit, fmt.Sprintf("at most this many runs, newest first (up to %d)", runs.MaxLimit))
+	fs.StringVar(&f.Cursor, "cursor", "", "continue after the page that printed this cursor")
+	asJSON := fs.Bool("json", false, "print a JSON list of run records")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	f.Status = runs.Status(*status)
+	if err := f.Validate(); err != nil {
+		return usageError{err}
+	}
+	store, _, closeBus, err := openRuns(ctx, c, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	page, err := store.List(ctx, f)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(page.Runs); err != nil {
+			return err
+		}
+	} else {
+		printRuns(stdout, page.Runs)
+	}
+	if page.Next != "" {
+		fmt.Fprintf(stderr, "more runs: da runs --cursor %s\n", page.Next)
+	}
+	return nil
+}
+
+func printRuns(w io.Writer, rs []runs.Record) {
+	fmt.Fprintf(w, "%-36s  %-16s %-8s %-9s %-20s %9s %11s  %s\n", "RUN", "SOURCE", "TRIGGER", "STATUS", "STARTED", "DURATION", "ROWS", "ERROR")
+	for _, r := range rs {
+		var rows int64
+		for _, t := range r.Tables {
+			rows += t.Rows
+		}
+		started, took := "-", "-"
+		if r.StartedAt != nil {
+			started = r.StartedAt.Local().Format("2006-01-02 15:04:05")
+			if r.EndedAt != nil {
+				took = r.EndedAt.Sub(*r.StartedAt).Round(100 * time.Millisecond).String()
+			}
+		}
+		fmt.Fprintf(w, "%-36s  %-16s %-8s %-9s %-20s %9s %11s  %s\n", r.RunID, r.Source, r.Trigger, r.Status, started, took,
+			thousands(rows), oneLine(r.Error, 80))
+	}
+	if len(rs) == 0 {
+		fmt.Fprintln(w, "(no runs)")
+	}
+}
+
+// oneLine is s on one line, cut to n runes.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+// runStatus shows each configured source's freshness and last run.
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	asJSON := fs.Bool("json", false, "print a JSON list, one object per source")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	store, refs, closeBus, err := openRuns(ctx, c, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	sts, err := store.Sources(ctx, refs, time.Now().UTC())
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(sts)
+	}
+	fmt.Fprintf(stdout, "%-16s %-12s %-20s %10s  %-36s %-9s %s\n", "SOURCE", "CONNECTOR", "LAST SUCCESS", "FRESHNESS", "LAST RUN", "STATUS", "NEXT RUN")
+	for _, s := range sts {
+		success, fresh, last, status := "never", "-", "-", "-"
+		if s.LastSuccessAt != nil {
+			success = s.LastSuccessAt.Local().Format("2006-01-02 15:04:05")
+			fresh = time.Duration(*s.FreshnessS * float64(time.Second)).Round(time.Second).String()
+		}
+		if s.LastRun != nil {
+			last, status = s.LastRun.ID, string(s.LastRun.Status)
+		}
+		fmt.Fprintf(stdout, "%-16s %-12s %-20s %10s  %-36s %-9s %s\n", s.Name, s.Connector, success, fresh, last, status, "-")
+	}
+	return nil
+}
