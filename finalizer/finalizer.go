@@ -511,10 +511,17 @@ func (o *owner) applyRun(ev schemas.Event) {
 			e := ev
 			r.done = &e
 		}
-	case schemas.EventRunFailed, schemas.EventRunRejected:
+	case schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventRunCancelled:
 		// Nothing of this run will be published: drop what it staged.
 		r.failed = true
 		f.dropStaging(ev.Source, ev.RunID)
+		if ev.Type == schemas.EventRunCancelled && !r.published {
+			// The producer may be done already (the run was writing):
+			// the source is free for the next sync at once.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			f.release(ctx, ev.Source, ev.RunID)
+			cancel()
+		}
 	case schemas.EventExtractPublished:
 		r.published = true
 		r.tables = map[string]*tableState{}

@@ -14,6 +14,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/parquetfile"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -82,6 +83,7 @@ type Producer struct {
 	log   *slog.Logger
 	state jetstream.KeyValue
 	locks jetstream.KeyValue
+	runs  *runs.Store
 }
 
 // New returns a Producer; Run starts it.
@@ -135,6 +137,9 @@ func (p *Producer) Run(ctx context.Context) error {
 	if p.locks, err = natsbus.KeyValue(ctx, p.opts.JS, schemas.LockBucket); err != nil {
 		return err
 	}
+	if p.runs, err = runs.Open(ctx, p.opts.JS); err != nil {
+		return err
+	}
 	p.log.Info("producer started", "concurrency", p.opts.Concurrency)
 	// A run takes minutes: a request is pulled only when a slot is free, so
 	// a busy producer never holds one another producer could start.
@@ -144,23 +149,37 @@ func (p *Producer) Run(ctx context.Context) error {
 	return err
 }
 
-func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
+// request reads the sync request msg carries. A request that is malformed,
+// on another source's subject or cancelled while queued is settled here
+// and ok is false.
+func (p *Producer) request(ctx context.Context, msg jetstream.Msg) (req schemas.SyncRequest, ok bool) {
 	req, err := schemas.DecodeSyncRequest(msg.Data())
-	if err != nil {
+	switch {
+	case err != nil:
 		// Nothing of a malformed request is trusted, not even its run id:
 		// it is dropped without an event.
 		p.log.Error("dropping malformed sync request", "subject", msg.Subject(), "err", err)
 		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
-		natsbus.Settle(p.log, "term", msg.Term())
-		return
-	}
-	if want := schemas.SyncSubject(req.Source); msg.Subject() != want {
+	case msg.Subject() != schemas.SyncSubject(req.Source):
 		p.log.Error("dropping sync request published on another source's subject", "subject", msg.Subject(), "source", req.Source)
 		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
-		natsbus.Settle(p.log, "term", msg.Term())
+	case p.runs.CancelRequested(ctx, req.Source, req.RunID):
+		// Cancelled while queued: whoever cancelled announced it.
+		p.log.Info("sync request cancelled before it ran", "run", req.RunID, "source", req.Source)
+	default:
+		return req, true
+	}
+	natsbus.Settle(p.log, "term", msg.Term())
+	return req, false
+}
+
+func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
+	req, ok := p.request(ctx, msg)
+	if !ok {
 		return
 	}
 	locks := p.locks
+	var err error
 	err = natsbus.AcquireRun(ctx, locks, req.Source, req.RunID)
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
@@ -193,11 +212,26 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	})
 	metrics.RunsStarted.Inc()
-	err = p.runRequest(ctx, req)
+	// A cancel asked for while the run runs stops its reads.
+	runCtx, cancelRun := context.WithCancelCause(ctx)
+	p.runs.WatchCancel(runCtx, req.Source, req.RunID, func() { cancelRun(errCancelled) })
+	err = p.runRequest(runCtx, req)
+	cancelled := context.Cause(runCtx) == errCancelled
+	cancelRun(nil)
 	stop()
 	if ctx.Err() != nil {
 		// Shutting down: leave the request for redelivery to another producer.
 		natsbus.HandBack(p.log, msg)
+		return
+	}
+	if cancelled {
+		// The canceller announced run_cancelled; the finalizer drops what
+		// the run staged. The source is free at once.
+		p.log.Info("sync run cancelled", "run", req.RunID, "source", req.Source)
+		if err := natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID); err != nil {
+			p.log.Warn("release source lock", "run", req.RunID, "source", req.Source, "err", err)
+		}
+		natsbus.Settle(p.log, "term", msg.Term())
 		return
 	}
 	if err != nil {
@@ -238,6 +272,9 @@ func (p *Producer) exhausted(ctx context.Context, msg jetstream.Msg, cause error
 	}
 	natsbus.Bury(ctx, p.opts.JS, p.log, msg, natsbus.DeadLetter(msg, source, table, cause), time.Second)
 }
+
+// errCancelled is the cause of a run context ended by a cancel request.
+var errCancelled = errors.New("run cancelled on request")
 
 // waitBacklog blocks while more than MaxBacklog batches wait for a writer
 // (on every lane together).

@@ -72,7 +72,10 @@ const (
 	EventRunDone       EventType = "run_done"
 	EventRunFailed     EventType = "run_failed"
 	// EventRunRejected answers a request for a source whose sync is running.
-	EventRunRejected      EventType = "run_rejected"
+	EventRunRejected EventType = "run_rejected"
+	// EventRunCancelled: the run was cancelled on request (da cancel, the
+	// API); nothing of it is published.
+	EventRunCancelled     EventType = "run_cancelled"
 	EventExtractPublished EventType = "extract_published"
 	// EventStreamPublished: the finalizer is done with streamed parts (run
 	// StreamRun), listed in Parts as table/part: published in the extract at
@@ -237,7 +240,7 @@ func DecodeSyncRequest(b []byte) (SyncRequest, error) {
 var eventTypes = map[EventType]bool{
 	EventRunStarted: true, EventTableStarted: true, EventTableProgress: true, EventTableDone: true, EventTableFailed: true,
 	EventBatchWritten: true, EventBatchFailed: true, EventRunDone: true, EventRunFailed: true, EventRunRejected: true,
-	EventExtractPublished: true, EventStreamPublished: true,
+	EventExtractPublished: true, EventStreamPublished: true, EventRunCancelled: true,
 }
 
 // Encode marshals e as JSON.

@@ -5,13 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"iter"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/cli"
 	"github.com/agnes-ai/connector-kit/internal/config"
@@ -20,6 +27,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/apache/arrow-go/v18/arrow"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -239,4 +247,126 @@ func getJSON(t *testing.T, url string, v any) *http.Response {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return resp
+}
+
+// TestCancel: a run cancelled mid-read (through the API, then the CLI) ends
+// cancelled, leaves the previous extract live and the source free for the
+// next sync at once; an ended run cannot be cancelled (409).
+func TestCancel(t *testing.T) {
+	dir := t.TempDir()
+	open := make(chan struct{})
+	close(open)
+	g := &gated{gates: map[string]chan struct{}{"c": open}, name: "c"}
+	tr := &tracked{gated: g, ended: make(chan struct{}, 16)}
+	reg := connectors.NewRegistry()
+	reg.MustRegisterManifest("tests/gate_c.yaml", []byte("name: gate_c\nversion: \"1.0.0\"\ndescription: gated\ncapabilities: [discover, read]\n"),
+		func(connectors.Config) (connectors.Connector, error) { return tr, nil })
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.Sources = []config.Source{{Name: "c", Connector: "gate_c"}}
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: reg, DataDir: dir,
+		ListenHost: "127.0.0.1", ListenPort: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	srv := httptest.NewServer(httpapi.New(st.JS, cfg, "s3cret", slog.New(slog.DiscardHandler)).Handler())
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	setGate := func(ch chan struct{}) { g.mu.Lock(); g.gates["c"] = ch; g.mu.Unlock() }
+
+	first := uuid.NewString()
+	rep, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: first, Source: "c", RequestedAt: time.Now().UTC()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extract := snapshotTree(t, filepath.Dir(rep.Path))
+
+	// cancelMidRun starts a run whose read blocks, cancels it with do and
+	// checks how it ended.
+	cancelMidRun := func(how string, do func(run string)) {
+		setGate(make(chan struct{}))
+		for len(tr.ended) > 0 {
+			<-tr.ended
+		}
+		run := uuid.NewString()
+		done := make(chan error, 1)
+		go func() {
+			_, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: run, Source: "c", RequestedAt: time.Now().UTC()}, nil)
+			done <- err
+		}()
+		natstest.WaitEvents(t, st.JS, schemas.RunEventsFilter("c", run), 20*time.Second, func(evs []schemas.Event) bool {
+			return slices.ContainsFunc(evs, func(e schemas.Event) bool { return e.Type == schemas.EventTableStarted })
+		})
+		do(run)
+		// The producer stops reading (the gate stays shut).
+		select {
+		case <-tr.ended:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s: the producer still reads the cancelled run", how)
+		}
+		if err := <-done; !errors.Is(err, stack.ErrCancelled) {
+			t.Errorf("%s: the cancelled run's sync returned %v, want ErrCancelled", how, err)
+		}
+		if r := waitRecord(t, st.JS, "c", run, ended); r.Status != runs.Cancelled || r.EndedAt == nil {
+			t.Errorf("%s: record %+v", how, r)
+		}
+		if after := snapshotTree(t, filepath.Dir(rep.Path)); !maps.Equal(after, extract) {
+			t.Errorf("%s: the extract folder changed: %v, was %v", how, after, extract)
+		}
+		layout, _ := schemas.NewLayout(dir)
+		staging, err := layout.RunStaging("c", run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		natstest.Poll(t, 10*time.Second, func() (bool, string) {
+			_, err := os.Stat(staging)
+			return errors.Is(err, os.ErrNotExist), fmt.Sprintf("staging %s left: %v", staging, err)
+		})
+	}
+	cancelMidRun("API", func(run string) {
+		if code, body := call(t, "POST", srv.URL+"/api/sync/runs/"+run+"/cancel", "s3cret", ""); code != http.StatusAccepted || body["status"] != "cancelling" {
+			t.Errorf("cancel: %d %v", code, body)
+		}
+	})
+	cancelMidRun("CLI", func(run string) {
+		var out, errb bytes.Buffer
+		if code := cli.Run(ctx, []string{"cancel", "--nats-url", st.Server.ClientURL(), run}, &out, &errb); code != 0 || !strings.Contains(out.String(), "Cancelling run "+run) {
+			t.Errorf("da cancel: %d %s %s", code, out.String(), errb.String())
+		}
+	})
+
+	// The source is free at once: the next sync runs and publishes.
+	setGate(open)
+	if _, err := stack.Sync(ctx, st.JS, schemas.SyncRequest{RunID: uuid.NewString(), Source: "c", RequestedAt: time.Now().UTC()}, nil); err != nil {
+		t.Fatalf("sync after the cancels: %v", err)
+	}
+
+	// An ended run cannot be cancelled; an unknown one is not found.
+	waitRecord(t, st.JS, "c", first, ended)
+	if code, body := call(t, "POST", srv.URL+"/api/sync/runs/"+first+"/cancel", "s3cret", ""); code != http.StatusConflict || body["status"] != "published" {
+		t.Errorf("cancel a published run: %d %v, want 409", code, body)
+	}
+	if code, _ := call(t, "POST", srv.URL+"/api/sync/runs/"+uuid.NewString()+"/cancel", "s3cret", ""); code != http.StatusNotFound {
+		t.Errorf("cancel an unknown run: %d, want 404", code)
+	}
+	var out, errb bytes.Buffer
+	if code := cli.Run(ctx, []string{"cancel", "--nats-url", st.Server.ClientURL(), first}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "already ended") {
+		t.Errorf("da cancel of a published run: %d %s", code, errb.String())
+	}
+}
+
+// tracked is a gated connector that says when a read has returned.
+type tracked struct {
+	*gated
+	ended chan struct{}
+}
+
+func (t *tracked) Read(ctx context.Context, table string, opts connectors.ReadOptions) iter.Seq2[arrow.RecordBatch, error] {
+	inner := t.gated.Read(ctx, table, opts)
+	return func(yield func(arrow.RecordBatch, error) bool) {
+		defer func() { t.ended <- struct{}{} }()
+		inner(yield)
+	}
 }

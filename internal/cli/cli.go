@@ -33,6 +33,7 @@ Usage:
   da dead-letters [--source s]  list batches that could not be written, with the reason
   da runs [flags]               list past and current runs, newest first (--source, --status, --limit, --json)
   da status [--json]            each source's last run and freshness
+  da cancel <run-id>            stop a run; the live extract stays as it is
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
 
@@ -59,6 +60,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runRuns(ctx, args[1:], stdout, stderr)
 	case "status":
 		err = runStatus(ctx, args[1:], stdout, stderr)
+	case "cancel":
+		err = runCancel(ctx, args[1:], stdout, stderr)
 	case "verify":
 		err = runVerify(ctx, args[1:], stdout, stderr)
 	case "connector", "connectors":

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
+	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -145,5 +147,40 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		fmt.Fprintf(stdout, "%-16s %-12s %-20s %10s  %-36s %-9s %s\n", s.Name, s.Connector, success, fresh, last, status, "-")
 	}
+	return nil
+}
+
+// runCancel stops a run.
+func runCancel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c commonFlags
+	c.register(fs)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || schemas.ValidateRunID(pos[0]) != nil {
+		return usageError{errors.New("usage: da cancel <run-id> (a UUID, as da runs lists it)")}
+	}
+	cfg, err := c.load()
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr, slog.LevelWarn)
+	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: log}, false)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	store, err := runs.Open(ctx, js)
+	if err != nil {
+		return err
+	}
+	rec, err := store.Cancel(ctx, js, log, pos[0])
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Cancelling run %s of source %s; the live extract stays as it is.\n", pos[0], rec.Source)
 	return nil
 }

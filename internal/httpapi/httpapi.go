@@ -5,6 +5,7 @@
 //	GET  /api/sync/runs      run records, newest first (?source=&status=&limit=&cursor=)
 //	GET  /api/sync/runs/{id} the run's record
 //	GET  /api/sources        each source's last run and freshness
+//	POST /api/sync/runs/{id}/cancel  stop a run (202; 409 when it has ended)
 //	GET  /healthz            liveness, public
 //
 // Every /api route needs "Authorization: Bearer <token>"; with no token
@@ -72,6 +73,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /api/sync/runs/{id}", a.auth(a.status))
 	mux.HandleFunc("GET /api/sync/runs", a.auth(a.list))
 	mux.HandleFunc("GET /api/sources", a.auth(a.sources))
+	mux.HandleFunc("POST /api/sync/runs/{id}/cancel", a.auth(a.cancel))
 	return mux
 }
 
@@ -222,6 +224,35 @@ func (a *API) answerRuns(w http.ResponseWriter, r *http.Request, fn func(context
 		}
 	}
 	fail(w, http.StatusServiceUnavailable, "run history: %v", err)
+}
+
+// cancel stops a run: 202 once the cancel is on the bus, 409 when the run
+// has ended, 404 when there is no such run.
+func (a *API) cancel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := schemas.ValidateRunID(id); err != nil || id == schemas.StreamRun {
+		fail(w, http.StatusBadRequest, "run id %q is not a UUID", schemas.Clip(id))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	store, err := a.runStore(ctx)
+	if err != nil {
+		fail(w, http.StatusServiceUnavailable, "the bus is unavailable: %v", err)
+		return
+	}
+	rec, err := store.Cancel(ctx, a.js, a.log, id)
+	switch {
+	case errors.Is(err, runs.ErrNotFound):
+		fail(w, http.StatusNotFound, "%v", err)
+	case errors.Is(err, runs.ErrFinished):
+		writeJSON(w, http.StatusConflict, map[string]string{"error": err.Error(), "run_id": id, "status": string(rec.Status)})
+	case err != nil:
+		fail(w, http.StatusServiceUnavailable, "%v", err)
+	default:
+		a.log.Info("sync cancelled", "run", id, "source", rec.Source)
+		writeJSON(w, http.StatusAccepted, map[string]string{"run_id": id, "source": rec.Source, "status": "cancelling"})
+	}
 }
 
 // recordAnswer is a run's record with its tables also in the shape of

@@ -85,6 +85,8 @@ type Record struct {
 	Skipped []string `json:"skipped,omitempty"`
 	// Path is the published extract.
 	Path string `json:"path,omitempty"`
+	// CancelRequested: a cancel was asked for (Store.Cancel).
+	CancelRequested bool `json:"cancel_requested,omitempty"`
 }
 
 // Queue starts the record of a requested run.
@@ -95,7 +97,7 @@ func Queue(req schemas.SyncRequest) Record {
 
 // Recorded are the event types that move a record.
 var Recorded = []schemas.EventType{schemas.EventRunStarted, schemas.EventTableStarted, schemas.EventTableDone, schemas.EventTableFailed,
-	schemas.EventRunDone, schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventExtractPublished}
+	schemas.EventRunDone, schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventExtractPublished, schemas.EventRunCancelled}
 
 // Apply folds one event of the run into the record. Events may come more
 // than once and out of order (two recorders, redeliveries): a status never
@@ -135,6 +137,8 @@ func (r *Record) Apply(ev schemas.Event) {
 		r.end(Failed, ev.Error, at)
 	case schemas.EventRunRejected:
 		r.end(Rejected, ev.Error, at)
+	case schemas.EventRunCancelled:
+		r.end(Cancelled, ev.Error, at)
 	}
 }
 

@@ -259,3 +259,17 @@ func TestListPages(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyCancelled: a cancel ends a running or writing run; it does not
+// undo a published one.
+func TestApplyCancelled(t *testing.T) {
+	r := fold([]schemas.Event{ev(schemas.EventRunStarted, 1, nil), ev(schemas.EventRunDone, 2, nil),
+		ev(schemas.EventRunCancelled, 3, func(e *schemas.Event) { e.Error = "cancelled on request" })})
+	if r.Status != Cancelled || r.Error != "cancelled on request" || !r.EndedAt.Equal(t0.Add(3*time.Second)) {
+		t.Errorf("record %+v", r)
+	}
+	r = fold(append(history(), ev(schemas.EventRunCancelled, 9, nil)))
+	if r.Status != Published {
+		t.Errorf("a cancel after the publish made the record %s", r.Status)
+	}
+}

@@ -173,3 +173,71 @@ func (r *Recorder) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	natsbus.Settle(r.log, "ack", msg.Ack())
 }
+
+// ErrFinished: the run is over; it cannot be cancelled.
+var ErrFinished = errors.New("the run has already ended")
+
+// Cancel asks for run to stop: it marks the record, so that a producer
+// about to take or running the run stops it, and announces run_cancelled,
+// so that the finalizer drops what the run staged and frees the source, and
+// the record ends cancelled. A run that has ended is ErrFinished.
+func (s *Store) Cancel(ctx context.Context, js jetstream.JetStream, log *slog.Logger, run string) (Record, error) {
+	rec, err := s.Find(ctx, run)
+	if err != nil {
+		return Record{}, err
+	}
+	var finished Status
+	rec, err = s.Update(ctx, rec.Source, run, func(r *Record) {
+		if finished = ""; r.Status.Terminal() {
+			finished = r.Status
+			return
+		}
+		r.CancelRequested = true
+	})
+	if err != nil {
+		return Record{}, err
+	}
+	if finished != "" {
+		return rec, fmt.Errorf("%w: run %s is %s", ErrFinished, run, finished)
+	}
+	ev := schemas.Event{Type: schemas.EventRunCancelled, RunID: run, Source: rec.Source, Error: "cancelled on request"}
+	if !natsbus.Announce(ctx, js, log, ev) {
+		return rec, fmt.Errorf("announce the cancel of run %s: the bus did not take it; cancel again", run)
+	}
+	return rec, nil
+}
+
+// CancelRequested reports whether a cancel of run was asked for; a missing
+// record (a client that wrote none) is not.
+func (s *Store) CancelRequested(ctx context.Context, source, run string) bool {
+	r, err := s.Get(ctx, source, run)
+	return err == nil && (r.CancelRequested || r.Status == Cancelled)
+}
+
+// WatchCancel calls cancel once a cancel of run is asked for, until ctx
+// ends. A watch that cannot start leaves the run uncancellable through the
+// producer (the finalizer still drops it).
+func (s *Store) WatchCancel(ctx context.Context, source, run string, cancel func()) {
+	w, err := s.kv.Watch(ctx, Key(source, run), jetstream.UpdatesOnly())
+	if err != nil {
+		return
+	}
+	go func() {
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				var r Record
+				if e != nil && json.Unmarshal(e.Value(), &r) == nil && (r.CancelRequested || r.Status == Cancelled) {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+}

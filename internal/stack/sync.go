@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -45,6 +46,9 @@ func (r *Report) Stats() connectors.RunStats {
 	return st
 }
 
+// ErrCancelled: the run was cancelled (da cancel, the API).
+var ErrCancelled = errors.New("run cancelled")
+
 // Sync publishes req, passes each event of the run to onEvent (may be nil)
 // and waits for the run's extract to be published. A run that fails as a
 // whole is an error; failed tables are reported in the Report.
@@ -84,6 +88,9 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 			return false
 		case schemas.EventRunRejected:
 			runErr = fmt.Errorf("%w; not started (%s)", schemas.ErrAlreadyRunning, ev.Error)
+			return false
+		case schemas.EventRunCancelled:
+			runErr = fmt.Errorf("%w: run %s; the live extract is unchanged", ErrCancelled, req.RunID)
 			return false
 		case schemas.EventExtractPublished:
 			rep = &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Skipped: ev.Skipped, Duration: time.Since(start)}
