@@ -16,6 +16,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/redact"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
@@ -94,6 +95,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		onEvent(ev)
 	})
 	once.Do(func() { close(heard) })
+	if err != nil && signalled(ctx) {
+		return interrupted(js, req, stdout, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -233,4 +237,41 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// signalled reports whether ctx, or the context it came from, ended because
+// the process was told to stop (Ctrl-C, SIGTERM) rather than by --timeout.
+func signalled(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), context.Canceled)
+}
+
+// interrupted cancels the run of an interrupted da sync, so that nothing of
+// it is published and its source is free for the next sync at once, says so
+// and exits 130. The run's record ends cancelled here: with the embedded
+// pipeline, the recorder and finalizer are stopping with this process.
+func interrupted(js jetstream.JetStream, req schemas.SyncRequest, stdout io.Writer, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	err := errors.New("the bus is unavailable")
+	if store, oerr := runs.Open(ctx, js); oerr == nil {
+		_, err = store.Cancel(ctx, js, log, req.RunID)
+		if err == nil {
+			_, err = store.Update(ctx, req.Source, req.RunID, func(r *runs.Record) {
+				r.Apply(schemas.Event{Type: schemas.EventRunCancelled, RunID: req.RunID, Source: req.Source, Time: time.Now().UTC(),
+					Error: "interrupted"})
+			})
+		}
+	}
+	if locks, lerr := natsbus.KeyValue(ctx, js, schemas.LockBucket); lerr == nil {
+		natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID)
+	}
+	switch {
+	case errors.Is(err, runs.ErrFinished):
+		fmt.Fprintf(stdout, "\nInterrupted: run %s had already ended (%v).\n", req.RunID, err)
+	case err != nil:
+		fmt.Fprintf(stdout, "\nInterrupted: could not cancel run %s (%v); its source is free again within %s.\n", req.RunID, err, schemas.LockTTL)
+	default:
+		fmt.Fprintf(stdout, "\nInterrupted: run %s cancelled; the live extract of %s is unchanged.\n", req.RunID, req.Source)
+	}
+	return exitCode(130)
 }
