@@ -87,12 +87,24 @@ func (l *lanes) run(ctx context.Context) {
 		l.kv.Delete(dctx, l.key)
 	}()
 	l.beat(ctx)
+	// The watch of the bucket, opened again when it breaks.
+	var watcher jetstream.KeyWatcher
 	var updates <-chan jetstream.KeyValueEntry
-	watcher, err := l.kv.WatchAll(ctx)
-	if err == nil {
-		defer watcher.Stop()
-		updates = watcher.Updates()
+	rewatch := func() {
+		if watcher != nil {
+			watcher.Stop()
+		}
+		watcher, updates = nil, nil
+		if w, err := l.kv.WatchAll(ctx); err == nil {
+			watcher, updates = w, w.Updates()
+		}
 	}
+	defer func() {
+		if watcher != nil {
+			watcher.Stop()
+		}
+	}()
+	rewatch()
 	// Until the watch has delivered the keys already there, this writer
 	// does not know its peers and takes no lane.
 	ready := false
@@ -123,10 +135,7 @@ func (l *lanes) run(ctx context.Context) {
 			beat = time.Now()
 		}
 		if updates == nil {
-			if watcher, err = l.kv.WatchAll(ctx); err == nil {
-				defer watcher.Stop()
-				updates = watcher.Updates()
-			}
+			rewatch()
 		}
 		if ready {
 			l.assign(ctx)

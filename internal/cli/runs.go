@@ -14,18 +14,16 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // openRuns reaches the bus as the read-only commands do and opens the run
-// history.
-func openRuns(ctx context.Context, c commonFlags, stderr io.Writer) (*runs.Store, []runs.SourceRef, func(), error) {
+// history; it returns the configured sources and a closer.
+func openRuns(ctx context.Context, c commonFlags, log *slog.Logger) (*runs.Store, []runs.SourceRef, func(), error) {
 	cfg, err := c.load()
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var js jetstream.JetStream
-	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: newLogger(stderr, slog.LevelWarn)}, false)
+	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: log}, false)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -56,7 +54,7 @@ func runRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := f.Validate(); err != nil {
 		return usageError{err}
 	}
-	store, _, closeBus, err := openRuns(ctx, c, stderr)
+	store, _, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
 	if err != nil {
 		return err
 	}
@@ -121,7 +119,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	store, refs, closeBus, err := openRuns(ctx, c, stderr)
+	store, refs, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
 	if err != nil {
 		return err
 	}
@@ -163,21 +161,13 @@ func runCancel(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if len(pos) != 1 || schemas.ValidateRunID(pos[0]) != nil {
 		return usageError{errors.New("usage: da cancel <run-id> (a UUID, as da runs lists it)")}
 	}
-	cfg, err := c.load()
-	if err != nil {
-		return err
-	}
 	log := newLogger(stderr, slog.LevelWarn)
-	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: log}, false)
+	store, _, closeBus, err := openRuns(ctx, c, log)
 	if err != nil {
 		return err
 	}
 	defer closeBus()
-	store, err := runs.Open(ctx, js)
-	if err != nil {
-		return err
-	}
-	rec, err := store.Cancel(ctx, js, log, pos[0])
+	rec, err := store.Cancel(ctx, log, pos[0])
 	if err != nil {
 		return err
 	}

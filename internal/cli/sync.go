@@ -254,7 +254,7 @@ func interrupted(js jetstream.JetStream, req schemas.SyncRequest, stdout io.Writ
 	defer cancel()
 	err := errors.New("the bus is unavailable")
 	if store, oerr := runs.Open(ctx, js); oerr == nil {
-		_, err = store.Cancel(ctx, js, log, req.RunID)
+		_, err = store.Cancel(ctx, log, req.RunID)
 		if err == nil {
 			_, err = store.Update(ctx, req.Source, req.RunID, func(r *runs.Record) {
 				r.Apply(schemas.Event{Type: schemas.EventRunCancelled, RunID: req.RunID, Source: req.Source, Time: time.Now().UTC(),

@@ -241,7 +241,7 @@ func (a *API) cancel(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusServiceUnavailable, "the bus is unavailable: %v", err)
 		return
 	}
-	rec, err := store.Cancel(ctx, a.js, a.log, id)
+	rec, err := store.Cancel(ctx, a.log, id)
 	switch {
 	case errors.Is(err, runs.ErrNotFound):
 		fail(w, http.StatusNotFound, "%v", err)

@@ -18,6 +18,7 @@ var ErrNotFound = errors.New("no such run")
 
 // Store reads and writes run records.
 type Store struct {
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
@@ -27,7 +28,7 @@ func Open(ctx context.Context, js jetstream.JetStream) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Store{kv: kv}, nil
+	return &Store{js: js, kv: kv}, nil
 }
 
 // Key is a run's key in the bucket. Both parts were validated (an
@@ -181,7 +182,7 @@ var ErrFinished = errors.New("the run has already ended")
 // about to take or running the run stops it, and announces run_cancelled,
 // so that the finalizer drops what the run staged and frees the source, and
 // the record ends cancelled. A run that has ended is ErrFinished.
-func (s *Store) Cancel(ctx context.Context, js jetstream.JetStream, log *slog.Logger, run string) (Record, error) {
+func (s *Store) Cancel(ctx context.Context, log *slog.Logger, run string) (Record, error) {
 	rec, err := s.Find(ctx, run)
 	if err != nil {
 		return Record{}, err
@@ -201,7 +202,7 @@ func (s *Store) Cancel(ctx context.Context, js jetstream.JetStream, log *slog.Lo
 		return rec, fmt.Errorf("%w: run %s is %s", ErrFinished, run, finished)
 	}
 	ev := schemas.Event{Type: schemas.EventRunCancelled, RunID: run, Source: rec.Source, Error: "cancelled on request"}
-	if !natsbus.Announce(ctx, js, log, ev) {
+	if !natsbus.Announce(ctx, s.js, log, ev) {
 		return rec, fmt.Errorf("announce the cancel of run %s: the bus did not take it; cancel again", run)
 	}
 	return rec, nil
