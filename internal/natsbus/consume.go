@@ -251,8 +251,13 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 	}()
 }
 
-// take blocks until a worker is free; false when ctx ended.
+// take blocks until a worker is free; false when ctx ended. An ended ctx
+// wins over a free worker: select picks at random among ready cases, and a
+// consumer that is stopping must not pull another message.
 func (c *consumer) take(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
 	select {
 	case c.slots <- struct{}{}:
 		return true
