@@ -511,13 +511,21 @@ func (o *owner) applyRun(ev schemas.Event) {
 			e := ev
 			r.done = &e
 		}
-	case schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventRunCancelled:
+	case schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventRunCancelled, schemas.EventRunAbandoned:
+		if ev.Type == schemas.EventRunAbandoned && (r.done != nil || r.published) {
+			// Its producer had read everything before it went away: the
+			// run is the finalizer's, and publishing it is what readers
+			// want.
+			f.log.Warn("run reported abandoned after it was read; publishing it", "source", ev.Source, "run", ev.RunID)
+			return
+		}
 		// Nothing of this run will be published: drop what it staged.
 		r.failed = true
 		f.dropStaging(ev.Source, ev.RunID)
-		if ev.Type == schemas.EventRunCancelled && !r.published {
-			// The producer may be done already (the run was writing):
-			// the source is free for the next sync at once.
+		if (ev.Type == schemas.EventRunCancelled || ev.Type == schemas.EventRunAbandoned) && !r.published {
+			// The producer may be done already (a cancelled run was
+			// writing), or dead (abandoned): the source is free for the
+			// next sync at once.
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			f.release(ctx, ev.Source, ev.RunID)
 			cancel()

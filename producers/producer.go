@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/connectors"
@@ -53,7 +54,10 @@ type Options struct {
 	// chunk takes the next lane (schemas.Lane): a writer's row group, so
 	// that a chunk is a part.
 	ChunkRows int64
-	Logger    *slog.Logger
+	// Name names the producer in its heartbeat key and in the records of
+	// the runs it takes (default: the host name).
+	Name   string
+	Logger *slog.Logger
 }
 
 // Validate reports options a producer cannot run with.
@@ -84,6 +88,9 @@ type Producer struct {
 	state jetstream.KeyValue
 	locks jetstream.KeyValue
 	runs  *runs.Store
+	live  *runs.Liveness
+	// id is the producer's key in schemas.ProducerBucket.
+	id string
 }
 
 // New returns a Producer; Run starts it.
@@ -111,6 +118,9 @@ func New(opts Options) *Producer {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
+	}
+	if opts.Name == "" {
+		opts.Name, _ = os.Hostname()
 	}
 	return &Producer{opts: opts, log: opts.Logger.With("service", "producer")}
 }
@@ -140,7 +150,17 @@ func (p *Producer) Run(ctx context.Context) error {
 	if p.runs, err = runs.Open(ctx, p.opts.JS); err != nil {
 		return err
 	}
-	p.log.Info("producer started", "concurrency", p.opts.Concurrency)
+	if p.live, err = runs.OpenLiveness(ctx, p.opts.JS); err != nil {
+		return err
+	}
+	// The heartbeat says this producer is alive to whoever looks for runs
+	// that lost theirs; it stops (and its key goes) when Run returns.
+	p.id = natsbus.MemberKey(p.opts.Name)
+	beatCtx, stopBeat := context.WithCancel(ctx)
+	beating := make(chan struct{})
+	go func() { defer close(beating); p.live.Beat(beatCtx, p.id, p.log) }()
+	defer func() { stopBeat(); <-beating }()
+	p.log.Info("producer started", "concurrency", p.opts.Concurrency, "id", p.id)
 	// A run takes minutes: a request is pulled only when a slot is free, so
 	// a busy producer never holds one another producer could start.
 	err = natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: schemas.ProducerConsumer, Logger: p.log,
@@ -150,8 +170,8 @@ func (p *Producer) Run(ctx context.Context) error {
 }
 
 // request reads the sync request msg carries. A request that is malformed,
-// on another source's subject or cancelled while queued is settled here
-// and ok is false.
+// on another source's subject, or of a run cancelled while queued or
+// already ended is settled here and ok is false.
 func (p *Producer) request(ctx context.Context, msg jetstream.Msg) (req schemas.SyncRequest, ok bool) {
 	req, err := schemas.DecodeSyncRequest(msg.Data())
 	switch {
@@ -163,24 +183,37 @@ func (p *Producer) request(ctx context.Context, msg jetstream.Msg) (req schemas.
 	case msg.Subject() != schemas.SyncSubject(req.Source):
 		p.log.Error("dropping sync request published on another source's subject", "subject", msg.Subject(), "source", req.Source)
 		metrics.MalformedInput.WithLabelValues("sync_request").Inc()
-	case p.runs.CancelRequested(ctx, req.Source, req.RunID):
-		// Cancelled while queued: whoever cancelled announced it.
-		p.log.Info("sync request cancelled before it ran", "run", req.RunID, "source", req.Source)
 	default:
-		return req, true
+		status, ended := p.runs.Ended(ctx, req.Source, req.RunID)
+		if !ended {
+			return req, true
+		}
+		// Cancelled while queued, or abandoned (or over) before this
+		// delivery: whoever ended it announced it.
+		p.log.Info("sync request dropped: its run has ended", "run", req.RunID, "source", req.Source, "status", status)
 	}
 	natsbus.Settle(p.log, "term", msg.Term())
 	return req, false
 }
 
-func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
-	req, ok := p.request(ctx, msg)
-	if !ok {
-		return
+// lock takes the source's lock for the run of req, and names this producer
+// in its record. A lock held by a run whose producer died is taken over
+// (runs.TakeOver); one held by a live run answers run_rejected. ok is false
+// when the request was settled here.
+func (p *Producer) lock(ctx context.Context, msg jetstream.Msg, req schemas.SyncRequest) bool {
+	if _, err := p.runs.Claim(ctx, req, p.id); err != nil {
+		p.log.Warn("could not name this producer in the run's record; it cannot be found abandoned if this producer dies", "run", req.RunID, "err", err)
 	}
-	locks := p.locks
-	var err error
-	err = natsbus.AcquireRun(ctx, locks, req.Source, req.RunID)
+	err := natsbus.AcquireRun(ctx, p.locks, req.Source, req.RunID)
+	if errors.Is(err, schemas.ErrAlreadyRunning) {
+		if holder, herr := natsbus.LockHolder(ctx, p.locks, req.Source); herr == nil && holder != "" {
+			if took, terr := p.runs.TakeOver(ctx, p.log, p.locks, req.Source, holder, req.RunID); terr != nil {
+				p.log.Warn("could not tell whether the running sync lost its producer", "run", holder, "source", req.Source, "err", terr)
+			} else if took {
+				err = natsbus.AcquireRun(ctx, p.locks, req.Source, req.RunID)
+			}
+		}
+	}
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
 		metrics.RunsRejected.Inc()
@@ -189,16 +222,28 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error(),
 			Trigger: req.Trigger()}) {
 			natsbus.HandBack(p.log, msg)
-			return
+			return false
 		}
 		natsbus.Settle(p.log, "term", msg.Term())
-		return
+		return false
 	}
 	if err != nil {
 		p.log.Error("lock source; will retry", "run", req.RunID, "source", req.Source, "err", err)
 		natsbus.Settle(p.log, "nak", msg.NakWithDelay(time.Second))
+		return false
+	}
+	return true
+}
+
+func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
+	req, ok := p.request(ctx, msg)
+	if !ok {
 		return
 	}
+	if !p.lock(ctx, msg, req) {
+		return
+	}
+	locks := p.locks
 	req.Attempt = 1
 	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
 		// A redelivered request: an earlier attempt died mid-run. This
@@ -212,10 +257,11 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		}
 	})
 	metrics.RunsStarted.Inc()
-	// A cancel asked for while the run runs stops its reads.
+	// A cancel asked for while the run runs stops its reads, and so does
+	// finding it abandoned (this producer was cut off for ProducerTTL).
 	runCtx, cancelRun := context.WithCancelCause(ctx)
 	p.runs.WatchCancel(runCtx, req.Source, req.RunID, func() { cancelRun(errCancelled) })
-	err = p.runRequest(runCtx, req)
+	err := p.runRequest(runCtx, req)
 	cancelled := context.Cause(runCtx) == errCancelled
 	cancelRun(nil)
 	stop()
@@ -225,9 +271,10 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if cancelled {
-		// The canceller announced run_cancelled; the finalizer drops what
-		// the run staged. The source is free at once.
-		p.log.Info("sync run cancelled", "run", req.RunID, "source", req.Source)
+		// The canceller announced run_cancelled (or the reaper
+		// run_abandoned); the finalizer drops what the run staged. The
+		// source is free at once.
+		p.log.Info("sync run stopped: cancelled or abandoned", "run", req.RunID, "source", req.Source)
 		if err := natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID); err != nil {
 			p.log.Warn("release source lock", "run", req.RunID, "source", req.Source, "err", err)
 		}

@@ -75,7 +75,11 @@ const (
 	EventRunRejected EventType = "run_rejected"
 	// EventRunCancelled: the run was cancelled on request (da cancel, the
 	// API); nothing of it is published.
-	EventRunCancelled     EventType = "run_cancelled"
+	EventRunCancelled EventType = "run_cancelled"
+	// EventRunAbandoned: the run's producer died and no producer is left to
+	// take the run over (or a newer request of the source found it dead);
+	// nothing of it is published.
+	EventRunAbandoned     EventType = "run_abandoned"
 	EventExtractPublished EventType = "extract_published"
 	// EventStreamPublished: the finalizer is done with streamed parts (run
 	// StreamRun), listed in Parts as table/part: published in the extract at
@@ -240,7 +244,7 @@ func DecodeSyncRequest(b []byte) (SyncRequest, error) {
 var eventTypes = map[EventType]bool{
 	EventRunStarted: true, EventTableStarted: true, EventTableProgress: true, EventTableDone: true, EventTableFailed: true,
 	EventBatchWritten: true, EventBatchFailed: true, EventRunDone: true, EventRunFailed: true, EventRunRejected: true,
-	EventExtractPublished: true, EventStreamPublished: true, EventRunCancelled: true,
+	EventExtractPublished: true, EventStreamPublished: true, EventRunCancelled: true, EventRunAbandoned: true,
 }
 
 // Encode marshals e as JSON.

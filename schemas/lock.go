@@ -23,3 +23,15 @@ const RunsBucket = "AGNES_RUNS"
 
 // RunRetention is how long a run's record is kept after its last change.
 const RunRetention = 30 * 24 * time.Hour
+
+// ProducerBucket holds one key per live producer (memory storage), put
+// every ProducerHeartbeat; a key not refreshed for ProducerTTL expires.
+// A run record names the producer that runs it, so a run whose producer's
+// key is gone has lost its producer (internal/runs, abandonment).
+const ProducerBucket = "AGNES_PRODUCERS"
+
+// Producer heartbeat timing.
+const (
+	ProducerHeartbeat = time.Second
+	ProducerTTL       = 6 * ProducerHeartbeat
+)

@@ -17,7 +17,10 @@ import (
 	"github.com/agnes-ai/connector-kit/connectors/demo"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/httpapi"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/stack"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/google/uuid"
 )
 
 // gatedStack starts a stack with a source "slow" whose read waits until
@@ -125,4 +128,33 @@ func TestSyncAPI(t *testing.T) {
 		t.Errorf("409 names run %v, want %s", body["run_id"], slowRun)
 	}
 	close(gate)
+
+	// A source locked by a run whose producer is gone (no heartbeat) is
+	// taken over at once: 202, and the dead run is recorded abandoned.
+	ctx := context.Background()
+	dead := uuid.NewString()
+	store, err := runs.Open(ctx, st.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Claim(ctx, schemas.SyncRequest{RunID: dead, Source: "demo", RequestedAt: time.Now().UTC()}, "gone.00000001"); err != nil {
+		t.Fatal(err)
+	}
+	locks, err := natsbus.KeyValue(ctx, st.JS, schemas.LockBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := natsbus.AcquireRun(ctx, locks, "demo", dead); err != nil {
+		t.Fatal(err)
+	}
+	code, body = call(t, "POST", srv.URL+"/api/sync/trigger", "s3cret", `{"source":"demo"}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("trigger over a dead run: %d %v", code, body)
+	}
+	if r := waitRecord(t, st.JS, "demo", dead, ended); r.Status != runs.Abandoned || !strings.Contains(r.Error, "took its place") {
+		t.Errorf("the dead run's record %+v", r)
+	}
+	if r := waitRecord(t, st.JS, "demo", body["run_id"].(string), ended); r.Status != runs.Published {
+		t.Errorf("the run that took its place: %+v", r)
+	}
 }

@@ -2,10 +2,12 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,6 +16,9 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/apache/arrow-go/v18/arrow"
@@ -143,6 +148,76 @@ func TestKillProducer(t *testing.T) {
 	e.verifyPublished()
 	if !strings.Contains(p2.output(), "retrying sync run") {
 		t.Errorf("the second producer did not take the run over as a new attempt:\n%s", tail(p2.output(), 10))
+	}
+}
+
+// TestAbandonedRun: the only producer is killed mid-table and none takes
+// its place: within seconds the run is recorded abandoned, its staging is
+// dropped and the source is free. A producer started afterwards drops the
+// dead run's redelivered request instead of retrying it, and runs the next
+// sync at once.
+func TestAbandonedRun(t *testing.T) {
+	e := newProcEnv(t, 1, 300_000, 20_000)
+	p := e.serve("producer", "producer")
+	e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	run := e.startSync()
+	if _, ok := e.waitEvent(run, time.Minute, isType(schemas.EventTableStarted)); !ok {
+		t.Fatal("the producer did not start")
+	}
+	p.kill()
+	killed := time.Now()
+	ev, ok := e.waitEvent(run, time.Minute, isType(schemas.EventRunAbandoned, schemas.EventRunDone))
+	switch {
+	case !ok:
+		t.Fatalf("the run was not abandoned in a minute\n%s", tail(e.procs[1].output(), 20))
+	case ev.Type == schemas.EventRunDone:
+		t.Fatal("the producer finished before it was killed; the trial proves nothing")
+	}
+	t.Logf("abandoned %s after the kill: %s", time.Since(killed).Round(100*time.Millisecond), ev.Error)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	store, err := runs.Open(ctx, e.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec runs.Record
+	natstest.Poll(t, 30*time.Second, func() (bool, string) {
+		rec, err = store.Get(ctx, "demo", run)
+		return err == nil && rec.Status == runs.Abandoned, fmt.Sprintf("record %+v, %v", rec, err)
+	})
+	if rec.EndedAt == nil || !strings.Contains(rec.Error, "no producer is left") || !strings.HasPrefix(rec.Producer, "producer.") {
+		t.Errorf("record %+v", rec)
+	}
+	layout, _ := schemas.NewLayout(e.dataDir)
+	staging, err := layout.RunStaging("demo", run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	natstest.Poll(t, 30*time.Second, func() (bool, string) {
+		_, err := os.Stat(staging)
+		return errors.Is(err, os.ErrNotExist), fmt.Sprintf("staging %s left: %v", staging, err)
+	})
+	locks, err := natsbus.KeyValue(ctx, e.js, schemas.LockBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if holder, err := natsbus.LockHolder(ctx, locks, "demo"); err != nil || holder != "" {
+		t.Fatalf("the source is still locked by %q (%v)", holder, err)
+	}
+
+	// A new producer: the next sync runs at once; the dead run stays dead.
+	p2 := e.serve("producer2", "producer")
+	next := e.startSync()
+	if ev := e.finish(next, 2*time.Minute); ev.Type != schemas.EventExtractPublished || anyFailed(ev) {
+		t.Fatalf("the next sync: %+v", ev)
+	}
+	e.verifyPublished()
+	natstest.Poll(t, 30*time.Second, func() (bool, string) {
+		return strings.Contains(p2.output(), "sync request dropped: its run has ended"), "the new producer has not dropped the dead run's request:\n" + tail(p2.output(), 10)
+	})
+	if strings.Contains(p2.output(), "retrying sync run") {
+		t.Errorf("the new producer retried the abandoned run:\n%s", tail(p2.output(), 10))
 	}
 }
 

@@ -2,12 +2,9 @@ package writer
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -61,20 +58,6 @@ type lanes struct {
 	wg      sync.WaitGroup
 	// mine is the lanes this writer reads.
 	mine []int
-}
-
-// memberKey is the writer's key in the bucket: its name made a valid key,
-// and a random suffix, so two writers given one name still count as two.
-func memberKey(name string) string {
-	clean := strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
-			return r
-		}
-		return '_'
-	}, name)
-	var b [4]byte
-	rand.Read(b[:])
-	return clean[:min(len(clean), 64)] + "." + hex.EncodeToString(b[:])
 }
 
 // run keeps the lanes shared until ctx ends, then stops reading them and

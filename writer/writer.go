@@ -255,7 +255,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	w.log.Info("writer started")
 	defer w.release()
-	l := &lanes{w: w, ctx: ctx, kv: kv, key: memberKey(w.opts.Name), cons: laneCons, seen: map[string]time.Time{}, running: map[int]context.CancelFunc{}}
+	l := &lanes{w: w, ctx: ctx, kv: kv, key: natsbus.MemberKey(w.opts.Name), cons: laneCons, seen: map[string]time.Time{}, running: map[int]context.CancelFunc{}}
 	// Batches on plain subjects (the stream run's) go to every writer.
 	l.consume(ctx, plain, schemas.WriterConsumer, -1, w.opts.Prefetch)
 	l.run(ctx)

@@ -330,6 +330,14 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 		// step: of concurrent triggers exactly one creates the lock (the
 		// producer then finds it held by its own run), the others get 409.
 		running, err := claim(ctx, locks, src, sr.RunID)
+		if err == nil && running != "" {
+			// A run whose producer died gives the source up at once.
+			if took, terr := a.takeOver(ctx, locks, src, running, sr.RunID); terr != nil {
+				a.log.Warn("could not tell whether the running sync lost its producer", "run", running, "source", src, "err", terr)
+			} else if took {
+				running, err = claim(ctx, locks, src, sr.RunID)
+			}
+		}
 		if err != nil {
 			fail(w, http.StatusServiceUnavailable, "lock source %s: %v", src, err)
 			return
@@ -383,6 +391,15 @@ func claim(ctx context.Context, locks jetstream.KeyValue, source, run string) (s
 		}
 		return string(e.Value()), nil
 	}
+}
+
+// takeOver is runs.Store.TakeOver on the API's store.
+func (a *API) takeOver(ctx context.Context, locks jetstream.KeyValue, source, holder, wants string) (bool, error) {
+	store, err := a.runStore(ctx)
+	if err != nil {
+		return false, err
+	}
+	return store.TakeOver(ctx, a.log, locks, source, holder, wants)
 }
 
 func (a *API) lockBucket(ctx context.Context) (jetstream.KeyValue, error) {

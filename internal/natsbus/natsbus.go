@@ -165,6 +165,15 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 	}); err != nil {
 		return fmt.Errorf("provision writer bucket: %w", err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      schemas.ProducerBucket,
+		Description: "Agnes live producers, one key per producer, refreshed every second and gone six seconds after its last refresh",
+		TTL:         schemas.ProducerTTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    replicas,
+	}); err != nil {
+		return fmt.Errorf("provision producer bucket: %w", err)
+	}
 	return nil
 }
 

@@ -87,6 +87,10 @@ type Record struct {
 	Path string `json:"path,omitempty"`
 	// CancelRequested: a cancel was asked for (Store.Cancel).
 	CancelRequested bool `json:"cancel_requested,omitempty"`
+	// Producer is the producer running the newest attempt: its key in
+	// schemas.ProducerBucket (Store.Claim). A run whose producer's key is
+	// gone may be abandoned (Reaper).
+	Producer string `json:"producer,omitempty"`
 }
 
 // Queue starts the record of a requested run.
@@ -97,7 +101,7 @@ func Queue(req schemas.SyncRequest) Record {
 
 // Recorded are the event types that move a record.
 var Recorded = []schemas.EventType{schemas.EventRunStarted, schemas.EventTableStarted, schemas.EventTableDone, schemas.EventTableFailed,
-	schemas.EventRunDone, schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventExtractPublished, schemas.EventRunCancelled}
+	schemas.EventRunDone, schemas.EventRunFailed, schemas.EventRunRejected, schemas.EventExtractPublished, schemas.EventRunCancelled, schemas.EventRunAbandoned}
 
 // Apply folds one event of the run into the record. Events may come more
 // than once and out of order (two recorders, redeliveries): a status never
@@ -139,6 +143,8 @@ func (r *Record) Apply(ev schemas.Event) {
 		r.end(Rejected, ev.Error, at)
 	case schemas.EventRunCancelled:
 		r.end(Cancelled, ev.Error, at)
+	case schemas.EventRunAbandoned:
+		r.end(Abandoned, ev.Error, at)
 	}
 }
 
@@ -152,9 +158,11 @@ func (r *Record) move(s Status, at time.Time) {
 	}
 }
 
-// end sets the run's final status once.
+// end sets the run's final status once. The one exception: a run found
+// abandoned whose extract was published after all (its producer had
+// finished just before it went away) is published: that is what readers see.
 func (r *Record) end(s Status, reason string, at time.Time) {
-	if r.Status.Terminal() {
+	if r.Status.Terminal() && (r.Status != Abandoned || s != Published) {
 		return
 	}
 	r.Status, r.Error = s, reason

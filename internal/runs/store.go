@@ -208,15 +208,28 @@ func (s *Store) Cancel(ctx context.Context, log *slog.Logger, run string) (Recor
 	return rec, nil
 }
 
-// CancelRequested reports whether a cancel of run was asked for; a missing
-// record (a client that wrote none) is not.
-func (s *Store) CancelRequested(ctx context.Context, source, run string) bool {
+// Ended reports whether a request of run must not run (again): a cancel
+// was asked for, or its record has ended (cancelled, abandoned, or a
+// redelivery of a run that already has its answer). A missing record (a
+// client that wrote none) has not.
+func (s *Store) Ended(ctx context.Context, source, run string) (Status, bool) {
 	r, err := s.Get(ctx, source, run)
-	return err == nil && (r.CancelRequested || r.Status == Cancelled)
+	if err != nil {
+		return "", false
+	}
+	if r.CancelRequested {
+		return Cancelled, true
+	}
+	return r.Status, r.Status.Terminal()
 }
 
-// WatchCancel calls cancel once a cancel of run is asked for, until ctx
-// ends. A watch that cannot start leaves the run uncancellable through the
+// stopped: the producer must stop reading the run.
+func (r Record) stopped() bool {
+	return r.CancelRequested || r.Status == Cancelled || r.Status == Abandoned
+}
+
+// WatchCancel calls cancel once a cancel of run is asked for or the run
+// is found abandoned, until ctx ends. A watch that cannot start leaves the run uncancellable through the
 // producer (the finalizer still drops it).
 func (s *Store) WatchCancel(ctx context.Context, source, run string, cancel func()) {
 	w, err := s.kv.Watch(ctx, Key(source, run), jetstream.UpdatesOnly())
@@ -234,7 +247,7 @@ func (s *Store) WatchCancel(ctx context.Context, source, run string, cancel func
 					return
 				}
 				var r Record
-				if e != nil && json.Unmarshal(e.Value(), &r) == nil && (r.CancelRequested || r.Status == Cancelled) {
+				if e != nil && json.Unmarshal(e.Value(), &r) == nil && r.stopped() {
 					cancel()
 					return
 				}

@@ -58,7 +58,8 @@ type Options struct {
 	ListenPort int
 	Roles      []string
 	Writers    int
-	// WriterName prefixes the writers' names in events and logs.
+	// WriterName prefixes the writers' names in events and logs, and names
+	// the producer in its heartbeat (default: the host name).
 	WriterName string
 	Logger     *slog.Logger
 	// WriterAckWait, MaxDeliver and ProducerAckWait override the services'
@@ -212,7 +213,7 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 	switch role {
 	case RoleProducer:
 		po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: ProducerSources(o.Config),
-			MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Logger: o.Logger}
+			MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Name: o.WriterName, Logger: o.Logger}
 		s.run(ctx, role, o.Logger, producers.New(po).Run)
 		s.run(ctx, "webhooks", o.Logger, producers.NewHooks(po).Run)
 	case RoleWriter:
@@ -232,6 +233,7 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 		s.Finalizer = f
 		s.run(ctx, role, o.Logger, f.Run)
 		s.run(ctx, "recorder", o.Logger, runs.NewRecorder(s.JS, o.Logger).Run)
+		s.run(ctx, "reaper", o.Logger, runs.NewReaper(s.JS, o.Logger).Run)
 	case RoleGateway:
 		addr := o.GatewayListen
 		if addr == "" {

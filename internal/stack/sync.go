@@ -49,6 +49,9 @@ func (r *Report) Stats() connectors.RunStats {
 // ErrCancelled: the run was cancelled (da cancel, the API).
 var ErrCancelled = errors.New("run cancelled")
 
+// ErrAbandoned: the run lost its producer and nothing took it over.
+var ErrAbandoned = errors.New("run abandoned")
+
 // Sync publishes req, passes each event of the run to onEvent (may be nil)
 // and waits for the run's extract to be published. A run that fails as a
 // whole is an error; failed tables are reported in the Report.
@@ -91,6 +94,9 @@ func Sync(ctx context.Context, js jetstream.JetStream, req schemas.SyncRequest, 
 			return false
 		case schemas.EventRunCancelled:
 			runErr = fmt.Errorf("%w: run %s; the live extract is unchanged", ErrCancelled, req.RunID)
+			return false
+		case schemas.EventRunAbandoned:
+			runErr = fmt.Errorf("%w: run %s: %s; the live extract is unchanged, sync again", ErrAbandoned, req.RunID, ev.Error)
 			return false
 		case schemas.EventExtractPublished:
 			rep = &Report{RunID: req.RunID, Source: req.Source, Path: ev.Path, Results: ev.Results, Skipped: ev.Skipped, Duration: time.Since(start)}
