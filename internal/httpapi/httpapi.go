@@ -329,15 +329,7 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 		// Taking the source's lock for the new run and publishing are one
 		// step: of concurrent triggers exactly one creates the lock (the
 		// producer then finds it held by its own run), the others get 409.
-		running, err := claim(ctx, locks, src, sr.RunID)
-		if err == nil && running != "" {
-			// A run whose producer died gives the source up at once.
-			if took, terr := a.takeOver(ctx, locks, src, running, sr.RunID); terr != nil {
-				a.log.Warn("could not tell whether the running sync lost its producer", "run", running, "source", src, "err", terr)
-			} else if took {
-				running, err = claim(ctx, locks, src, sr.RunID)
-			}
-		}
+		running, err := a.claim(ctx, locks, src, sr.RunID)
 		if err != nil {
 			fail(w, http.StatusServiceUnavailable, "lock source %s: %v", src, err)
 			return
@@ -393,13 +385,25 @@ func claim(ctx context.Context, locks jetstream.KeyValue, source, run string) (s
 	}
 }
 
-// takeOver is runs.Store.TakeOver on the API's store.
-func (a *API) takeOver(ctx context.Context, locks jetstream.KeyValue, source, holder, wants string) (bool, error) {
+// claim is claim, and a lock held by a run whose producer died is taken
+// over at once (runs.Store.TakeOver).
+func (a *API) claim(ctx context.Context, locks jetstream.KeyValue, source, run string) (string, error) {
+	running, err := claim(ctx, locks, source, run)
+	if err != nil || running == "" {
+		return running, err
+	}
 	store, err := a.runStore(ctx)
 	if err != nil {
-		return false, err
+		return running, nil
 	}
-	return store.TakeOver(ctx, a.log, locks, source, holder, wants)
+	took, err := store.TakeOver(ctx, a.log, locks, source, running, run)
+	if err != nil {
+		a.log.Warn("could not tell whether the running sync lost its producer", "run", running, "source", source, "err", err)
+	}
+	if !took {
+		return running, nil
+	}
+	return claim(ctx, locks, source, run)
 }
 
 func (a *API) lockBucket(ctx context.Context) (jetstream.KeyValue, error) {
