@@ -7,9 +7,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/agnes-ai/connector-kit/schemas"
 	"gopkg.in/yaml.v3"
@@ -52,6 +55,14 @@ type Source struct {
 	// signed with (HMAC-SHA256 of the body); usually ${VAR}. Without it the
 	// gateway refuses the source's webhooks (503).
 	WebhookSecret string `yaml:"webhook_secret"`
+	// Schedule syncs the source on a schedule fired by the bus (see
+	// schemas.ParseSchedule): "@every 15m", "@daily" or 6-field cron
+	// "sec min hour day-of-month month day-of-week". Tables with their own
+	// schedule (table_options.<t>.schedule) are left out of these runs.
+	Schedule string `yaml:"schedule"`
+	// ScheduleTimezone is the IANA zone cron specs and aliases run in
+	// (default UTC), for the source and its tables.
+	ScheduleTimezone string `yaml:"schedule_timezone"`
 }
 
 // TableOptions tune how one table is synced.
@@ -76,6 +87,9 @@ type TableOptions struct {
 	// Query is the source's own query a materialized table is read by
 	// (BigQuery SQL); the table's schema is then the query's.
 	Query string `yaml:"query"`
+	// Schedule syncs this table alone on its own schedule, instead of with
+	// the source's runs; in the source's schedule_timezone.
+	Schedule string `yaml:"schedule"`
 }
 
 // Schema policies.
@@ -224,6 +238,7 @@ func (c *Config) Validate() error {
 			}
 		}
 		policyOK(field+".schema_policy", s.SchemaPolicy)
+		errs = append(errs, c.validateSchedules(field, s)...)
 		for t, o := range s.TableOptions {
 			f := field + ".table_options." + t
 			if err := schemas.ValidateName("table", t); err != nil {
@@ -250,6 +265,64 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%s: field nats.replicas: %d is not between 1 and 5", c.path, c.NATS.Replicas))
 	}
 	return errors.Join(errs...)
+}
+
+// validateSchedules checks the source's schedule, its time zone and its
+// tables' schedules; errors name the field.
+func (c *Config) validateSchedules(field string, s Source) []error {
+	if s.ScheduleTimezone != "" {
+		if _, err := time.LoadLocation(s.ScheduleTimezone); err != nil || s.ScheduleTimezone == "Local" {
+			return []error{fmt.Errorf("%s: field %s.schedule_timezone: %q is not an IANA time zone name such as Europe/Prague", c.path, field, s.ScheduleTimezone)}
+		}
+	}
+	var errs []error
+	check := func(f, spec string) {
+		if _, err := schemas.ParseSchedule(spec, s.ScheduleTimezone); err != nil {
+			errs = append(errs, fmt.Errorf("%s: field %s: %w", c.path, f, err))
+		}
+	}
+	if s.Schedule != "" {
+		check(field+".schedule", s.Schedule)
+	}
+	for _, t := range slices.Sorted(maps.Keys(s.TableOptions)) {
+		if spec := s.TableOptions[t].Schedule; spec != "" {
+			check(field+".table_options."+t+".schedule", spec)
+		}
+	}
+	return errs
+}
+
+// Schedules are the configured schedules of the source: its own (Table
+// "") and each table's, sorted by table.
+func (s Source) Schedules() []SourceSchedule {
+	var out []SourceSchedule
+	if s.Schedule != "" {
+		out = append(out, SourceSchedule{Source: s.Name, Spec: s.Schedule, Zone: s.ScheduleTimezone})
+	}
+	for _, t := range slices.Sorted(maps.Keys(s.TableOptions)) {
+		if spec := s.TableOptions[t].Schedule; spec != "" {
+			out = append(out, SourceSchedule{Source: s.Name, Table: t, Spec: spec, Zone: s.ScheduleTimezone})
+		}
+	}
+	return out
+}
+
+// ScheduledTables are the tables with a schedule of their own: the
+// source's scheduled runs leave them out.
+func (s Source) ScheduledTables() []string {
+	var out []string
+	for _, t := range slices.Sorted(maps.Keys(s.TableOptions)) {
+		if s.TableOptions[t].Schedule != "" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// SourceSchedule is one configured schedule: of a source (Table "") or of
+// one of its tables.
+type SourceSchedule struct {
+	Source, Table, Spec, Zone string
 }
 
 // ErrUnknownSource marks a source name that is not configured.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -57,6 +58,15 @@ func TestErrors(t *testing.T) {
 		{"ErrDuplicate", "sources:\n  - {name: s, connector: demo}\n  - {name: s, connector: demo}\n", []string{"defined twice"}},
 		{"ErrNoConnector", "sources:\n  - name: s\n", []string{"sources[0].connector", "required"}},
 		{"ErrUnknownField", "sourcez: []\n", []string{"sourcez"}},
+		{"ErrScheduleCron5", "sources:\n  - {name: s, connector: demo, schedule: \"*/15 * * * *\"}\n", []string{"sources[0].schedule", "6 fields", "has 5"}},
+		{"ErrScheduleAlias", "sources:\n  - {name: s, connector: demo, schedule: \"@fortnightly\"}\n", []string{"sources[0].schedule", "unknown alias", "@hourly"}},
+		{"ErrScheduleEvery", "sources:\n  - {name: s, connector: demo, schedule: \"@every 500ms\"}\n", []string{"sources[0].schedule", "at least 1s"}},
+		{"ErrScheduleDuration", "sources:\n  - {name: s, connector: demo, schedule: \"@every often\"}\n", []string{"sources[0].schedule", "not a duration"}},
+		{"ErrScheduleField", "sources:\n  - {name: s, connector: demo, schedule: \"0 61 * * * *\"}\n", []string{"sources[0].schedule", "61"}},
+		{"ErrScheduleZone", "sources:\n  - {name: s, connector: demo, schedule: \"@daily\", schedule_timezone: Mars/Olympus}\n", []string{"sources[0].schedule_timezone", "Mars/Olympus", "IANA"}},
+		{"ErrScheduleZoneEvery", "sources:\n  - {name: s, connector: demo, schedule: \"@every 1m\", schedule_timezone: Europe/Prague}\n", []string{"sources[0].schedule", "not to @every"}},
+		{"ErrScheduleInlineZone", "sources:\n  - {name: s, connector: demo, schedule: \"CRON_TZ=Europe/Prague 0 0 * * * *\"}\n", []string{"sources[0].schedule", "schedule_timezone"}},
+		{"ErrTableSchedule", "sources:\n  - name: s\n    connector: demo\n    table_options:\n      orders: {schedule: \"@every x\"}\n", []string{"sources[0].table_options.orders.schedule"}},
 		{"ErrWrongType", "sources: 5\n", []string{"agnes.yaml"}},
 		{"ErrQueryMode", "sources:\n  - name: s\n    connector: demo\n    table_options:\n      t: {query_mode: remot}\n", []string{"table_options.t.query_mode", "local, remote, materialized"}},
 		{"ErrTwoCursors", "sources:\n  - name: s\n    connector: demo\n    table_options:\n      t: {incremental: true, incremental_key: id}\n", []string{"table_options.t", "not both"}},
@@ -128,5 +138,37 @@ func TestTableOptions(t *testing.T) {
 	_, err = Parse("a.yaml", []byte("sources:\n  - {name: s, connector: demo, schema_policy: lock}\n"))
 	if err == nil || !strings.Contains(err.Error(), `"lock" is not one of evolve, freeze`) {
 		t.Errorf("bad policy: %v", err)
+	}
+}
+
+// TestSchedules: the source's and its tables' schedules, in the source's
+// time zone; tables with their own are listed apart.
+func TestSchedules(t *testing.T) {
+	cfg, err := Parse("agnes.yaml", []byte(`
+sources:
+  - name: crm
+    connector: demo
+    schedule: "0 */15 * * * *"
+    schedule_timezone: Europe/Prague
+    table_options:
+      orders: {schedule: "@hourly"}
+      customers: {schema_policy: freeze}
+  - name: demo
+    connector: demo
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crm, _ := cfg.Source("crm")
+	got := crm.Schedules()
+	want := []SourceSchedule{{Source: "crm", Spec: "0 */15 * * * *", Zone: "Europe/Prague"}, {Source: "crm", Table: "orders", Spec: "@hourly", Zone: "Europe/Prague"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("schedules %+v, want %+v", got, want)
+	}
+	if st := crm.ScheduledTables(); !slices.Equal(st, []string{"orders"}) {
+		t.Errorf("scheduled tables %v", st)
+	}
+	if demo, _ := cfg.Source("demo"); demo.Schedules() != nil {
+		t.Errorf("an unscheduled source has schedules %+v", demo.Schedules())
 	}
 }
