@@ -148,7 +148,17 @@ func connect(ctx context.Context, cfg *config.Config, fallback stack.Options, em
 	if embedded {
 		where = "an in-process embedded NATS"
 	}
-	return st.JS, func() { st.Stop() }, where, nil
+	return st.JS, func() {
+		// The run's record is final before the recorder stops with the process.
+		if st.Finalizer != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := st.SettleRecords(sctx); err != nil && fallback.Logger != nil {
+				fallback.Logger.Warn("run history not caught up; the next start finishes it", "err", err)
+			}
+			cancel()
+		}
+		st.Stop()
+	}, where, nil
 }
 
 // progress prints one line per table event.
