@@ -159,6 +159,7 @@ func (r *run) catalog(ctx context.Context) (tables []connectors.TableInfo, skipp
 	if tables, err = connectors.SelectTables(tables, want); err != nil {
 		return nil, nil, fmt.Errorf("source %s: %w", source, err)
 	}
+	tables = slices.DeleteFunc(tables, func(t connectors.TableInfo) bool { return slices.Contains(r.req.ExceptTables, t.Name) })
 	// Partitioned tables fed only by pushed events have nothing to sync.
 	tables = slices.DeleteFunc(tables, func(t connectors.TableInfo) bool {
 		return t.Partition != nil && !tableCaps(conn, t).Has(connectors.Read)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -12,11 +13,14 @@ import (
 // SyncSubject(Source) with RunID as its message id, so a retried publish is
 // deduplicated.
 type SyncRequest struct {
-	RunID       string    `json:"run_id"`
-	Source      string    `json:"source"`
-	Tables      []string  `json:"tables,omitempty"`
-	FullRefresh bool      `json:"full_refresh,omitempty"`
-	RequestedAt time.Time `json:"requested_at"`
+	RunID  string   `json:"run_id"`
+	Source string   `json:"source"`
+	Tables []string `json:"tables,omitempty"`
+	// ExceptTables are left out of the run (a source's scheduled run leaves
+	// out the tables that have a schedule of their own).
+	ExceptTables []string  `json:"except_tables,omitempty"`
+	FullRefresh  bool      `json:"full_refresh,omitempty"`
+	RequestedAt  time.Time `json:"requested_at"`
 	// RequestedBy is the run's trigger: cli, api, schedule or webhook.
 	RequestedBy string `json:"requested_by,omitempty"`
 	// Attempt is set by the producer from the request's delivery count.
@@ -50,7 +54,7 @@ func (r SyncRequest) Validate() error {
 	if err := ValidateName("source", r.Source); err != nil {
 		return fmt.Errorf("sync request: %w", err)
 	}
-	for _, t := range r.Tables {
+	for _, t := range append(slices.Clip(r.Tables), r.ExceptTables...) {
 		if err := ValidateName("table", t); err != nil {
 			return fmt.Errorf("sync request: %w", err)
 		}
@@ -232,7 +236,7 @@ func DecodeSyncRequest(b []byte) (SyncRequest, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return SyncRequest{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	if len(r.Tables) > MaxSyncRequestTables {
+	if len(r.Tables) > MaxSyncRequestTables || len(r.ExceptTables) > MaxSyncRequestTables {
 		return SyncRequest{}, fmt.Errorf("%w: %d tables, at most %d", ErrBadRequest, len(r.Tables), MaxSyncRequestTables)
 	}
 	if err := r.Validate(); err != nil {

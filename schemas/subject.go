@@ -3,6 +3,7 @@ package schemas
 import (
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,6 +26,9 @@ const (
 	// HookStream holds accepted webhook bodies until a producer has turned
 	// them into data batches; a work queue.
 	HookStream = "AGNES_HOOKS"
+	// ScheduleStream keeps the schedules (nats-server message schedules,
+	// one per scheduled source or table) and the ticks they fire.
+	ScheduleStream = "AGNES_SCHEDULES"
 )
 
 // Durable consumer names.
@@ -32,7 +36,56 @@ const (
 	ProducerConsumer = "producers"
 	WriterConsumer   = "writers"
 	HookConsumer     = "streamers"
+	// SchedulerConsumer reads the ticks of the schedules.
+	SchedulerConsumer = "schedulers"
 )
+
+// Schedule subjects: a schedule message of a source (table "") or of one
+// of its tables, and the ticks it fires.
+const (
+	ScheduleFilter = "agnes.schedules.def.>"
+	TickFilter     = "agnes.schedules.tick.>"
+)
+
+// ScheduleSubject is where the schedule of source (or of its table) is
+// kept.
+func ScheduleSubject(source, table string) string {
+	return scheduleSubject("agnes.schedules.def.", source, table)
+}
+
+// TickSubject is where the schedule of source (or of its table) fires.
+func TickSubject(source, table string) string {
+	return scheduleSubject("agnes.schedules.tick.", source, table)
+}
+
+func scheduleSubject(prefix, source, table string) string {
+	if table == "" {
+		return prefix + source
+	}
+	return prefix + source + "." + table
+}
+
+// ParseScheduleSubject reads the source and table (maybe "") of a schedule
+// or tick subject, validating both names.
+func ParseScheduleSubject(subject string) (source, table string, err error) {
+	rest, ok := strings.CutPrefix(subject, "agnes.schedules.def.")
+	if !ok {
+		rest, ok = strings.CutPrefix(subject, "agnes.schedules.tick.")
+	}
+	if !ok {
+		return "", "", fmt.Errorf("%q is not a schedule subject", Clip(subject))
+	}
+	source, table, _ = strings.Cut(rest, ".")
+	if err := ValidateName("source", source); err != nil {
+		return "", "", fmt.Errorf("schedule subject %q: %w", Clip(subject), err)
+	}
+	if table != "" || strings.HasSuffix(rest, ".") {
+		if err := ValidateName("table", table); err != nil {
+			return "", "", fmt.Errorf("schedule subject %q: %w", Clip(subject), err)
+		}
+	}
+	return source, table, nil
+}
 
 // Header names carried by data messages.
 const (

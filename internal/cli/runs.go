@@ -11,28 +11,38 @@ import (
 	"strings"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/runs"
+	"github.com/agnes-ai/connector-kit/internal/schedules"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // openRuns reaches the bus as the read-only commands do and opens the run
-// history; it returns the configured sources and a closer.
-func openRuns(ctx context.Context, c commonFlags, log *slog.Logger) (*runs.Store, []runs.SourceRef, func(), error) {
+// history; it returns it with a closer.
+func openRuns(ctx context.Context, c commonFlags, log *slog.Logger) (*history, func(), error) {
 	cfg, err := c.load()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	js, closeBus, _, err := connect(ctx, cfg, stack.Options{Roles: []string{stack.RoleNone}, Logger: log}, false)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	store, err := runs.Open(ctx, js)
 	if err != nil {
 		closeBus()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	return store, runs.SourceRefs(cfg), closeBus, nil
+	return &history{Store: store, js: js, cfg: cfg}, closeBus, nil
+}
+
+// history is the run history on the bus the config names.
+type history struct {
+	*runs.Store
+	js  jetstream.JetStream
+	cfg *config.Config
 }
 
 // runRuns lists runs, newest first.
@@ -54,7 +64,7 @@ func runRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := f.Validate(); err != nil {
 		return usageError{err}
 	}
-	store, _, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
+	store, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
 	if err != nil {
 		return err
 	}
@@ -119,12 +129,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	store, refs, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
+	h, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
 	if err != nil {
 		return err
 	}
 	defer closeBus()
-	sts, err := store.Sources(ctx, refs, time.Now().UTC())
+	sts, err := schedules.Sources(ctx, h.js, h.Store, h.cfg, time.Now().UTC())
 	if err != nil {
 		return err
 	}
@@ -162,7 +172,7 @@ func runCancel(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return usageError{errors.New("usage: da cancel <run-id> (a UUID, as da runs lists it)")}
 	}
 	log := newLogger(stderr, slog.LevelWarn)
-	store, _, closeBus, err := openRuns(ctx, c, log)
+	store, closeBus, err := openRuns(ctx, c, log)
 	if err != nil {
 		return err
 	}

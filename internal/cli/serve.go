@@ -78,7 +78,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
 		GatewayListen: *webhookListen,
 		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name,
-		RetireGrace: *retireGrace, APIListen: *httpListen, APIToken: os.Getenv(httpapi.TokenEnv), MetricsListen: *metricsListen})
+		RetireGrace: *retireGrace, APIListen: *httpListen, APIToken: os.Getenv(httpapi.TokenEnv), MetricsListen: *metricsListen,
+		Schedules: true})
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/runs"
+	"github.com/agnes-ai/connector-kit/internal/schedules"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
@@ -206,7 +207,7 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 // sources answers each configured source's last run and freshness.
 func (a *API) sources(w http.ResponseWriter, r *http.Request) {
 	a.answerRuns(w, r, func(ctx context.Context, store *runs.Store) (any, error) {
-		return store.Sources(ctx, runs.SourceRefs(a.cfg), time.Now().UTC())
+		return schedules.Sources(ctx, a.js, store, a.cfg, time.Now().UTC())
 	})
 }
 
@@ -363,47 +364,14 @@ func (a *API) trigger(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, map[string]any{"runs": out})
 }
 
-// claim creates the source's lock for run. It returns the running run's id
-// when another run holds the lock.
-func claim(ctx context.Context, locks jetstream.KeyValue, source, run string) (string, error) {
-	for {
-		_, err := locks.Create(ctx, source, []byte(run))
-		if err == nil {
-			return "", nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return "", err
-		}
-		e, err := locks.Get(ctx, source)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // released in between
-		}
-		if err != nil {
-			return "", err
-		}
-		return string(e.Value()), nil
-	}
-}
-
-// claim is claim, and a lock held by a run whose producer died is taken
-// over at once (runs.Store.TakeOver).
+// claim takes the source's lock for run (runs.Store.Lock): "" when taken,
+// else the running run's id.
 func (a *API) claim(ctx context.Context, locks jetstream.KeyValue, source, run string) (string, error) {
-	running, err := claim(ctx, locks, source, run)
-	if err != nil || running == "" {
-		return running, err
-	}
 	store, err := a.runStore(ctx)
 	if err != nil {
-		return running, nil
+		return "", err
 	}
-	took, err := store.TakeOver(ctx, a.log, locks, source, running, run)
-	if err != nil {
-		a.log.Warn("could not tell whether the running sync lost its producer", "run", running, "source", source, "err", err)
-	}
-	if !took {
-		return running, nil
-	}
-	return claim(ctx, locks, source, run)
+	return store.Lock(ctx, a.log, locks, source, run)
 }
 
 func (a *API) lockBucket(ctx context.Context) (jetstream.KeyValue, error) {

@@ -26,6 +26,10 @@ var (
 	// again, published from the event's own copy instead (by HTTP status).
 	ConnectorFallbacks = counterVec("agnes_connector_refetch_fallbacks_total", "Pushed events whose entity could not be fetched again and was published from the event's own copy, by connector and status.", "connector", "status")
 
+	// Scheduler: ticks of the schedules, by configured source and outcome
+	// (queued, skipped).
+	ScheduleTicks = counterVec("agnes_scheduler_ticks_total", "Schedule ticks turned into runs, by source and outcome (queued, skipped).", "source", "outcome")
+
 	HooksProcessed = counter("agnes_producer_webhooks_processed_total", "Webhook bodies turned into data batches.")
 
 	// Gateway.

@@ -27,6 +27,12 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 	for i := range schemas.DataLanes {
 		data.Subjects = append(data.Subjects, schemas.LaneFilter(i))
 	}
+	// The schedules: one message per scheduled source or table (rolled up,
+	// so the newest is the schedule) that the server fires as ticks on
+	// their own subjects, the last 100 of each kept.
+	sched := stream(schemas.ScheduleStream, "Agnes schedules (nats-server message schedules) and the ticks they fire", "agnes.schedules.>",
+		jetstream.LimitsPolicy, 0)
+	sched.AllowMsgSchedules, sched.AllowRollup, sched.MaxMsgsPerSubject = true, true, 100
 	return []jetstream.StreamConfig{
 		stream(schemas.SyncStream, "Agnes sync requests", "agnes.sync.*", jetstream.WorkQueuePolicy, 0),
 		data,
@@ -36,5 +42,6 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 		stream(schemas.HookStream, "Agnes webhook bodies accepted by the gateway, one subject per source", "agnes.hooks.*",
 			jetstream.WorkQueuePolicy, 0),
 		dlq,
+		sched,
 	}
 }

@@ -4,7 +4,7 @@ import "testing"
 
 func TestStreamConfigs(t *testing.T) {
 	cfgs := StreamConfigs(3)
-	if len(cfgs) != 6 {
+	if len(cfgs) != 7 {
 		t.Fatalf("%d streams", len(cfgs))
 	}
 	for _, c := range cfgs {

@@ -255,3 +255,14 @@ func (s *Store) WatchCancel(ctx context.Context, source, run string, cancel func
 		}
 	}()
 }
+
+// Skip records req as skipped for reason: a scheduled tick that found its
+// source still syncing. The record is final at once; nothing runs.
+func (s *Store) Skip(ctx context.Context, req schemas.SyncRequest, reason string) (Record, error) {
+	return s.Update(ctx, req.Source, req.RunID, func(r *Record) {
+		if r.RunID == "" {
+			*r = Queue(req)
+		}
+		r.end(Skipped, reason, time.Now().UTC())
+	})
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/runs"
+	"github.com/agnes-ai/connector-kit/internal/schedules"
 	"github.com/agnes-ai/connector-kit/producers"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/agnes-ai/connector-kit/writer"
@@ -85,6 +86,10 @@ type Options struct {
 	APIListen     string
 	APIToken      string
 	MetricsListen string
+	// Schedules makes this a long-running service ("da serve"): the
+	// config's schedules are reconciled onto the bus at start, and the
+	// producer role also runs a scheduler that turns their ticks into runs.
+	Schedules bool
 }
 
 // Stack is a set of running services and, when embedded, their NATS server.
@@ -126,6 +131,12 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	s := &Stack{}
 	if err := s.connect(ctx, o); err != nil {
 		return nil, err
+	}
+	if o.Schedules && o.Config != nil {
+		if _, err := schedules.Reconcile(ctx, s.JS, o.Config, o.Logger); err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("schedules: %w", err)
+		}
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
@@ -217,6 +228,9 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 			MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Name: o.WriterName, Logger: o.Logger}
 		s.run(ctx, role, o.Logger, producers.New(po).Run)
 		s.run(ctx, "webhooks", o.Logger, producers.NewHooks(po).Run)
+		if o.Schedules {
+			s.run(ctx, "scheduler", o.Logger, schedules.New(s.JS, o.Config, o.Logger).Run)
+		}
 	case RoleWriter:
 		for i := range o.Writers {
 			w := writer.New(writer.Options{JS: s.JS, DataDir: o.DataDir, Name: writerName(o.WriterName, i),
