@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/finalizer/duck"
@@ -55,6 +56,9 @@ type Finalizer struct {
 	layout schemas.Layout
 	// Buckets, opened at start.
 	state, lockKV jetstream.KeyValue
+
+	// caughtUp counts the event streams replayed (CaughtUp).
+	caughtUp atomic.Int32
 
 	// ownersMu guards owners: the two followers add to it, Busy reads it.
 	ownersMu sync.Mutex
@@ -258,8 +262,14 @@ func (f *Finalizer) follow(ctx context.Context, stream, filter string, streamed 
 			for _, o := range f.allOwners(streamed) {
 				o.inbox.put(message{runsCaughtUp: !streamed, streamCaughtUp: streamed})
 			}
+			f.caughtUp.Add(1)
 		})
 }
+
+// CaughtUp reports whether the finalizer has replayed both event streams
+// (what was there when it started): until then it has not yet acted on
+// runs that ended while it was away.
+func (f *Finalizer) CaughtUp() bool { return f.caughtUp.Load() >= 2 }
 
 // allOwners starts an owner for every source folder on disk, marks the
 // replay of the run or the stream events caught up, and returns the owners

@@ -255,6 +255,20 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 	return e
 }
 
+// schedule gives the demo source a schedule in the config (before any
+// process reads it).
+func (e *procEnv) schedule(spec string) {
+	e.t.Helper()
+	b, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := strings.Replace(string(b), "    connector: demo\n", fmt.Sprintf("    connector: demo\n    schedule: %q\n", spec), 1)
+	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // serve starts "da serve" with one role.
 func (e *procEnv) serve(name, role string, extra ...string) *proc {
 	e.t.Helper()

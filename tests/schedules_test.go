@@ -171,3 +171,35 @@ func TestScheduledTickSkipped(t *testing.T) {
 	close(gates["s"])
 	waitRecord(t, st.JS, "slow", running[0].RunID, func(r runs.Record) bool { return r.Status == runs.Published })
 }
+
+// TestSchedulesOnCluster: on a 3-node cluster with two producer processes
+// (each running a scheduler), "@every 2s" fires runs with distinct ids,
+// each tick made exactly one run, whichever scheduler took it.
+func TestSchedulesOnCluster(t *testing.T) {
+	e := newProcEnv(t, 3, 2000, 50)
+	e.schedule("@every 2s")
+	p1 := e.serve("p1", "producer")
+	p2 := e.serve("p2", "producer")
+	e.serve("finalizer", "finalizer")
+	e.serve("w1", "writer")
+	var recs []runs.Record
+	natstest.Poll(t, 2*time.Minute, func() (bool, string) {
+		recs = scheduledRuns(t, e.js, "demo")
+		n := 0
+		for _, r := range recs {
+			if r.Status == runs.Published {
+				n++
+			}
+		}
+		return n >= 5, fmt.Sprintf("%d scheduled runs published", n)
+	})
+	for _, r := range recs {
+		if r.Status == runs.Failed || r.Status == runs.Rejected {
+			t.Errorf("scheduled run %s ended %s: %s", r.RunID, r.Status, r.Error)
+		}
+	}
+	checkOneRunPerTick(t, recs, ticks(t, e.js, schemas.TickSubject("demo", "")), 10*time.Second)
+	took := func(p *proc) int { return strings.Count(p.output(), "scheduled run queued") + strings.Count(p.output(), "scheduled run skipped") }
+	t.Logf("%d scheduled runs; ticks taken by p1: %d, p2: %d", len(recs), took(p1), took(p2))
+	e.verifyPublished()
+}

@@ -98,6 +98,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil && signalled(ctx) {
 		return interrupted(js, req, stdout, log)
 	}
+	settle(js, req, log)
 	if err != nil {
 		return err
 	}
@@ -148,17 +149,7 @@ func connect(ctx context.Context, cfg *config.Config, fallback stack.Options, em
 	if embedded {
 		where = "an in-process embedded NATS"
 	}
-	return st.JS, func() {
-		// The run's record is final before the recorder stops with the process.
-		if st.Finalizer != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if err := st.SettleRecords(sctx); err != nil && fallback.Logger != nil {
-				fallback.Logger.Warn("run history not caught up; the next start finishes it", "err", err)
-			}
-			cancel()
-		}
-		st.Stop()
-	}, where, nil
+	return st.JS, func() { st.Stop() }, where, nil
 }
 
 // progress prints one line per table event.
@@ -284,4 +275,19 @@ func interrupted(js jetstream.JetStream, req schemas.SyncRequest, stdout io.Writ
 		fmt.Fprintf(stdout, "\nInterrupted: run %s cancelled; the live extract of %s is unchanged.\n", req.RunID, req.Source)
 	}
 	return exitCode(130)
+}
+
+// settle waits a moment for the run's record to end: an in-process
+// pipeline stops with this command, and its recorder with it, right after
+// the run's last event.
+func settle(js jetstream.JetStream, req schemas.SyncRequest, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	store, err := runs.Open(ctx, js)
+	if err == nil {
+		_, err = store.WaitEnded(ctx, req.Source, req.RunID)
+	}
+	if err != nil {
+		log.Warn("the run's record has not ended yet; the recorder finishes it", "run", req.RunID, "err", err)
+	}
 }

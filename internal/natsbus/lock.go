@@ -43,22 +43,33 @@ func RefreshRun(ctx context.Context, kv jetstream.KeyValue, source, run string) 
 	return err
 }
 
-// ReleaseRun frees the source's lock if run holds it.
+// ReleaseRun frees the source's lock if run holds it. Two releasing at once
+// (the finalizer and a producer taking the lock over) both succeed.
 func ReleaseRun(ctx context.Context, kv jetstream.KeyValue, source, run string) error {
-	e, err := kv.Get(ctx, source)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
+	for {
+		e, err := kv.Get(ctx, source)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("unlock source %s: %w", source, err)
+		}
+		if string(e.Value()) != run {
+			return nil
+		}
+		err = kv.Delete(ctx, source, jetstream.LastRevision(e.Revision()))
+		if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
+			return fmt.Errorf("unlock source %s: %w", source, err)
+		}
+		// Changed since it was read (released, or taken): read it again.
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 	}
-	if err != nil {
-		return fmt.Errorf("unlock source %s: %w", source, err)
-	}
-	if string(e.Value()) != run {
-		return nil
-	}
-	if err := kv.Delete(ctx, source, jetstream.LastRevision(e.Revision())); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("unlock source %s: %w", source, err)
-	}
-	return nil
 }
 
 // LockHolder is the run holding the source's lock, or "" when it is free.

@@ -266,3 +266,26 @@ func (s *Store) Skip(ctx context.Context, req schemas.SyncRequest, reason string
 		r.end(Skipped, reason, time.Now().UTC())
 	})
 }
+
+// WaitEnded waits until the record of run has a final status, or ctx ends.
+func (s *Store) WaitEnded(ctx context.Context, source, run string) (Record, error) {
+	w, err := s.kv.Watch(ctx, Key(source, run))
+	if err != nil {
+		return Record{}, fmt.Errorf("watch run %s: %w", run, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return Record{}, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return Record{}, fmt.Errorf("watch run %s: closed", run)
+			}
+			var r Record
+			if e != nil && e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &r) == nil && r.Status.Terminal() {
+				return r, nil
+			}
+		}
+	}
+}

@@ -25,7 +25,6 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/schedules"
 	"github.com/agnes-ai/connector-kit/producers"
-	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/agnes-ai/connector-kit/writer"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -336,26 +335,6 @@ func writerName(base string, i int) string {
 
 // Stop cancels the services, waits for them to flush and stop, then closes
 // the connection and the embedded server. It returns the services' errors.
-// SettleRecords waits, until ctx ends, for the recorders to have stored
-// every run event on the bus: an in-process command that stops right after
-// its run would otherwise leave the run's record behind its events until
-// the next start.
-func (s *Stack) SettleRecords(ctx context.Context) error {
-	poll := natsbus.Backoff{Min: 10 * time.Millisecond, Max: 200 * time.Millisecond}
-	for {
-		cons, err := s.JS.Consumer(ctx, schemas.EventStream, runs.RecorderConsumer)
-		if err == nil {
-			var info *jetstream.ConsumerInfo
-			if info, err = cons.Info(ctx); err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
-				return nil
-			}
-		}
-		if werr := poll.Wait(ctx); werr != nil {
-			return fmt.Errorf("wait for the run history to catch up: %w", errors.Join(werr, err))
-		}
-	}
-}
-
 func (s *Stack) Stop() error {
 	// Requests in flight finish (their publish is acknowledged or fails)
 	// before the bus goes away.
