@@ -257,7 +257,7 @@ func (o *owner) finalizeRun(ctx context.Context, id string, r *runState) {
 				Attempt: r.done.Attempt, Error: "finalize: " + err.Error()})
 			return
 		}
-		metrics.FinalizeFailures.Inc()
+		metrics.FinalizeFailures.WithLabelValues(metrics.Source(r.source)).Inc()
 		f.log.Warn("finalize run failed; retrying", "run", id, "source", r.source, "err", err, "in", r.retry.failed(now))
 		return
 	}
@@ -272,7 +272,7 @@ func (o *owner) finalizeRun(ctx context.Context, id string, r *runState) {
 	// The parts are no longer referenced: the published file is a copy or a
 	// hard link.
 	f.dropStaging(r.source, id)
-	metrics.ExtractsPublished.Inc()
+	metrics.ExtractsPublished.WithLabelValues(metrics.Source(r.source)).Inc()
 	metrics.PublishSeconds.Observe(time.Since(start).Seconds())
 	f.log.Info("extract published", "run", id, "source", r.source, "path", ev.Path, "tables", len(ev.Results),
 		"duration", time.Since(start).Round(time.Millisecond))
@@ -297,7 +297,7 @@ func (o *owner) publishPending(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		metrics.FinalizeFailures.Inc()
+		metrics.FinalizeFailures.WithLabelValues(metrics.Source(o.source)).Inc()
 		d := o.streamRetry.failed(time.Now())
 		o.f.log.Warn("publish streamed parts failed; retrying", "source", o.source, "parts", len(batch), "err", err, "in", d)
 		return

@@ -216,7 +216,7 @@ func (p *Producer) lock(ctx context.Context, msg jetstream.Msg, req schemas.Sync
 	}
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)
-		metrics.RunsRejected.Inc()
+		metrics.RunsRejected.WithLabelValues(metrics.Source(req.Source)).Inc()
 		// The answer is on the bus before the request is settled: whoever
 		// waits for the run hears it.
 		if !natsbus.Announce(ctx, p.opts.JS, p.log, schemas.Event{Type: schemas.EventRunRejected, RunID: req.RunID, Source: req.Source, Error: err.Error(),
@@ -256,7 +256,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 			p.log.Warn("refresh source lock", "run", req.RunID, "source", req.Source, "err", err)
 		}
 	})
-	metrics.RunsStarted.Inc()
+	metrics.RunsStarted.WithLabelValues(metrics.Source(req.Source)).Inc()
 	// A cancel asked for while the run runs stops its reads, and so does
 	// finding it abandoned (this producer was cut off for ProducerTTL).
 	runCtx, cancelRun := context.WithCancelCause(ctx)
@@ -283,7 +283,7 @@ func (p *Producer) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	if err != nil {
 		p.log.Error("sync run failed", "run", req.RunID, "source", req.Source, "err", err)
-		metrics.RunsFailed.Inc()
+		metrics.RunsFailed.WithLabelValues(metrics.Source(req.Source)).Inc()
 		if err := natsbus.ReleaseRun(ctx, locks, req.Source, req.RunID); err != nil {
 			p.log.Warn("release source lock", "run", req.RunID, "source", req.Source, "err", err)
 		}

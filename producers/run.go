@@ -251,14 +251,14 @@ func (r *run) readTables(ctx context.Context, tables []connectors.TableInfo) []s
 		spawn(func() {
 			partedResults = r.changeTables(ctx, parted)
 			for _, res := range partedResults {
-				metrics.TablesRead.WithLabelValues(res.Status).Inc()
+				metrics.TablesRead.WithLabelValues(metrics.Source(r.req.Source), res.Status).Inc()
 			}
 		})
 	}
 	for i, t := range plain {
 		spawn(func() {
 			results[i] = r.table(ctx, t)
-			metrics.TablesRead.WithLabelValues(results[i].Status).Inc()
+			metrics.TablesRead.WithLabelValues(metrics.Source(r.req.Source), results[i].Status).Inc()
 		})
 	}
 	wg.Wait()

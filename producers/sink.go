@@ -113,7 +113,8 @@ func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 		}
 		s.inflight = append(s.inflight, f)
 		s.seq++
-		metrics.BatchesSent.Inc()
+		metrics.BatchesSent.WithLabelValues(metrics.Source(s.source)).Inc()
+		metrics.BytesSent.WithLabelValues(metrics.Source(s.source)).Add(float64(len(c.Data)))
 		if s.backlog && s.seq%backlogCheckEvery == 0 {
 			if err := s.p.waitBacklog(ctx, s.log); err != nil {
 				return err
@@ -124,6 +125,6 @@ func (s *sink) publish(ctx context.Context, rec arrow.RecordBatch) error {
 		}
 	}
 	s.rows += rec.NumRows()
-	metrics.RowsRead.Add(float64(rec.NumRows()))
+	metrics.RowsRead.WithLabelValues(metrics.Source(s.source)).Add(float64(rec.NumRows()))
 	return nil
 }

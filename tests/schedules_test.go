@@ -199,7 +199,9 @@ func TestSchedulesOnCluster(t *testing.T) {
 		}
 	}
 	checkOneRunPerTick(t, recs, ticks(t, e.js, schemas.TickSubject("demo", "")), 10*time.Second)
-	took := func(p *proc) int { return strings.Count(p.output(), "scheduled run queued") + strings.Count(p.output(), "scheduled run skipped") }
+	took := func(p *proc) int {
+		return strings.Count(p.output(), "scheduled run queued") + strings.Count(p.output(), "scheduled run skipped")
+	}
 	t.Logf("%d scheduled runs; ticks taken by p1: %d, p2: %d", len(recs), took(p1), took(p2))
 	e.verifyPublished()
 }

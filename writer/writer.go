@@ -572,7 +572,7 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	}
 	stop()
 	if err != nil {
-		metrics.WriteFailures.Inc()
+		metrics.WriteFailures.WithLabelValues(metrics.Source(b.key.source)).Inc()
 		w.log.Error("write part failed; batches will be redelivered", "run", b.key.run, "table", b.key.table, "err", err)
 		// A path the layout refuses (a link leading out of the data dir) is
 		// refused on every delivery and by every writer sharing the dir.
@@ -603,10 +603,16 @@ func (w *Writer) flush(ctx context.Context, b *buffer) {
 	w.Batches += int64(len(b.entries))
 	w.Rows += b.rows
 	metrics.PartSeconds.Observe(time.Since(start).Seconds())
-	metrics.PartsWritten.Inc()
-	metrics.BatchesWritten.Add(float64(len(b.entries)))
-	metrics.RowsWritten.Add(float64(b.rows))
+	countPart(b.key.source, len(b.entries), b.rows)
 	w.log.Debug("part written", "run", b.key.run, "table", b.key.table, "part", ev.Part, "batches", len(b.entries), "rows", ev.Rows)
+}
+
+// countPart counts a written part of source in the metrics.
+func countPart(source string, batches int, rows int64) {
+	label := metrics.Source(source)
+	metrics.PartsWritten.WithLabelValues(label).Inc()
+	metrics.BatchesWritten.WithLabelValues(label).Add(float64(batches))
+	metrics.RowsWritten.WithLabelValues(label).Add(float64(rows))
 }
 
 func (w *Writer) writePart(b *buffer) (schemas.Event, error) {

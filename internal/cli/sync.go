@@ -78,23 +78,9 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer closeBus()
 	fmt.Fprintf(stdout, "Syncing source %s (run %s) on %s\n", req.Source, req.RunID, where)
-	// Say so when nothing picks the request up, instead of waiting silently.
-	heard := make(chan struct{})
-	var once sync.Once
-	onEvent := progress(stdout)
-	go func() {
-		select {
-		case <-heard:
-		case <-ctx.Done():
-		case <-time.After(10 * time.Second):
-			fmt.Fprintf(stdout, "  waiting: no producer has taken the request yet (is \"da serve\" running against %s?)\n", where)
-		}
-	}()
-	rep, err := stack.Sync(ctx, js, req, func(ev schemas.Event) {
-		once.Do(func() { close(heard) })
-		onEvent(ev)
-	})
-	once.Do(func() { close(heard) })
+	onEvent, heard := progressOrWarn(ctx, stdout, where)
+	rep, err := stack.Sync(ctx, js, req, onEvent)
+	heard()
 	if err != nil && signalled(ctx) {
 		return interrupted(js, req, stdout, log)
 	}
@@ -150,6 +136,24 @@ func connect(ctx context.Context, cfg *config.Config, fallback stack.Options, em
 		where = "an in-process embedded NATS"
 	}
 	return st.JS, func() { st.Stop() }, where, nil
+}
+
+// progressOrWarn is progress, and says so when nothing picks the request
+// up for 10 s instead of waiting silently; heard stops the warning.
+func progressOrWarn(ctx context.Context, stdout io.Writer, where string) (onEvent func(schemas.Event), heard func()) {
+	ch := make(chan struct{})
+	var once sync.Once
+	heard = func() { once.Do(func() { close(ch) }) }
+	go func() {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			fmt.Fprintf(stdout, "  waiting: no producer has taken the request yet (is \"da serve\" running against %s?)\n", where)
+		}
+	}()
+	print := progress(stdout)
+	return func(ev schemas.Event) { heard(); print(ev) }, heard
 }
 
 // progress prints one line per table event.

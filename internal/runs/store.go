@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
@@ -144,6 +146,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create consumer %s: %w", RecorderConsumer, err)
 	}
+	r.seedLastSuccess(ctx)
 	r.log.Info("recorder started")
 	return natsbus.Consume(ctx, cons, natsbus.ConsumeOptions{Name: RecorderConsumer, Logger: r.log, Prefetch: 64, Handle: r.handle,
 		MaxDeliver: 10, Exhausted: func(_ context.Context, msg jetstream.Msg, cause error) {
@@ -167,10 +170,15 @@ func (r *Recorder) handle(ctx context.Context, msg jetstream.Msg) {
 		natsbus.Settle(r.log, "term", msg.Term())
 		return
 	}
-	if _, err := r.store.Update(ctx, ev.Source, ev.RunID, func(rec *Record) { rec.Apply(ev) }); err != nil {
+	var was Status
+	rec, err := r.store.Update(ctx, ev.Source, ev.RunID, func(rec *Record) { was = rec.Status; rec.Apply(ev) })
+	if err != nil {
 		r.log.Warn("could not record run event; retrying", "run", ev.RunID, "type", ev.Type, "err", err)
 		natsbus.Settle(r.log, "nak", msg.NakWithDelay(time.Second))
 		return
+	}
+	if rec.Status != was && rec.Status.Terminal() {
+		observeEnd(rec)
 	}
 	natsbus.Settle(r.log, "ack", msg.Ack())
 }
@@ -286,6 +294,62 @@ func (s *Store) WaitEnded(ctx context.Context, source, run string) (Record, erro
 			if e != nil && e.Operation() == jetstream.KeyValuePut && json.Unmarshal(e.Value(), &r) == nil && r.Status.Terminal() {
 				return r, nil
 			}
+		}
+	}
+}
+
+// observeEnd counts a run that just ended (exactly one Update moves a
+// record to its final status, so each run is counted once however many
+// recorders run) and, for a published one, its source's last success.
+func observeEnd(rec Record) {
+	source := metrics.Source(rec.Source)
+	metrics.RunsEnded.WithLabelValues(source, string(rec.Status)).Inc()
+	start := rec.StartedAt
+	if start == nil {
+		start = rec.QueuedAt
+	}
+	if start != nil && rec.EndedAt != nil && !rec.EndedAt.Before(*start) && rec.Status != Skipped && rec.Status != Rejected {
+		metrics.RunSeconds.WithLabelValues(source).Observe(rec.EndedAt.Sub(*start).Seconds())
+	}
+	if rec.Status == Published && rec.EndedAt != nil && source != metrics.Other {
+		setLastSuccess(source, *rec.EndedAt)
+	}
+}
+
+// setLastSuccess moves the source's last-success gauge forward, never back
+// (records may end out of order).
+func setLastSuccess(source string, at time.Time) {
+	lastMu.Lock()
+	defer lastMu.Unlock()
+	if v := float64(at.UnixNano()) / 1e9; v > last[source] {
+		last[source] = v
+		metrics.LastSuccess.WithLabelValues(source).Set(v)
+	}
+}
+
+var (
+	lastMu sync.Mutex
+	last   = map[string]float64{}
+)
+
+// seedLastSuccess sets each configured source's last success from the
+// history at start, so that a fresh process does not look stale.
+func (r *Recorder) seedLastSuccess(ctx context.Context) {
+	var refs []SourceRef
+	for _, name := range metrics.Sources() {
+		refs = append(refs, SourceRef{Name: name})
+	}
+	if len(refs) == 0 {
+		return
+	}
+	sts, err := r.store.Sources(ctx, refs, time.Now())
+	if err != nil {
+		r.log.Warn("could not read the last successes for the metrics", "err", err)
+		return
+	}
+	for _, st := range sts {
+		if st.LastSuccessAt != nil {
+			setLastSuccess(st.Name, *st.LastSuccessAt)
 		}
 	}
 }

@@ -127,6 +127,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	o.Logger = slog.New(redact.Handler(o.Logger.Handler()))
 	RegisterSecrets(o.Config, o.Registry)
 	redact.RegisterURL(o.NATSURL)
+	if o.Config != nil {
+		var names []string
+		for _, src := range o.Config.Sources {
+			names = append(names, src.Name)
+		}
+		metrics.AddSources(names)
+	}
 	s := &Stack{}
 	if err := s.connect(ctx, o); err != nil {
 		return nil, err
