@@ -57,6 +57,12 @@ func TestComposeFile(t *testing.T) {
 		if !slices.Contains(s.Volumes, "data:/data") {
 			t.Errorf("%s does not share the data volume: %v", svc, s.Volumes)
 		}
+		// Its health check asks its own /readyz, served with the metrics.
+		test, _ := s.Healthcheck["test"].([]any)
+		if !strings.Contains(cmd, "--metrics-listen 0.0.0.0:9090") || len(test) != 4 || test[1] != "da" || test[2] != "healthcheck" ||
+			test[3] != "http://127.0.0.1:9090/readyz" {
+			t.Errorf("%s: want --metrics-listen 0.0.0.0:9090 and the health check da healthcheck http://127.0.0.1:9090/readyz; command %q, healthcheck %v", svc, cmd, s.Healthcheck)
+		}
 	}
 	if gw := strings.Join(c.Services["gateway"].Command, " "); !strings.Contains(gw, "--webhook-listen 0.0.0.0:8080") {
 		t.Errorf("the gateway must listen on all interfaces inside its container: %q", gw)

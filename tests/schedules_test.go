@@ -2,8 +2,11 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/agnes-ai/connector-kit/connectors"
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/cli"
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/runs"
@@ -204,4 +208,66 @@ func TestSchedulesOnCluster(t *testing.T) {
 	}
 	t.Logf("%d scheduled runs; ticks taken by p1: %d, p2: %d", len(recs), took(p1), took(p2))
 	e.verifyPublished()
+}
+
+// TestReadyz: every role's HTTP listener answers /healthz and /readyz;
+// /readyz fails, saying why, while the bus is down, and recovers with it.
+func TestReadyz(t *testing.T) {
+	e := newProcEnv(t, 1, 1000, 10)
+	ports := map[string]int{"producer": freePort(t), "finalizer": freePort(t), "writer": freePort(t)}
+	for role, port := range ports {
+		e.serve(role, role, "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	}
+	get := func(port int, path string) (int, stack.Health) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		if err != nil {
+			return 0, stack.Health{Status: err.Error()}
+		}
+		defer resp.Body.Close()
+		var h stack.Health
+		json.NewDecoder(resp.Body).Decode(&h)
+		return resp.StatusCode, h
+	}
+	waitAll := func(want int, why string) {
+		for role, port := range ports {
+			natstest.Poll(t, time.Minute, func() (bool, string) {
+				code, h := get(port, "/readyz")
+				return code == want, fmt.Sprintf("%s /readyz %d %+v, want %d (%s)", role, code, h, want, why)
+			})
+		}
+	}
+	waitAll(http.StatusOK, "all up")
+	for role, port := range ports {
+		if code, h := get(port, "/healthz"); code != http.StatusOK || h.Status != "ok" {
+			t.Errorf("%s /healthz %d %+v", role, code, h)
+		}
+		_, h := get(port, "/readyz")
+		want := map[string]string{"bus": "ok", "consumers": "ok"}
+		if role == "finalizer" {
+			want["finalizer"] = "ok"
+		}
+		if !maps.Equal(h.Checks, want) {
+			t.Errorf("%s /readyz checks %v, want %v", role, h.Checks, want)
+		}
+	}
+	healthcheck := func() int {
+		var out, errb strings.Builder
+		return cli.Run(context.Background(), []string{"healthcheck", fmt.Sprintf("http://127.0.0.1:%d/readyz", ports["writer"])}, &out, &errb)
+	}
+	if code := healthcheck(); code != 0 {
+		t.Errorf("da healthcheck of a ready writer exited %d", code)
+	}
+	e.servers[0].kill()
+	waitAll(http.StatusServiceUnavailable, "the bus is down")
+	if code := healthcheck(); code != 1 {
+		t.Errorf("da healthcheck with the bus down exited %d, want 1", code)
+	}
+	if _, h := get(ports["producer"], "/readyz"); h.Status != "not_ready" || h.Checks["bus"] == "ok" {
+		t.Errorf("/readyz with the bus down: %+v", h)
+	}
+	if code, _ := get(ports["producer"], "/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz (liveness) with the bus down: %d", code)
+	}
+	e.restartServer(0)
+	waitAll(http.StatusOK, "the bus is back")
 }

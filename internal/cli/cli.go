@@ -34,6 +34,7 @@ Usage:
   da runs [flags]               list past and current runs, newest first (--source, --status, --limit, --json)
   da status [--json]            each source's last run and freshness
   da cancel <run-id>            stop a run; the live extract stays as it is
+  da healthcheck [URL]          exit 0 when a da serve's /readyz answers 200 (default ` + DefaultHealthURL + `)
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
 
@@ -62,6 +63,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "cancel":
 		err = runCancel(ctx, args[1:], stdout, stderr)
+	case "healthcheck":
+		err = runHealthcheck(ctx, args[1:], stdout, stderr)
 	case "verify":
 		err = runVerify(ctx, args[1:], stdout, stderr)
 	case "connector", "connectors":

@@ -110,6 +110,10 @@ type Stack struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	errs   []error
+	// roles are the roles this stack runs, schedules whether it runs
+	// schedulers (for /readyz).
+	roles     []string
+	schedules bool
 }
 
 // Start connects to (or starts) NATS, provisions the streams and starts
@@ -134,7 +138,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		}
 		metrics.AddSources(names)
 	}
-	s := &Stack{}
+	s := &Stack{roles: o.Roles, schedules: o.Schedules}
 	if err := s.connect(ctx, o); err != nil {
 		return nil, err
 	}
@@ -264,6 +268,7 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 		mux := http.NewServeMux()
 		g.Register(mux)
 		mux.HandleFunc("GET /healthz", g.Health)
+		mux.HandleFunc("GET /readyz", s.readyz)
 		var err error
 		s.GatewayAddr, err = s.serve("webhook gateway", addr, mux, o.Logger)
 		return err
@@ -281,14 +286,17 @@ func (s *Stack) startHTTP(o Options) error {
 		if o.APIToken == "" {
 			o.Logger.Warn("sync API answers 503 until an admin token is set", "env", httpapi.TokenEnv)
 		}
-		h := httpapi.New(s.JS, o.Config, o.APIToken, o.Logger).Handler()
-		if s.APIAddr, err = s.serve("sync API", o.APIListen, h, o.Logger); err != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/", httpapi.New(s.JS, o.Config, o.APIToken, o.Logger).Handler())
+		mux.HandleFunc("GET /readyz", s.readyz)
+		if s.APIAddr, err = s.serve("sync API", o.APIListen, mux, o.Logger); err != nil {
 			return err
 		}
 	}
 	if o.MetricsListen != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metrics.Handler())
+		s.HealthHandlers(mux)
 		if s.MetricsAddr, err = s.serve("metrics", o.MetricsListen, mux, o.Logger); err != nil {
 			return err
 		}
