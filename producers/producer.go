@@ -56,7 +56,10 @@ type Options struct {
 	ChunkRows int64
 	// Name names the producer in its heartbeat key and in the records of
 	// the runs it takes (default: the host name).
-	Name   string
+	Name string
+	// SourceNames are the configured sources, announced in the heartbeat
+	// so that a client can tell whether this server runs a source.
+	SourceNames []string
 	Logger *slog.Logger
 }
 
@@ -158,7 +161,7 @@ func (p *Producer) Run(ctx context.Context) error {
 	p.id = natsbus.MemberKey(p.opts.Name)
 	beatCtx, stopBeat := context.WithCancel(ctx)
 	beating := make(chan struct{})
-	go func() { defer close(beating); p.live.Beat(beatCtx, p.id, p.log) }()
+	go func() { defer close(beating); p.live.Beat(beatCtx, p.id, p.opts.SourceNames, p.log) }()
 	defer func() { stopBeat(); <-beating }()
 	p.log.Info("producer started", "concurrency", p.opts.Concurrency, "id", p.id)
 	// A run takes minutes: a request is pulled only when a slot is free, so

@@ -126,12 +126,19 @@ type commonFlags struct {
 	dataDir    string
 	natsURL    string
 	writers    int
+	// urlFrom says where the NATS URL came from (for "da sync" to print),
+	// set by load; "" when none is configured.
+	urlFrom string
 }
+
+// NATSURLEnv names the NATS server for every command (NATS_URL is read too,
+// for compatibility).
+const NATSURLEnv = "DA_NATS_URL"
 
 func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.configPath, "config", "", "config file (YAML, ${ENV} expanded); default: a built-in demo source")
 	fs.StringVar(&c.dataDir, "data-dir", "", "data directory; extracts go to <data-dir>/extracts/<source>/ (default ./data)")
-	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (default: $NATS_URL, the config's nats.url, or an embedded server)")
+	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (default: $DA_NATS_URL, $NATS_URL, the config's nats.url; none: an in-process embedded server)")
 	fs.IntVar(&c.writers, "writers", 2, "writer workers in this process")
 }
 
@@ -149,10 +156,15 @@ func (c *commonFlags) load() (*config.Config, error) {
 	} else if v := os.Getenv("DA_DATA_DIR"); v != "" {
 		cfg.DataDir = v
 	}
-	if c.natsURL != "" {
-		cfg.NATS.URL = c.natsURL
-	} else if v := os.Getenv("NATS_URL"); v != "" && cfg.NATS.URL == "" {
-		cfg.NATS.URL = v
+	switch {
+	case c.natsURL != "":
+		cfg.NATS.URL, c.urlFrom = c.natsURL, "--nats-url"
+	case os.Getenv(NATSURLEnv) != "":
+		cfg.NATS.URL, c.urlFrom = os.Getenv(NATSURLEnv), "$"+NATSURLEnv
+	case cfg.NATS.URL != "":
+		c.urlFrom = "nats.url in " + cfg.Path()
+	case os.Getenv("NATS_URL") != "":
+		cfg.NATS.URL, c.urlFrom = os.Getenv("NATS_URL"), "$NATS_URL"
 	}
 	if c.writers < 1 {
 		return nil, usageError{fmt.Errorf("--writers must be at least 1, got %d", c.writers)}

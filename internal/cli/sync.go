@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,9 +26,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// defaultNATSURL is where da sync looks for a running da serve.
-const defaultNATSURL = "nats://127.0.0.1:4222"
-
 func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sync", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -35,7 +34,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	tables := fs.String("tables", "", "comma-separated tables to sync (default: the source's configured tables, or all)")
 	fullRefresh := fs.Bool("full-refresh", false, "ignore incremental state and read everything")
 	timeout := fs.Duration("timeout", time.Hour, "give up waiting after this long")
-	embedded := fs.Bool("embedded", false, "always run the pipeline in-process on an embedded NATS, even if a server is reachable")
+	embedded := fs.Bool("embedded", false, "run the pipeline in-process on an embedded NATS (the default when no server is named); refuses a named one")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -72,11 +71,14 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 
 	log := newLogger(stderr, slog.LevelWarn)
-	js, closeBus, where, err := connect(ctx, cfg, stack.Options{Registry: builtin.Registry(), Writers: c.writers, Logger: log}, *embedded)
+	js, closeBus, where, err := connect(ctx, cfg, c.urlFrom, stack.Options{Registry: builtin.Registry(), Writers: c.writers, Logger: log}, *embedded)
 	if err != nil {
 		return err
 	}
 	defer closeBus()
+	if err := serverRuns(ctx, js, cfg, req.Source, where); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "Syncing source %s (run %s) on %s\n", req.Source, req.RunID, where)
 	onEvent, heard := progressOrWarn(ctx, stdout, where)
 	rep, err := stack.Sync(ctx, js, req, onEvent)
@@ -95,43 +97,38 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// connect reaches the bus: the configured NATS server; with none
-// configured, a "da serve" on the default local address; when nothing
-// answers there (or embedded is set), an embedded server started here that
-// runs the fallback's roles (stack.RoleNone: only the store in the data dir)
-// until the returned closer is called.
-func connect(ctx context.Context, cfg *config.Config, fallback stack.Options, embedded bool) (jetstream.JetStream, func(), string, error) {
+// connect reaches the bus: the NATS server the flags, the environment or
+// the config name (from says which), or, with none named (or embedded set),
+// an embedded server started here in the data dir that runs the fallback's
+// roles (stack.RoleNone: only the store) until the returned closer is
+// called. Nothing is looked for where nothing was named: a server that
+// happens to listen on the default port is not used.
+func connect(ctx context.Context, cfg *config.Config, from string, fallback stack.Options, embedded bool) (jetstream.JetStream, func(), string, error) {
 	url := cfg.NATS.URL
-	explicit := url != ""
-	if explicit && embedded {
-		return nil, nil, "", usageError{errors.New("--embedded and a NATS URL exclude each other")}
+	if url != "" && embedded {
+		return nil, nil, "", usageError{fmt.Errorf("--embedded and a NATS URL (from %s) exclude each other", from)}
 	}
-	if !explicit {
-		url = defaultNATSURL
-	}
-	if !embedded {
-		nc, err := nats.Connect(url, nats.Timeout(500*time.Millisecond), nats.RetryOnFailedConnect(false))
+	if url != "" {
+		nc, err := nats.Connect(url, nats.Timeout(2*time.Second), nats.RetryOnFailedConnect(false))
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("connect to NATS at %s (from %s): %w (start it, or name no server to run in-process)", redact.URL(url), from, err)
+		}
+		js, err := jetstream.New(nc)
 		if err == nil {
-			js, err := jetstream.New(nc)
-			if err == nil {
-				err = natsbus.ProvisionWithRetry(ctx, js, max(cfg.NATS.Replicas, 1))
-			}
-			if err != nil {
-				nc.Close()
-				return nil, nil, "", err
-			}
-			return js, func() { nc.Close() }, url, nil
+			err = natsbus.ProvisionWithRetry(ctx, js, max(cfg.NATS.Replicas, 1))
 		}
-		if explicit {
-			return nil, nil, "", fmt.Errorf("connect to NATS at %s: %w (start it, or omit --nats-url to run in-process)", redact.URL(url), err)
+		if err != nil {
+			nc.Close()
+			return nil, nil, "", err
 		}
+		return js, func() { nc.Close() }, fmt.Sprintf("%s (from %s)", redact.URL(url), from), nil
 	}
 	fallback.Config, fallback.DataDir = cfg, cfg.DataDir
 	st, err := stack.Start(ctx, fallback)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	where := "an in-process embedded NATS (no server at " + defaultNATSURL + ")"
+	where := "an in-process embedded NATS (no server named: --nats-url, $" + NATSURLEnv + " or nats.url)"
 	if embedded {
 		where = "an in-process embedded NATS"
 	}
@@ -293,5 +290,49 @@ func settle(js jetstream.JetStream, req schemas.SyncRequest, log *slog.Logger) {
 	}
 	if err != nil {
 		log.Warn("the run's record has not ended yet; the recorder finishes it", "run", req.RunID, "err", err)
+	}
+}
+
+// ProducerWait is how long "da sync" waits for a producer to appear on a
+// named server before it gives up.
+var ProducerWait = 10 * time.Second
+
+// serverRuns checks, on a named server, that a producer is running there
+// and that source is one it runs, before anything is published: the
+// request would otherwise wait for a producer that never comes, or run
+// with that server's idea of the source. The in-process pipeline runs this
+// config: nothing to check.
+func serverRuns(ctx context.Context, js jetstream.JetStream, cfg *config.Config, source, where string) error {
+	if cfg.NATS.URL == "" {
+		return nil
+	}
+	live, err := runs.OpenLiveness(ctx, js)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, ProducerWait)
+	defer cancel()
+	poll := natsbus.Backoff{Min: 100 * time.Millisecond, Max: time.Second}
+	for {
+		ps, err := live.Producers(wctx)
+		if err == nil && len(ps) > 0 {
+			known := map[string]bool{}
+			for _, p := range ps {
+				for _, s := range p.Sources {
+					known[s] = true
+				}
+			}
+			if known[source] {
+				return nil
+			}
+			return fmt.Errorf("source %s is not configured on the server at %s (its producers run: %s); run da sync with the config da serve uses",
+				source, where, strings.Join(slices.Sorted(maps.Keys(known)), ", "))
+		}
+		if poll.Wait(wctx) != nil {
+			if err != nil {
+				return fmt.Errorf("ask the server at %s for its producers: %w", where, err)
+			}
+			return fmt.Errorf("no producer is running on the server at %s (waited %s): start \"da serve\" there, or name no server to sync in-process", where, ProducerWait)
+		}
 	}
 }

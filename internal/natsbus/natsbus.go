@@ -4,11 +4,15 @@ package natsbus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -37,6 +41,50 @@ const DefaultMaxPayload = 8 << 20
 type Server struct {
 	*server.Server
 	inProcess bool
+	// lock holds the store folder for this process (lockStore).
+	lock *os.File
+}
+
+// ErrStoreInUse: another process runs an embedded server on the same store
+// folder. Two servers on one store would corrupt it.
+var ErrStoreInUse = errors.New("the data dir's NATS store is in use by another da process")
+
+// storeHolder is what the holder of a store folder writes into its lock
+// file, for the message of whoever finds it taken.
+type storeHolder struct {
+	PID int    `json:"pid"`
+	URL string `json:"url,omitempty"`
+}
+
+// lockStore takes the store folder for this process (an advisory lock on
+// <dir>/da.lock, released by the kernel if the process dies).
+func lockStore(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "da.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("start nats: lock the store: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		var h storeHolder
+		b, _ := io.ReadAll(io.LimitReader(f, 4096))
+		f.Close()
+		if json.Unmarshal(b, &h) == nil && h.URL != "" {
+			return nil, fmt.Errorf("%w: da (pid %d) serves it at %s; pass --nats-url %s (or set DA_NATS_URL) to use that server, or stop it",
+				ErrStoreInUse, h.PID, h.URL, h.URL)
+		}
+		if h.PID != 0 {
+			return nil, fmt.Errorf("%w: da (pid %d) runs on it in-process; wait for it to finish, or use another --data-dir", ErrStoreInUse, h.PID)
+		}
+		return nil, fmt.Errorf("%w (%s): %v", ErrStoreInUse, dir, err)
+	}
+	return f, nil
+}
+
+// noteHolder writes who holds the store into its lock file.
+func noteHolder(f *os.File, url string) {
+	b, _ := json.Marshal(storeHolder{PID: os.Getpid(), URL: url})
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt(b, 0)
+	}
 }
 
 // StartServer starts an embedded JetStream server and waits until it is ready.
@@ -46,6 +94,10 @@ func StartServer(opts ServerOptions) (*Server, error) {
 	}
 	if err := os.MkdirAll(opts.StoreDir, 0o755); err != nil {
 		return nil, fmt.Errorf("start nats: %w", err)
+	}
+	lock, err := lockStore(opts.StoreDir)
+	if err != nil {
+		return nil, err
 	}
 	so := &server.Options{
 		ServerName:         "agnes-embedded",
@@ -66,14 +118,22 @@ func StartServer(opts ServerOptions) (*Server, error) {
 	}
 	ns, err := server.NewServer(so)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("start nats: %w", err)
 	}
 	ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
+		lock.Close()
 		return nil, fmt.Errorf("start nats: server not ready after 30s")
 	}
-	return &Server{Server: ns, inProcess: so.DontListen}, nil
+	s := &Server{Server: ns, inProcess: so.DontListen, lock: lock}
+	url := ""
+	if !so.DontListen {
+		url = ns.ClientURL()
+	}
+	noteHolder(lock, url)
+	return s, nil
 }
 
 // Connect opens a client connection to the embedded server.
@@ -95,6 +155,10 @@ func (s *Server) Connect(name string) (*nats.Conn, error) {
 func (s *Server) Stop() {
 	s.Shutdown()
 	s.WaitForShutdown()
+	if s.lock != nil {
+		s.lock.Close() // releases the store
+		s.lock = nil
+	}
 }
 
 // Dial connects to an external server, failing fast when none answers.

@@ -2,6 +2,7 @@ package runs
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,9 +53,49 @@ func OpenLiveness(ctx context.Context, js jetstream.JetStream) (*Liveness, error
 	return &Liveness{kv: kv}, nil
 }
 
-// Beat keeps producer's key alive until ctx ends, then removes it.
-func (l *Liveness) Beat(ctx context.Context, producer string, log *slog.Logger) {
-	natsbus.Heartbeat(ctx, l.kv, producer, producer, schemas.ProducerHeartbeat, log)
+// ProducerInfo is the value of a producer's key: what it can run.
+type ProducerInfo struct {
+	Name string `json:"name"`
+	// Sources are the sources configured for it.
+	Sources []string `json:"sources"`
+}
+
+// Beat keeps producer's key alive, saying which sources it runs, until ctx
+// ends, then removes it.
+func (l *Liveness) Beat(ctx context.Context, producer string, sources []string, log *slog.Logger) {
+	b, _ := json.Marshal(ProducerInfo{Name: producer, Sources: sources})
+	natsbus.Heartbeat(ctx, l.kv, producer, string(b), schemas.ProducerHeartbeat, log)
+}
+
+// Producers are the live producers and what each runs. A value that is
+// not a ProducerInfo (an older producer) counts as a producer of no known
+// sources.
+func (l *Liveness) Producers(ctx context.Context) ([]ProducerInfo, error) {
+	keys, err := l.kv.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list producers: %w", err)
+	}
+	var names []string
+	for k := range keys.Keys() {
+		names = append(names, k)
+	}
+	keys.Stop()
+	var out []ProducerInfo
+	for _, k := range names {
+		e, err := l.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // gone in between
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read producer %s: %w", k, err)
+		}
+		var p ProducerInfo
+		if json.Unmarshal(e.Value(), &p) != nil {
+			p = ProducerInfo{Name: k}
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // Alive reports whether producer refreshed its key within ProducerTTL.

@@ -131,13 +131,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	o.Logger = slog.New(redact.Handler(o.Logger.Handler()))
 	RegisterSecrets(o.Config, o.Registry)
 	redact.RegisterURL(o.NATSURL)
-	if o.Config != nil {
-		var names []string
-		for _, src := range o.Config.Sources {
-			names = append(names, src.Name)
-		}
-		metrics.AddSources(names)
-	}
+	metrics.AddSources(sourceNames(o.Config))
 	s := &Stack{roles: o.Roles, schedules: o.Schedules}
 	if err := s.connect(ctx, o); err != nil {
 		return nil, err
@@ -235,7 +229,8 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 	switch role {
 	case RoleProducer:
 		po := producers.Options{JS: s.JS, Registry: o.Registry, Sources: ProducerSources(o.Config),
-			MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Name: o.WriterName, Logger: o.Logger}
+			MaxPayload: int(s.NC.MaxPayload()), AckWait: o.ProducerAckWait, Name: o.WriterName, SourceNames: sourceNames(o.Config),
+			Logger: o.Logger}
 		s.run(ctx, role, o.Logger, producers.New(po).Run)
 		s.run(ctx, "webhooks", o.Logger, producers.NewHooks(po).Run)
 		if o.Schedules {
@@ -377,4 +372,16 @@ func (s *Stack) stopServer() {
 		s.Server.Stop()
 		s.Server = nil
 	}
+}
+
+// sourceNames are the names of cfg's sources (none for a nil config).
+func sourceNames(cfg *config.Config) []string {
+	if cfg == nil {
+		return nil
+	}
+	var names []string
+	for _, src := range cfg.Sources {
+		names = append(names, src.Name)
+	}
+	return names
 }

@@ -1,0 +1,130 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/agnes-ai/connector-kit/internal/cli"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/runs"
+	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// stranger is a NATS server that happens to listen on the default port,
+// with the streams provisioned: what "da sync" used to send its request to.
+func stranger(t *testing.T) (jetstream.JetStream, string) {
+	t.Helper()
+	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: t.TempDir(), Host: "127.0.0.1", Port: 4222})
+	if err != nil {
+		t.Fatalf("a stranger on 127.0.0.1:4222: %v", err)
+	}
+	t.Cleanup(srv.Stop)
+	nc, err := srv.Connect("stranger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
+		t.Fatal(err)
+	}
+	return js, srv.ClientURL()
+}
+
+// requests counts the sync requests on js's bus.
+func requests(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	s, err := js.Stream(context.Background(), schemas.SyncStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestNoSurpriseServers: with no server named, "da sync" runs in-process
+// even while a stranger listens on 127.0.0.1:4222; a named server (flag or
+// DA_NATS_URL) is used and named in the output, and a request it cannot
+// run (no producer, or a source it does not run) fails before anything is
+// published, naming the server.
+func TestNoSurpriseServers(t *testing.T) {
+	t.Setenv("NATS_URL", "")
+	t.Setenv(cli.NATSURLEnv, "")
+	js, url := stranger(t)
+	root := t.TempDir()
+	cfg := writeConfig(t, root, 2000, 100)
+	dataDir := filepath.Join(root, "data")
+	run := func(args ...string) (int, string) {
+		var o, e bytes.Buffer
+		code := cli.Run(context.Background(), append([]string{"sync", "demo", "--config", cfg, "--data-dir", dataDir}, args...), &o, &e)
+		return code, o.String() + e.String()
+	}
+	if code, out := run(); code != 0 || !strings.Contains(out, "in-process embedded NATS (no server named") {
+		t.Errorf("da sync with no server named: exit %d, and did it say it ran in-process?\n%s", code, out)
+	}
+	if n := requests(t, js); n != 0 {
+		t.Fatalf("the stranger on 4222 got %d sync requests", n)
+	}
+
+	defer func(w time.Duration) { cli.ProducerWait = w }(cli.ProducerWait)
+	cli.ProducerWait = time.Second
+	// Named by the flag: no producer runs there.
+	code, msg := run("--nats-url", url)
+	if code != 1 || !strings.Contains(msg, "no producer is running on the server at "+url+" (from --nats-url)") {
+		t.Errorf("da sync against a server with no producer: exit %d\n%s", code, msg)
+	}
+	// Named by DA_NATS_URL: its producer runs other sources.
+	live, err := runs.OpenLiveness(context.Background(), js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go live.Beat(ctx, "elsewhere.00000001", []string{"crm", "erp"}, nil)
+	natstest.Poll(t, 10*time.Second, func() (bool, string) {
+		ps, err := live.Producers(context.Background())
+		return err == nil && len(ps) == 1, "the stranger's producer has not beaten yet"
+	})
+	t.Setenv(cli.NATSURLEnv, url)
+	code, msg = run()
+	if code != 1 || !regexp.MustCompile(`source demo is not configured on the server at \S+ \(from \$DA_NATS_URL\) \(its producers run: crm, erp\)`).MatchString(msg) {
+		t.Errorf("da sync of a source the server does not run: exit %d\n%s", code, msg)
+	}
+	if n := requests(t, js); n != 0 {
+		t.Errorf("the refused syncs published %d requests", n)
+	}
+}
+
+// TestStoreHeldByOneProcess: a second embedded server on a data dir whose
+// store a running "da serve" holds is refused, naming the URL to use
+// instead; two servers on one store would corrupt it.
+func TestStoreHeldByOneProcess(t *testing.T) {
+	t.Setenv("NATS_URL", "")
+	t.Setenv(cli.NATSURLEnv, "")
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var errb natstest.LogBuffer
+	go func() {
+		done <- cli.Run(ctx, []string{"serve", "--data-dir", dir, "--nats-listen", "127.0.0.1:-1", "--role", "none"}, &bytes.Buffer{}, &errb)
+	}()
+	defer func() { cancel(); <-done }()
+	natstest.Poll(t, 20*time.Second, func() (bool, string) {
+		return strings.Contains(errb.String(), "da serving"), "serve did not start: " + errb.String()
+	})
+	var o, e bytes.Buffer
+	code := cli.Run(context.Background(), []string{"runs", "--data-dir", dir}, &o, &e)
+	if code != 1 || !regexp.MustCompile(`in use by another da process: da \(pid \d+\) serves it at nats://127\.0\.0\.1:\d+; pass --nats-url nats://127\.0\.0\.1:\d+`).MatchString(e.String()) {
+		t.Errorf("da runs beside a da serve on the same data dir: exit %d\n%s%s", code, o.String(), e.String())
+	}
+}
