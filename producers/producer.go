@@ -60,7 +60,7 @@ type Options struct {
 	// SourceNames are the configured sources, announced in the heartbeat
 	// so that a client can tell whether this server runs a source.
 	SourceNames []string
-	Logger *slog.Logger
+	Logger      *slog.Logger
 }
 
 // Validate reports options a producer cannot run with.

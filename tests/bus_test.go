@@ -3,25 +3,40 @@ package tests
 import (
 	"bytes"
 	"context"
+	"errors"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/cli"
+	"github.com/agnes-ai/connector-kit/internal/config"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
 	"github.com/agnes-ai/connector-kit/internal/runs"
+	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 )
+
+// cliCreds is the CLI's identity file of the embedded server of a stack
+// whose data dir is dir.
+func cliCreds(dir string) string {
+	return natsbus.CredsFile(filepath.Join(dir, ".nats"), natsbus.RoleCLI)
+}
 
 // stranger is a NATS server that happens to listen on the default port,
 // with the streams provisioned: what "da sync" used to send its request to.
-func stranger(t *testing.T) (jetstream.JetStream, string) {
+func stranger(t *testing.T) (jetstream.JetStream, string, string) {
 	t.Helper()
-	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: t.TempDir(), Host: "127.0.0.1", Port: 4222})
+	store := t.TempDir()
+	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: store, Host: "127.0.0.1", Port: 4222})
 	if err != nil {
 		t.Fatalf("a stranger on 127.0.0.1:4222: %v", err)
 	}
@@ -35,7 +50,7 @@ func stranger(t *testing.T) (jetstream.JetStream, string) {
 	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
 		t.Fatal(err)
 	}
-	return js, srv.ClientURL()
+	return js, srv.ClientURL(), natsbus.CredsFile(store, natsbus.RoleCLI)
 }
 
 // requests counts the sync requests on js's bus.
@@ -60,7 +75,7 @@ func requests(t *testing.T, js jetstream.JetStream) uint64 {
 func TestNoSurpriseServers(t *testing.T) {
 	t.Setenv("NATS_URL", "")
 	t.Setenv(cli.NATSURLEnv, "")
-	js, url := stranger(t)
+	js, url, creds := stranger(t)
 	root := t.TempDir()
 	cfg := writeConfig(t, root, 2000, 100)
 	dataDir := filepath.Join(root, "data")
@@ -79,8 +94,8 @@ func TestNoSurpriseServers(t *testing.T) {
 	defer func(w time.Duration) { cli.ProducerWait = w }(cli.ProducerWait)
 	cli.ProducerWait = time.Second
 	// Named by the flag: no producer runs there.
-	code, msg := run("--nats-url", url)
-	if code != 1 || !strings.Contains(msg, "no producer is running on the server at "+url+" (from --nats-url)") {
+	code, msg := run("--nats-url", url, "--nats-creds", creds)
+	if code != 1 || !strings.Contains(msg, "no producer is running on the server at "+url+" (from --nats-url, as the identity in "+creds+")") {
 		t.Errorf("da sync against a server with no producer: exit %d\n%s", code, msg)
 	}
 	// Named by DA_NATS_URL: its producer runs other sources.
@@ -96,8 +111,9 @@ func TestNoSurpriseServers(t *testing.T) {
 		return err == nil && len(ps) == 1, "the stranger's producer has not beaten yet"
 	})
 	t.Setenv(cli.NATSURLEnv, url)
+	t.Setenv(cli.NATSCredsEnv, creds)
 	code, msg = run()
-	if code != 1 || !regexp.MustCompile(`source demo is not configured on the server at \S+ \(from \$DA_NATS_URL\) \(its producers run: crm, erp\)`).MatchString(msg) {
+	if code != 1 || !regexp.MustCompile(`source demo is not configured on the server at \S+ \(from \$DA_NATS_URL, as the identity in \S+\) \(its producers run: crm, erp\)`).MatchString(msg) {
 		t.Errorf("da sync of a source the server does not run: exit %d\n%s", code, msg)
 	}
 	if n := requests(t, js); n != 0 {
@@ -126,5 +142,76 @@ func TestStoreHeldByOneProcess(t *testing.T) {
 	code := cli.Run(context.Background(), []string{"runs", "--data-dir", dir}, &o, &e)
 	if code != 1 || !regexp.MustCompile(`in use by another da process: da \(pid \d+\) serves it at nats://127\.0\.0\.1:\d+; pass --nats-url nats://127\.0\.0\.1:\d+`).MatchString(e.String()) {
 		t.Errorf("da runs beside a da serve on the same data dir: exit %d\n%s%s", code, o.String(), e.String())
+	}
+}
+
+// TestAnonymousRefused: an embedded server that listens on a port refuses
+// anonymous clients and unknown identities, and takes each role's identity
+// from the 0600 files it made in the data dir.
+func TestAnonymousRefused(t *testing.T) {
+	dir := t.TempDir()
+	cfg := config.Default()
+	cfg.DataDir = dir
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
+		ListenHost: "127.0.0.1", ListenPort: -1, Roles: []string{stack.RoleNone}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	url := st.Server.ClientURL()
+	if nc, err := nats.Connect(url); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("anonymous client: %v, want an authorization violation", err)
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	kp, _ := nkeys.CreateUser()
+	seed, _ := kp.Seed()
+	stranger := filepath.Join(t.TempDir(), "stranger.nk")
+	os.WriteFile(stranger, seed, 0o600)
+	opt, err := natsbus.CredsOption(stranger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(url, opt); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("an unknown identity: %v, want an authorization violation", err)
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	store := filepath.Join(dir, ".nats")
+	if fi, err := os.Stat(filepath.Join(store, "creds")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("credentials folder: %v %v, want mode 700", fi.Mode(), err)
+	}
+	for _, role := range natsbus.IdentityRoles {
+		path := natsbus.CredsFile(store, role)
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, want mode 600", path, err)
+			continue
+		}
+		opt, err := natsbus.CredsOption(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(url, opt)
+		if err != nil {
+			t.Errorf("%s's identity refused: %v", role, err)
+			continue
+		}
+		nc.Close()
+	}
+	// A seed file others can read is refused before it is used.
+	os.Chmod(stranger, 0o644)
+	if _, err := natsbus.CredsOption(stranger); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a world-readable seed file: %v", err)
+	}
+	// The CLI finds its identity in the data dir it shares with the server.
+	var o, e bytes.Buffer
+	if code := cli.Run(context.Background(), []string{"runs", "--nats-url", url, "--data-dir", dir}, &o, &e); code != 0 {
+		t.Errorf("da runs with the data dir's identity: %d %s", code, e.String())
+	}
+	if code := cli.Run(context.Background(), []string{"runs", "--nats-url", url, "--data-dir", t.TempDir()}, &o, &e); code != 1 ||
+		!strings.Contains(e.String(), "pass --nats-creds FILE or set $DA_NATS_CREDS") {
+		t.Errorf("da runs without an identity: %d %s", code, e.String())
 	}
 }

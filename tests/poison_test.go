@@ -167,7 +167,7 @@ func TestPoisonBatchesAreDeadLettered(t *testing.T) {
 		}
 	}
 	var out, errb bytes.Buffer
-	if code := cli.Run(ctx, []string{"dead-letters", "--nats-url", st.Server.ClientURL(), "--source", src}, &out, &errb); code != 0 {
+	if code := cli.Run(ctx, []string{"dead-letters", "--nats-url", st.Server.ClientURL(), "--nats-creds", cliCreds(dir), "--source", src}, &out, &errb); code != 0 {
 		t.Fatalf("da dead-letters: %d %s", code, errb.String())
 	}
 	for _, w := range []string{"poisoned.garbage", "poisoned.stuck", "failed 3 deliveries", "4 dead letters"} {

@@ -199,7 +199,7 @@ func TestRunHistoryListed(t *testing.T) {
 	// The CLI reads the same history.
 	var out, errb bytes.Buffer
 	url := st.Server.ClientURL()
-	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--json"}, &out, &errb); code != 0 {
+	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--nats-creds", cliCreds(dir), "--json"}, &out, &errb); code != 0 {
 		t.Fatalf("da runs: %d %s", code, errb.String())
 	}
 	var listed []runs.Record
@@ -207,17 +207,17 @@ func TestRunHistoryListed(t *testing.T) {
 		t.Errorf("da runs --json: %v %s", err, out.String())
 	}
 	out.Reset()
-	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--source", "demo", "--limit", "2"}, &out, &errb); code != 0 ||
+	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--nats-creds", cliCreds(dir), "--source", "demo", "--limit", "2"}, &out, &errb); code != 0 ||
 		!strings.Contains(out.String(), ids[2]) || strings.Contains(out.String(), ids[0]) || !strings.Contains(errb.String(), "--cursor") {
 		t.Errorf("da runs --limit 2: %d\n%s\n%s", code, out.String(), errb.String())
 	}
 	out.Reset()
 	errb.Reset()
-	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--status", "bogus"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "bogus") {
+	if code := cli.Run(ctx, []string{"runs", "--nats-url", url, "--nats-creds", cliCreds(dir), "--status", "bogus"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "bogus") {
 		t.Errorf("da runs --status bogus: %d %s", code, errb.String())
 	}
 	out.Reset()
-	if code := cli.Run(ctx, []string{"status", "--nats-url", url, "--json"}, &out, &errb); code != 0 {
+	if code := cli.Run(ctx, []string{"status", "--nats-url", url, "--nats-creds", cliCreds(dir), "--json"}, &out, &errb); code != 0 {
 		t.Fatalf("da status: %d %s", code, errb.String())
 	}
 	if !strings.Contains(out.String(), `"last_success_at"`) || !strings.Contains(out.String(), ids[2]) {
@@ -346,7 +346,7 @@ func TestCancel(t *testing.T) {
 	})
 	cancelMidRun("CLI", func(run string) {
 		var out, errb bytes.Buffer
-		if code := cli.Run(ctx, []string{"cancel", "--nats-url", st.Server.ClientURL(), run}, &out, &errb); code != 0 || !strings.Contains(out.String(), "Cancelling run "+run) {
+		if code := cli.Run(ctx, []string{"cancel", "--nats-url", st.Server.ClientURL(), "--nats-creds", cliCreds(dir), run}, &out, &errb); code != 0 || !strings.Contains(out.String(), "Cancelling run "+run) {
 			t.Errorf("da cancel: %d %s %s", code, out.String(), errb.String())
 		}
 	})
@@ -366,7 +366,7 @@ func TestCancel(t *testing.T) {
 		t.Errorf("cancel an unknown run: %d, want 404", code)
 	}
 	var out, errb bytes.Buffer
-	if code := cli.Run(ctx, []string{"cancel", "--nats-url", st.Server.ClientURL(), first}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "already ended") {
+	if code := cli.Run(ctx, []string{"cancel", "--nats-url", st.Server.ClientURL(), "--nats-creds", cliCreds(dir), first}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "already ended") {
 		t.Errorf("da cancel of a published run: %d %s", code, errb.String())
 	}
 }

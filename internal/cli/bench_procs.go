@@ -150,7 +150,9 @@ func benchPipeline(ctx context.Context, o benchOptions, stderr io.Writer) (*pipe
 	if err := settled(ctx, res.procs, o.writers); err != nil {
 		return nil, err
 	}
-	if res.seconds, res.bytes, err = benchSync(ctx, url, o); err != nil {
+	// The bus listens, so it wants an identity: the CLI's, from its data dir.
+	creds := natsbus.CredsFile(filepath.Join(dir, "data", ".nats"), natsbus.RoleCLI)
+	if res.seconds, res.bytes, err = benchSync(ctx, url, creds, o); err != nil {
 		for _, p := range res.procs {
 			fmt.Fprintf(stderr, "--- %s\n%s", p.name, p.lastLog(10))
 		}
@@ -167,8 +169,8 @@ func benchPipeline(ctx context.Context, o benchOptions, stderr io.Writer) (*pipe
 
 // benchSync runs one sync of every orders table and times it from the
 // request to the published extract.
-func benchSync(ctx context.Context, url string, o benchOptions) (float64, int64, error) {
-	nc, err := natsbus.Dial(url, "da-bench")
+func benchSync(ctx context.Context, url, creds string, o benchOptions) (float64, int64, error) {
+	nc, err := natsbus.Dial(url, "da-bench", creds)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -10,11 +10,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 )
@@ -129,6 +131,29 @@ type commonFlags struct {
 	// urlFrom says where the NATS URL came from (for "da sync" to print),
 	// set by load; "" when none is configured.
 	urlFrom string
+	// natsCreds is --nats-creds.
+	natsCreds string
+}
+
+// NATSCredsEnv names the nkey seed file a client proves its identity with.
+const NATSCredsEnv = "DA_NATS_CREDS"
+
+// creds is the identity file to connect to a named server as role with,
+// and where it came from: --nats-creds, $DA_NATS_CREDS, or the file of
+// that role in the data dir (the data dir of the server's own da serve);
+// "" when there is none (a server that needs none).
+func (c *commonFlags) creds(cfg *config.Config, role string) (path, from string) {
+	switch {
+	case c.natsCreds != "":
+		return c.natsCreds, "--nats-creds"
+	case os.Getenv(NATSCredsEnv) != "":
+		return os.Getenv(NATSCredsEnv), "$" + NATSCredsEnv
+	}
+	p := natsbus.CredsFile(filepath.Join(cfg.DataDir, ".nats"), role)
+	if _, err := os.Stat(p); err == nil {
+		return p, "the data dir"
+	}
+	return "", ""
 }
 
 // NATSURLEnv names the NATS server for every command (NATS_URL is read too,
@@ -140,6 +165,7 @@ func (c *commonFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.dataDir, "data-dir", "", "data directory; extracts go to <data-dir>/extracts/<source>/ (default ./data)")
 	fs.StringVar(&c.natsURL, "nats-url", "", "NATS server URL (default: $DA_NATS_URL, $NATS_URL, the config's nats.url; none: an in-process embedded server)")
 	fs.IntVar(&c.writers, "writers", 2, "writer workers in this process")
+	fs.StringVar(&c.natsCreds, "nats-creds", "", "nkey seed file of this process's NATS identity (default: $DA_NATS_CREDS, or the role's file in <data-dir>/.nats/creds/)")
 }
 
 // load reads the config and applies flag and environment overrides.

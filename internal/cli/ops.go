@@ -34,7 +34,7 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	js, closeBus, _, err := connect(ctx, cfg, c.urlFrom, stack.Options{Roles: []string{stack.RoleNone}, Logger: newLogger(stderr, slog.LevelWarn)}, false)
+	js, closeBus, _, err := connect(ctx, cfg, c, stack.Options{Roles: []string{stack.RoleNone}, Logger: newLogger(stderr, slog.LevelWarn)}, false)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ func openRuns(ctx context.Context, c commonFlags, log *slog.Logger) (*history, f
 	if err != nil {
 		return nil, nil, err
 	}
-	js, closeBus, _, err := connect(ctx, cfg, c.urlFrom, stack.Options{Roles: []string{stack.RoleNone}, Logger: log}, false)
+	js, closeBus, _, err := connect(ctx, cfg, c, stack.Options{Roles: []string{stack.RoleNone}, Logger: log}, false)
 	if err != nil {
 		return nil, nil, err
 	}

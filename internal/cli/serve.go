@@ -16,6 +16,7 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/httpapi"
 
 	"github.com/agnes-ai/connector-kit/connectors/builtin"
+	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 )
@@ -74,8 +75,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(roles) == 0 {
 		roles = orAll(nil)
 	}
+	// Against a named server: the identity of this process's one role (all
+	// of them: admin).
+	identity := natsbus.RoleAdmin
+	if len(roles) == 1 && roles[0] != stack.RoleNone {
+		identity = roles[0]
+	}
+	creds, _ := c.creds(cfg, identity)
 	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
-		NATSURL: cfg.NATS.URL, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
+		NATSURL: cfg.NATS.URL, NATSCreds: creds, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
 		GatewayListen: *webhookListen,
 		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name,
 		RetireGrace: *retireGrace, APIListen: *httpListen, APIToken: os.Getenv(httpapi.TokenEnv), MetricsListen: *metricsListen,

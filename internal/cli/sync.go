@@ -71,7 +71,7 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer cancel()
 
 	log := newLogger(stderr, slog.LevelWarn)
-	js, closeBus, where, err := connect(ctx, cfg, c.urlFrom, stack.Options{Registry: builtin.Registry(), Writers: c.writers, Logger: log}, *embedded)
+	js, closeBus, where, err := connect(ctx, cfg, c, stack.Options{Registry: builtin.Registry(), Writers: c.writers, Logger: log}, *embedded)
 	if err != nil {
 		return err
 	}
@@ -103,15 +103,34 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // roles (stack.RoleNone: only the store) until the returned closer is
 // called. Nothing is looked for where nothing was named: a server that
 // happens to listen on the default port is not used.
-func connect(ctx context.Context, cfg *config.Config, from string, fallback stack.Options, embedded bool) (jetstream.JetStream, func(), string, error) {
-	url := cfg.NATS.URL
+func connect(ctx context.Context, cfg *config.Config, c commonFlags, fallback stack.Options, embedded bool) (jetstream.JetStream, func(), string, error) {
+	url, from := cfg.NATS.URL, c.urlFrom
 	if url != "" && embedded {
 		return nil, nil, "", usageError{fmt.Errorf("--embedded and a NATS URL (from %s) exclude each other", from)}
 	}
 	if url != "" {
-		nc, err := nats.Connect(url, nats.Timeout(2*time.Second), nats.RetryOnFailedConnect(false))
+		opts := []nats.Option{nats.Timeout(2 * time.Second), nats.RetryOnFailedConnect(false)}
+		creds, credsFrom := c.creds(cfg, natsbus.RoleCLI)
+		if creds != "" {
+			o, err := natsbus.CredsOption(creds)
+			if err != nil {
+				return nil, nil, "", fmt.Errorf("%w (from %s)", err, credsFrom)
+			}
+			opts = append(opts, o)
+		}
+		nc, err := nats.Connect(url, opts...)
 		if err != nil {
-			return nil, nil, "", fmt.Errorf("connect to NATS at %s (from %s): %w (start it, or name no server to run in-process)", redact.URL(url), from, err)
+			hint := "start it, or name no server to run in-process"
+			if errors.Is(err, nats.ErrAuthorization) {
+				hint = "the server wants an identity: pass --nats-creds FILE or set $" + NATSCredsEnv
+				if creds != "" {
+					hint = "it refused the identity in " + creds + " (from " + credsFrom + ")"
+				}
+			}
+			return nil, nil, "", fmt.Errorf("connect to NATS at %s (from %s): %w (%s)", redact.URL(url), from, err, hint)
+		}
+		if creds != "" {
+			from += ", as the identity in " + creds
 		}
 		js, err := jetstream.New(nc)
 		if err == nil {

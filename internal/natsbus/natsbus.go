@@ -43,6 +43,9 @@ type Server struct {
 	inProcess bool
 	// lock holds the store folder for this process (lockStore).
 	lock *os.File
+	// admin is the seed file of the admin identity when the server
+	// requires one (it listens on a port), else "".
+	admin string
 }
 
 // ErrStoreInUse: another process runs an embedded server on the same store
@@ -110,8 +113,18 @@ func StartServer(opts ServerOptions) (*Server, error) {
 		NoLog:              true,
 		JetStreamMaxMemory: 256 << 20,
 	}
+	admin := ""
 	if opts.Port == 0 {
 		so.DontListen = true
+	} else {
+		// Listening: anonymous clients are refused.
+		pubs, err := ensureIdentities(opts.StoreDir)
+		if err != nil {
+			lock.Close()
+			return nil, err
+		}
+		so.Nkeys = nkeyUsers(pubs)
+		admin = CredsFile(opts.StoreDir, RoleAdmin)
 	}
 	if so.Host == "" {
 		so.Host = "127.0.0.1"
@@ -127,7 +140,7 @@ func StartServer(opts ServerOptions) (*Server, error) {
 		lock.Close()
 		return nil, fmt.Errorf("start nats: server not ready after 30s")
 	}
-	s := &Server{Server: ns, inProcess: so.DontListen, lock: lock}
+	s := &Server{Server: ns, inProcess: so.DontListen, lock: lock, admin: admin}
 	url := ""
 	if !so.DontListen {
 		url = ns.ClientURL()
@@ -139,6 +152,13 @@ func StartServer(opts ServerOptions) (*Server, error) {
 // Connect opens a client connection to the embedded server.
 func (s *Server) Connect(name string) (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1)}
+	if s.admin != "" {
+		o, err := CredsOption(s.admin)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
 	url := s.ClientURL()
 	if s.inProcess {
 		opts = append(opts, nats.InProcessServer(s.Server))
@@ -162,13 +182,21 @@ func (s *Server) Stop() {
 }
 
 // Dial connects to an external server, failing fast when none answers.
-func Dial(url, name string) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+func Dial(url, name, creds string) (*nats.Conn, error) {
+	opts := []nats.Option{
 		nats.Name(name),
-		nats.Timeout(2*time.Second),
+		nats.Timeout(2 * time.Second),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-	)
+		nats.ReconnectWait(250 * time.Millisecond),
+	}
+	if creds != "" {
+		o, err := CredsOption(creds)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect nats %s: %w", url, err)
 	}

@@ -54,6 +54,9 @@ type Options struct {
 	DataDir  string
 	// NATSURL is an external server; empty starts an embedded one.
 	NATSURL string
+	// NATSCreds is the nkey seed file proving this process's identity to
+	// the server at NATSURL ("" when it needs none).
+	NATSCreds string
 	// Listen is the embedded server's client address ("" = in-process only).
 	ListenHost string
 	ListenPort int
@@ -188,7 +191,7 @@ func (s *Stack) connect(ctx context.Context, o Options) error {
 		}
 		s.NC, err = s.Server.Connect("da")
 	} else {
-		s.NC, err = natsbus.Dial(o.NATSURL, "da")
+		s.NC, err = natsbus.Dial(o.NATSURL, "da", o.NATSCreds)
 	}
 	if err != nil {
 		s.stopServer()

@@ -1,0 +1,116 @@
+package natsbus
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+)
+
+// An embedded server that listens on a port refuses anonymous clients: it
+// knows one NATS identity (an nkey user) per role, whose seeds it keeps in
+// <store>/creds/<role>.nk (0600, in a 0700 folder), made at its first
+// start. A client proves an identity with the seed file: --nats-creds FILE
+// or $DA_NATS_CREDS, or the file in a data dir it shares with the server.
+// Nkeys keep no secret on the server (only public keys) and put none on
+// the wire. See docs/security-bus.md.
+
+// Identity roles.
+const (
+	RoleAdmin     = "admin"
+	RoleProducer  = "producer"
+	RoleWriter    = "writer"
+	RoleFinalizer = "finalizer"
+	RoleGateway   = "gateway"
+	RoleCLI       = "cli"
+)
+
+// IdentityRoles are the identities an embedded server knows.
+var IdentityRoles = []string{RoleAdmin, RoleProducer, RoleWriter, RoleFinalizer, RoleGateway, RoleCLI}
+
+// CredsFile is the seed file of role's identity in a store folder.
+func CredsFile(storeDir, role string) string {
+	return filepath.Join(storeDir, "creds", role+".nk")
+}
+
+// ensureIdentities makes (once) and reads the identities of a store
+// folder; it returns the public key of each role.
+func ensureIdentities(storeDir string) (map[string]string, error) {
+	dir := filepath.Join(storeDir, "creds")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("nats credentials: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("nats credentials: %w", err)
+	}
+	pubs := map[string]string{}
+	for _, role := range IdentityRoles {
+		path := CredsFile(storeDir, role)
+		seed, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			kp, kerr := nkeys.CreateUser()
+			if kerr != nil {
+				return nil, fmt.Errorf("nats credentials: %w", kerr)
+			}
+			if seed, kerr = kp.Seed(); kerr != nil {
+				return nil, fmt.Errorf("nats credentials: %w", kerr)
+			}
+			// O_EXCL: two processes starting at once do not overwrite each
+			// other's file (the store lock makes that rare anyway).
+			f, ferr := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if ferr != nil {
+				return nil, fmt.Errorf("nats credentials: %w", ferr)
+			}
+			_, werr := f.Write(append(seed, '\n'))
+			if cerr := f.Close(); werr == nil {
+				werr = cerr
+			}
+			if werr != nil {
+				return nil, fmt.Errorf("nats credentials: write %s: %w", path, werr)
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("nats credentials: %w", err)
+		}
+		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+		if err != nil {
+			return nil, fmt.Errorf("nats credentials: %s is not an nkey user seed: %w", path, err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil || !strings.HasPrefix(pub, "U") {
+			return nil, fmt.Errorf("nats credentials: %s is not an nkey user seed", path)
+		}
+		pubs[role] = pub
+	}
+	return pubs, nil
+}
+
+// nkeyUsers are the server's users for the identities.
+func nkeyUsers(pubs map[string]string) []*server.NkeyUser {
+	var users []*server.NkeyUser
+	for _, role := range IdentityRoles {
+		users = append(users, &server.NkeyUser{Nkey: pubs[role]})
+	}
+	return users
+}
+
+// CredsOption is the client option proving the identity in seed file path.
+func CredsOption(path string) (nats.Option, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("nats credentials %s: %w", path, err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("nats credentials %s: readable by others (mode %o); chmod 600 it", path, st.Mode().Perm())
+	}
+	opt, err := nats.NkeyOptionFromSeed(path)
+	if err != nil {
+		return nil, fmt.Errorf("nats credentials %s: %w", path, err)
+	}
+	return opt, nil
+}
