@@ -145,11 +145,10 @@ func TestStoreHeldByOneProcess(t *testing.T) {
 	}
 }
 
-// TestAnonymousRefused: an embedded server that listens on a port refuses
-// anonymous clients and unknown identities, and takes each role's identity
-// from the 0600 files it made in the data dir.
-func TestAnonymousRefused(t *testing.T) {
-	dir := t.TempDir()
+// busOnly starts the embedded server of data dir dir listening on a port,
+// with no service: the streams provisioned by its admin identity.
+func busOnly(t *testing.T, dir string) *stack.Stack {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = dir
 	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
@@ -157,7 +156,16 @@ func TestAnonymousRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Stop()
+	t.Cleanup(func() { st.Stop() })
+	return st
+}
+
+// TestAnonymousRefused: an embedded server that listens on a port refuses
+// anonymous clients and unknown identities, and takes each role's identity
+// from the 0600 files it made in the data dir.
+func TestAnonymousRefused(t *testing.T) {
+	dir := t.TempDir()
+	st := busOnly(t, dir)
 	url := st.Server.ClientURL()
 	if nc, err := nats.Connect(url); !errors.Is(err, nats.ErrAuthorization) {
 		t.Errorf("anonymous client: %v, want an authorization violation", err)
@@ -213,5 +221,141 @@ func TestAnonymousRefused(t *testing.T) {
 	if code := cli.Run(context.Background(), []string{"runs", "--nats-url", url, "--data-dir", t.TempDir()}, &o, &e); code != 1 ||
 		!strings.Contains(e.String(), "pass --nats-creds FILE or set $DA_NATS_CREDS") {
 		t.Errorf("da runs without an identity: %d %s", code, e.String())
+	}
+}
+
+// TestRolePermissions: each role's identity may use its own subjects and
+// is refused outside them (the server reports a permissions violation and
+// nothing reaches the stream): a writer cannot ask for a sync, the gateway
+// cannot read data, the CLI cannot publish data.
+func TestRolePermissions(t *testing.T) {
+	dir := t.TempDir()
+	st := busOnly(t, dir)
+	as := func(role string) (jetstream.JetStream, <-chan error) {
+		opt, err := natsbus.CredsOption(natsbus.CredsFile(filepath.Join(dir, ".nats"), role))
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 16)
+		nc, err := nats.Connect(st.Server.ClientURL(), opt, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+		if err != nil {
+			t.Fatalf("%s: %v", role, err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		return js, errs
+	}
+	msgs := func(stream string) uint64 {
+		s, err := st.JS.Stream(context.Background(), stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	refused := func(role, what string, errs <-chan error, op func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := op(ctx); err == nil {
+			t.Errorf("%s could %s", role, what)
+			return
+		}
+		select {
+		case err := <-errs:
+			if !errors.Is(err, nats.ErrPermissionViolation) {
+				t.Errorf("%s %s: %v, want a permissions violation", role, what, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s %s: no permissions violation reported", role, what)
+		}
+	}
+	allowed := func(role, what string, op func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := op(ctx); err != nil {
+			t.Errorf("%s could not %s: %v", role, what, err)
+		}
+	}
+	publish := func(js jetstream.JetStream, subject string) func(context.Context) error {
+		return func(ctx context.Context) error { _, err := js.Publish(ctx, subject, []byte("{}")); return err }
+	}
+	readData := func(js jetstream.JetStream) func(context.Context) error {
+		return func(ctx context.Context) error {
+			_, err := js.CreateConsumer(ctx, schemas.DataStream, jetstream.ConsumerConfig{FilterSubject: "agnes.data.>"})
+			return err
+		}
+	}
+
+	writer, werrs := as(natsbus.RoleWriter)
+	refused("writer", "publish a sync request", werrs, publish(writer, schemas.SyncSubject("demo")))
+	allowed("writer", "read data", readData(writer))
+
+	gateway, gerrs := as(natsbus.RoleGateway)
+	refused("gateway", "read data", gerrs, readData(gateway))
+	refused("gateway", "publish a sync request", gerrs, publish(gateway, schemas.SyncSubject("demo")))
+	allowed("gateway", "publish a webhook", publish(gateway, schemas.HookSubject("demo")))
+
+	cliJS, cerrs := as(natsbus.RoleCLI)
+	refused("cli", "publish data", cerrs, publish(cliJS, schemas.DataSubject("demo", "orders")))
+	refused("cli", "read data", cerrs, readData(cliJS))
+	allowed("cli", "publish a sync request", publish(cliJS, schemas.SyncSubject("demo")))
+
+	producer, perrs := as(natsbus.RoleProducer)
+	refused("producer", "publish a webhook", perrs, publish(producer, schemas.HookSubject("demo")))
+	finalizer, ferrs := as(natsbus.RoleFinalizer)
+	refused("finalizer", "publish data", ferrs, publish(finalizer, schemas.DataSubject("demo", "orders")))
+
+	if n := msgs(schemas.DataStream); n != 0 {
+		t.Errorf("%d data messages got through", n)
+	}
+	if n := msgs(schemas.SyncStream); n != 1 {
+		t.Errorf("%d sync requests stored, want the CLI's one", n)
+	}
+}
+
+// TestCLIIdentityRunsTheCLI: with only the CLI's identity, every CLI
+// command works against a da serve that listens: sync (request, events,
+// record), runs, status, cancel and dead letters.
+func TestCLIIdentityRunsTheCLI(t *testing.T) {
+	t.Setenv("NATS_URL", "")
+	t.Setenv(cli.NATSURLEnv, "")
+	t.Setenv(cli.NATSCredsEnv, "")
+	root := t.TempDir()
+	cfgPath := writeConfig(t, root, 3000, 100)
+	dir := filepath.Join(root, "data")
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir = dir
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: dir,
+		ListenHost: "127.0.0.1", ListenPort: -1, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	creds := cliCreds(dir)
+	run := func(args ...string) (int, string) {
+		var o, e bytes.Buffer
+		code := cli.Run(context.Background(), append(args, "--config", cfgPath, "--nats-url", st.Server.ClientURL(), "--nats-creds", creds), &o, &e)
+		return code, o.String() + e.String()
+	}
+	code, out := run("sync", "demo")
+	if code != 0 || !strings.Contains(out, "Synced demo") || !strings.Contains(out, "as the identity in "+creds) {
+		t.Fatalf("da sync as the CLI: %d\n%s", code, out)
+	}
+	id := regexp.MustCompile(`run ([0-9a-f-]{36})`).FindStringSubmatch(out)
+	for _, args := range [][]string{{"runs"}, {"status"}, {"dead-letters"}} {
+		if code, out := run(args...); code != 0 {
+			t.Errorf("da %s as the CLI: %d\n%s", args[0], code, out)
+		}
+	}
+	if code, out := run("cancel", id[1]); code != 1 || !strings.Contains(out, "already ended") {
+		t.Errorf("da cancel of an ended run as the CLI: %d\n%s", code, out)
 	}
 }

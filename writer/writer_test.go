@@ -176,7 +176,7 @@ func TestWriterPoison(t *testing.T) {
 	publish(t, js, run2, 2, 10, mustBatch(t, 0, 10), "")
 	_, stop := startWriter(t, js, dir, memory.DefaultAllocator)
 	defer stop()
-	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run2+".>", 10*time.Second, func(evs []schemas.Event) bool {
+	evs := natstest.WaitEvents(t, js, "agnes.events.src."+run2+".>", 30*time.Second, func(evs []schemas.Event) bool {
 		var failed, written int
 		for _, e := range evs {
 			switch e.Type {

@@ -133,7 +133,9 @@ func connect(ctx context.Context, cfg *config.Config, c commonFlags, fallback st
 			from += ", as the identity in " + creds
 		}
 		js, err := jetstream.New(nc)
-		if err == nil {
+		if err == nil && creds == "" {
+			// A server that wants no identity: make what is missing. One
+			// that does was provisioned by its own da serve.
 			err = natsbus.ProvisionWithRetry(ctx, js, max(cfg.NATS.Replicas, 1))
 		}
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -94,7 +95,7 @@ func ensureIdentities(storeDir string) (map[string]string, error) {
 func nkeyUsers(pubs map[string]string) []*server.NkeyUser {
 	var users []*server.NkeyUser
 	for _, role := range IdentityRoles {
-		users = append(users, &server.NkeyUser{Nkey: pubs[role]})
+		users = append(users, &server.NkeyUser{Nkey: pubs[role], Permissions: Permissions(role)})
 	}
 	return users
 }
@@ -113,4 +114,78 @@ func CredsOption(path string) (nats.Option, error) {
 		return nil, fmt.Errorf("nats credentials %s: %w", path, err)
 	}
 	return opt, nil
+}
+
+// Permissions are the subjects an identity may use: its role's streams,
+// consumers and buckets, and nothing else; nil (everything) for admin.
+// JetStream is used through its API subjects, so they are allowed stream
+// by stream: reading a stream (consumers, gets, acks) is a grant of its
+// own, apart from asking for its info.
+func Permissions(role string) *server.Permissions {
+	var pub []string
+	read := func(streams ...string) {
+		for _, st := range streams {
+			pub = append(pub, "$JS.API.STREAM.INFO."+st,
+				"$JS.API.CONSUMER.CREATE."+st, "$JS.API.CONSUMER.CREATE."+st+".>", "$JS.API.CONSUMER.DURABLE.CREATE."+st+".>",
+				"$JS.API.CONSUMER.INFO."+st+".>", "$JS.API.CONSUMER.DELETE."+st+".>", "$JS.API.CONSUMER.MSG.NEXT."+st+".>",
+				"$JS.API.DIRECT.GET."+st, "$JS.API.DIRECT.GET."+st+".>", "$JS.API.STREAM.MSG.GET."+st,
+				"$JS.ACK."+st+".>", "$JS.FC."+st+".>")
+		}
+	}
+	info := func(streams ...string) {
+		for _, st := range streams {
+			pub = append(pub, "$JS.API.STREAM.INFO."+st)
+		}
+	}
+	kv := func(buckets ...string) {
+		for _, b := range buckets {
+			read("KV_" + b)
+			pub = append(pub, "$KV."+b+".>")
+		}
+	}
+	kvRead := func(buckets ...string) {
+		for _, b := range buckets {
+			read("KV_" + b)
+		}
+	}
+	switch role {
+	case RoleAdmin:
+		return nil
+	case RoleProducer:
+		// Reads sync requests, webhooks and schedule ticks; publishes data,
+		// events, dead letters and (the scheduler) sync requests.
+		pub = append(pub, "agnes.data.>", "agnes.events.>", "agnes.stream.>", "agnes.dlq.>", "agnes.sync.>")
+		read(schemas.SyncStream, schemas.HookStream, schemas.ScheduleStream, schemas.EventStream)
+		info(schemas.DataStream, schemas.StreamEventStream, schemas.DeadLetterStream)
+		kv(schemas.LockBucket, schemas.RunsBucket, schemas.ProducerBucket)
+		kvRead(schemas.StateBucket)
+	case RoleWriter:
+		pub = append(pub, "agnes.events.>", "agnes.stream.>", "agnes.dlq.>")
+		read(schemas.DataStream, schemas.EventStream)
+		info(schemas.StreamEventStream, schemas.DeadLetterStream)
+		kv(schemas.WriterBucket)
+	case RoleFinalizer:
+		pub = append(pub, "agnes.events.>", "agnes.stream.>")
+		read(schemas.EventStream, schemas.StreamEventStream)
+		kv(schemas.StateBucket, schemas.LockBucket, schemas.RunsBucket)
+		kvRead(schemas.ProducerBucket)
+	case RoleGateway:
+		pub = append(pub, "agnes.hooks.>")
+		info(schemas.HookStream)
+	case RoleCLI:
+		// Asks for runs and cancels them (an event); reads events, run
+		// records, dead letters and schedules.
+		pub = append(pub, "agnes.sync.>", "agnes.events.>")
+		read(schemas.EventStream, schemas.DeadLetterStream, schemas.ScheduleStream)
+		info(schemas.SyncStream)
+		kv(schemas.RunsBucket, schemas.LockBucket)
+		kvRead(schemas.ProducerBucket)
+	default:
+		pub = nil
+	}
+	pub = append(pub, "$JS.API.INFO")
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+	}
 }

@@ -57,6 +57,10 @@ type Options struct {
 	// NATSCreds is the nkey seed file proving this process's identity to
 	// the server at NATSURL ("" when it needs none).
 	NATSCreds string
+	// NoProvision: this process's identity may not create streams and
+	// buckets (a role's, not admin's); it finds them made by the server's
+	// own da serve, and reconciles no schedules.
+	NoProvision bool
 	// Listen is the embedded server's client address ("" = in-process only).
 	ListenHost string
 	ListenPort int
@@ -139,7 +143,7 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if err := s.connect(ctx, o); err != nil {
 		return nil, err
 	}
-	if o.Schedules && o.Config != nil {
+	if o.Schedules && o.Config != nil && !o.NoProvision {
 		if _, err := schedules.Reconcile(ctx, s.JS, o.Config, o.Logger); err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("schedules: %w", err)
@@ -197,7 +201,7 @@ func (s *Stack) connect(ctx context.Context, o Options) error {
 		s.stopServer()
 		return err
 	}
-	if s.JS, err = natsbus.JetStream(s.NC, natsbus.PublishAckTimeout); err == nil {
+	if s.JS, err = natsbus.JetStream(s.NC, natsbus.PublishAckTimeout); err == nil && !o.NoProvision {
 		err = natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1))
 	}
 	if err != nil {
