@@ -170,7 +170,7 @@ func benchPipeline(ctx context.Context, o benchOptions, stderr io.Writer) (*pipe
 // benchSync runs one sync of every orders table and times it from the
 // request to the published extract.
 func benchSync(ctx context.Context, url, creds string, o benchOptions) (float64, int64, error) {
-	nc, err := natsbus.Dial(url, "da-bench", creds)
+	nc, err := natsbus.Dial(url, "da-bench", natsbus.ClientIdentity{Creds: creds})
 	if err != nil {
 		return 0, 0, err
 	}

@@ -138,6 +138,18 @@ type commonFlags struct {
 // NATSCredsEnv names the nkey seed file a client proves its identity with.
 const NATSCredsEnv = "DA_NATS_CREDS"
 
+// NATSCAEnv names the CA file a client verifies a TLS server with.
+const NATSCAEnv = "DA_NATS_CA"
+
+// ca is the CA file to verify a named server with: $DA_NATS_CA, else the
+// config's nats.tls.ca ("" : the system's).
+func ca(cfg *config.Config) string {
+	if v := os.Getenv(NATSCAEnv); v != "" {
+		return v
+	}
+	return cfg.NATS.TLS.CA
+}
+
 // creds is the identity file to connect to a named server as role with,
 // and where it came from: --nats-creds, $DA_NATS_CREDS, or the file of
 // that role in the data dir (the data dir of the server's own da serve);

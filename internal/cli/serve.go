@@ -83,7 +83,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	creds, _ := c.creds(cfg, identity)
 	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
-		NATSURL: cfg.NATS.URL, NATSCreds: creds, NoProvision: creds != "" && identity != natsbus.RoleAdmin, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
+		NATSURL: cfg.NATS.URL, NATSCreds: creds, NATSCA: ca(cfg), NoProvision: creds != "" && identity != natsbus.RoleAdmin, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
 		GatewayListen: *webhookListen,
 		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name,
 		RetireGrace: *retireGrace, APIListen: *httpListen, APIToken: os.Getenv(httpapi.TokenEnv), MetricsListen: *metricsListen,

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -111,16 +112,18 @@ func connect(ctx context.Context, cfg *config.Config, c commonFlags, fallback st
 	if url != "" {
 		opts := []nats.Option{nats.Timeout(2 * time.Second), nats.RetryOnFailedConnect(false)}
 		creds, credsFrom := c.creds(cfg, natsbus.RoleCLI)
-		if creds != "" {
-			o, err := natsbus.CredsOption(creds)
-			if err != nil {
-				return nil, nil, "", fmt.Errorf("%w (from %s)", err, credsFrom)
-			}
-			opts = append(opts, o)
+		more, err := natsbus.ClientIdentity{Creds: creds, CA: ca(cfg)}.Options()
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("%w (from %s)", err, credsFrom)
 		}
+		opts = append(opts, more...)
 		nc, err := nats.Connect(url, opts...)
 		if err != nil {
 			hint := "start it, or name no server to run in-process"
+			var unknownCA x509.UnknownAuthorityError
+			if errors.As(err, &unknownCA) || strings.Contains(err.Error(), "x509:") {
+				hint = "its TLS certificate is not trusted: name its CA in nats.tls.ca or $" + NATSCAEnv
+			}
 			if errors.Is(err, nats.ErrAuthorization) {
 				hint = "the server wants an identity: pass --nats-creds FILE or set $" + NATSCredsEnv
 				if creds != "" {

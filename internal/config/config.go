@@ -32,8 +32,20 @@ type Config struct {
 
 // NATS configures the bus connection.
 type NATS struct {
-	URL      string `yaml:"url"`
-	Replicas int    `yaml:"replicas"`
+	URL      string  `yaml:"url"`
+	Replicas int     `yaml:"replicas"`
+	TLS      NATSTLS `yaml:"tls"`
+}
+
+// NATSTLS are the paths of the bus's TLS files (never their contents).
+type NATSTLS struct {
+	// Cert and Key are the certificate (chain) and key an embedded server
+	// that listens presents; it then accepts TLS clients only.
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	// CA is the certificate authority clients verify the server with
+	// (default: the system's); $DA_NATS_CA overrides it.
+	CA string `yaml:"ca"`
 }
 
 // Source is one configured data source.
@@ -260,6 +272,9 @@ func (c *Config) Validate() error {
 				}
 			}
 		}
+	}
+	if (c.NATS.TLS.Cert == "") != (c.NATS.TLS.Key == "") {
+		errs = append(errs, fmt.Errorf("%s: field nats.tls: set both cert and key (the server's certificate and its key), or neither", c.path))
 	}
 	if c.NATS.Replicas < 0 || c.NATS.Replicas > 5 {
 		errs = append(errs, fmt.Errorf("%s: field nats.replicas: %d is not between 1 and 5", c.path, c.NATS.Replicas))

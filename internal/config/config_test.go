@@ -58,6 +58,7 @@ func TestErrors(t *testing.T) {
 		{"ErrDuplicate", "sources:\n  - {name: s, connector: demo}\n  - {name: s, connector: demo}\n", []string{"defined twice"}},
 		{"ErrNoConnector", "sources:\n  - name: s\n", []string{"sources[0].connector", "required"}},
 		{"ErrUnknownField", "sourcez: []\n", []string{"sourcez"}},
+		{"ErrTLSHalf", "nats:\n  tls: {cert: /etc/agnes/nats.pem}\n", []string{"nats.tls", "both cert and key"}},
 		{"ErrScheduleCron5", "sources:\n  - {name: s, connector: demo, schedule: \"*/15 * * * *\"}\n", []string{"sources[0].schedule", "6 fields", "has 5"}},
 		{"ErrScheduleAlias", "sources:\n  - {name: s, connector: demo, schedule: \"@fortnightly\"}\n", []string{"sources[0].schedule", "unknown alias", "@hourly"}},
 		{"ErrScheduleEvery", "sources:\n  - {name: s, connector: demo, schedule: \"@every 500ms\"}\n", []string{"sources[0].schedule", "at least 1s"}},

@@ -189,3 +189,29 @@ func Permissions(role string) *server.Permissions {
 		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 	}
 }
+
+// ClientIdentity is how a client proves itself to a server and checks
+// the server: an nkey seed file, and the CA file of a server with TLS.
+type ClientIdentity struct {
+	Creds string
+	CA    string
+}
+
+// Options are the connect options of id.
+func (id ClientIdentity) Options() ([]nats.Option, error) {
+	var opts []nats.Option
+	if id.Creds != "" {
+		o, err := CredsOption(id.Creds)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
+	}
+	if id.CA != "" {
+		if _, err := os.Stat(id.CA); err != nil {
+			return nil, fmt.Errorf("nats CA: %w", err)
+		}
+		opts = append(opts, nats.RootCAs(id.CA))
+	}
+	return opts, nil
+}

@@ -31,6 +31,9 @@ type ServerOptions struct {
 	Port int
 	// MaxPayload is the largest message; 0 means 8 MiB.
 	MaxPayload int32
+	// TLSCert and TLSKey, when set, make a listening server accept TLS
+	// clients only.
+	TLSCert, TLSKey string
 }
 
 // DefaultMaxPayload of the embedded server. Larger messages mean fewer,
@@ -125,6 +128,14 @@ func StartServer(opts ServerOptions) (*Server, error) {
 		}
 		so.Nkeys = nkeyUsers(pubs)
 		admin = CredsFile(opts.StoreDir, RoleAdmin)
+		if opts.TLSCert != "" {
+			tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: opts.TLSCert, KeyFile: opts.TLSKey})
+			if err != nil {
+				lock.Close()
+				return nil, fmt.Errorf("start nats: TLS certificate %s and key %s: %w", opts.TLSCert, opts.TLSKey, err)
+			}
+			so.TLSConfig, so.TLS, so.TLSTimeout = tc, true, 2
+		}
 	}
 	if so.Host == "" {
 		so.Host = "127.0.0.1"
@@ -159,11 +170,10 @@ func (s *Server) Connect(name string) (*nats.Conn, error) {
 		}
 		opts = append(opts, o)
 	}
-	url := s.ClientURL()
-	if s.inProcess {
-		opts = append(opts, nats.InProcessServer(s.Server))
-		url = ""
-	}
+	// The server's own services connect in-process, whether it listens
+	// or not: no network, no TLS to verify.
+	opts = append(opts, nats.InProcessServer(s.Server))
+	url := ""
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect embedded nats: %w", err)
@@ -182,20 +192,18 @@ func (s *Server) Stop() {
 }
 
 // Dial connects to an external server, failing fast when none answers.
-func Dial(url, name, creds string) (*nats.Conn, error) {
+func Dial(url, name string, id ClientIdentity) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.Timeout(2 * time.Second),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 	}
-	if creds != "" {
-		o, err := CredsOption(creds)
-		if err != nil {
-			return nil, err
-		}
-		opts = append(opts, o)
+	more, err := id.Options()
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, more...)
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect nats %s: %w", url, err)

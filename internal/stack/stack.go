@@ -57,6 +57,9 @@ type Options struct {
 	// NATSCreds is the nkey seed file proving this process's identity to
 	// the server at NATSURL ("" when it needs none).
 	NATSCreds string
+	// NATSCA is the CA file the server at NATSURL is verified with ("":
+	// the system's).
+	NATSCA string
 	// NoProvision: this process's identity may not create streams and
 	// buckets (a role's, not admin's); it finds them made by the server's
 	// own da serve, and reconciles no schedules.
@@ -188,14 +191,17 @@ func RegisterSecrets(cfg *config.Config, reg *connectors.Registry) {
 func (s *Stack) connect(ctx context.Context, o Options) error {
 	var err error
 	if o.NATSURL == "" {
-		s.Server, err = natsbus.StartServer(natsbus.ServerOptions{
-			StoreDir: filepath.Join(o.DataDir, ".nats"), Host: o.ListenHost, Port: o.ListenPort})
+		so := natsbus.ServerOptions{StoreDir: filepath.Join(o.DataDir, ".nats"), Host: o.ListenHost, Port: o.ListenPort}
+		if o.Config != nil {
+			so.TLSCert, so.TLSKey = o.Config.NATS.TLS.Cert, o.Config.NATS.TLS.Key
+		}
+		s.Server, err = natsbus.StartServer(so)
 		if err != nil {
 			return err
 		}
 		s.NC, err = s.Server.Connect("da")
 	} else {
-		s.NC, err = natsbus.Dial(o.NATSURL, "da", o.NATSCreds)
+		s.NC, err = natsbus.Dial(o.NATSURL, "da", natsbus.ClientIdentity{Creds: o.NATSCreds, CA: o.NATSCA})
 	}
 	if err != nil {
 		s.stopServer()
