@@ -207,15 +207,9 @@ func (p *Producer) lock(ctx context.Context, msg jetstream.Msg, req schemas.Sync
 	if _, err := p.runs.Claim(ctx, req, p.id); err != nil {
 		p.log.Warn("could not name this producer in the run's record; it cannot be found abandoned if this producer dies", "run", req.RunID, "err", err)
 	}
-	err := natsbus.AcquireRun(ctx, p.locks, req.Source, req.RunID)
-	if errors.Is(err, schemas.ErrAlreadyRunning) {
-		if holder, herr := natsbus.LockHolder(ctx, p.locks, req.Source); herr == nil && holder != "" {
-			if took, terr := p.runs.TakeOver(ctx, p.log, p.locks, req.Source, holder, req.RunID); terr != nil {
-				p.log.Warn("could not tell whether the running sync lost its producer", "run", holder, "source", req.Source, "err", terr)
-			} else if took {
-				err = natsbus.AcquireRun(ctx, p.locks, req.Source, req.RunID)
-			}
-		}
+	holder, err := p.runs.Lock(ctx, p.log, p.locks, req.Source, req.RunID)
+	if err == nil && holder != "" {
+		err = fmt.Errorf("%w: source %s, run %s", schemas.ErrAlreadyRunning, req.Source, holder)
 	}
 	if errors.Is(err, schemas.ErrAlreadyRunning) {
 		p.log.Warn("sync request rejected: source already syncing", "run", req.RunID, "source", req.Source, "err", err)

@@ -9,28 +9,39 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// AcquireRun takes the source's lock for run. It succeeds when the lock is
-// free or already held by the same run (a retried attempt); otherwise it
-// returns schemas.ErrAlreadyRunning naming the running run.
+// ClaimRun takes the source's lock for run and returns "", or, when another
+// run holds it, that run's id. Claiming a lock run already holds succeeds
+// (a retry, or a producer finding the lock its requester took for it).
+func ClaimRun(ctx context.Context, kv jetstream.KeyValue, source, run string) (string, error) {
+	for {
+		_, err := kv.Create(ctx, source, []byte(run))
+		if err == nil {
+			return "", nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return "", fmt.Errorf("lock source %s: %w", source, err)
+		}
+		e, err := kv.Get(ctx, source)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // released in between
+		}
+		if err != nil {
+			return "", fmt.Errorf("lock source %s: %w", source, err)
+		}
+		if string(e.Value()) == run {
+			return "", nil
+		}
+		return string(e.Value()), nil
+	}
+}
+
+// AcquireRun is ClaimRun with a held lock as schemas.ErrAlreadyRunning.
 func AcquireRun(ctx context.Context, kv jetstream.KeyValue, source, run string) error {
-	_, err := kv.Create(ctx, source, []byte(run))
-	if err == nil {
-		return nil
+	holder, err := ClaimRun(ctx, kv, source, run)
+	if err == nil && holder != "" {
+		err = fmt.Errorf("%w: source %s, run %s", schemas.ErrAlreadyRunning, source, holder)
 	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("lock source %s: %w", source, err)
-	}
-	e, err := kv.Get(ctx, source)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return AcquireRun(ctx, kv, source, run) // released in between
-	}
-	if err != nil {
-		return fmt.Errorf("lock source %s: %w", source, err)
-	}
-	if string(e.Value()) == run {
-		return nil
-	}
-	return fmt.Errorf("%w: source %s, run %s", schemas.ErrAlreadyRunning, source, e.Value())
+	return err
 }
 
 // RefreshRun renews the lock of run; it does nothing if another run holds it.

@@ -43,7 +43,6 @@ const DefaultMaxPayload = 8 << 20
 // Server is a running embedded NATS server.
 type Server struct {
 	*server.Server
-	inProcess bool
 	// lock holds the store folder for this process (lockStore).
 	lock *os.File
 	// admin is the seed file of the admin identity when the server
@@ -151,7 +150,7 @@ func StartServer(opts ServerOptions) (*Server, error) {
 		lock.Close()
 		return nil, fmt.Errorf("start nats: server not ready after 30s")
 	}
-	s := &Server{Server: ns, inProcess: so.DontListen, lock: lock, admin: admin}
+	s := &Server{Server: ns, lock: lock, admin: admin}
 	url := ""
 	if !so.DontListen {
 		url = ns.ClientURL()

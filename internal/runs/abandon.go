@@ -189,13 +189,13 @@ func (s *Store) TakeOver(ctx context.Context, log *slog.Logger, locks jetstream.
 	return true, nil
 }
 
-// Lock takes the source's lock for run before its request is published
-// (the sync API, the scheduler): the producer then finds it held by its
-// own run. It returns "" when the lock is run's, else the id of the run
+// Lock takes the source's lock for run: before its request is published
+// (the sync API, the scheduler; the producer then finds it held by its own
+// run), or by the producer that got the request. It returns "" when the lock is run's, else the id of the run
 // holding it. A lock held by a run whose producer died is taken over
 // (TakeOver). Of concurrent callers exactly one gets the lock.
 func (s *Store) Lock(ctx context.Context, log *slog.Logger, locks jetstream.KeyValue, source, run string) (string, error) {
-	holder, err := claimLock(ctx, locks, source, run)
+	holder, err := natsbus.ClaimRun(ctx, locks, source, run)
 	if err != nil || holder == "" {
 		return holder, err
 	}
@@ -206,32 +206,7 @@ func (s *Store) Lock(ctx context.Context, log *slog.Logger, locks jetstream.KeyV
 	if !took {
 		return holder, nil
 	}
-	return claimLock(ctx, locks, source, run)
-}
-
-// claimLock creates the source's lock for run; it returns the holder when
-// another run holds it.
-func claimLock(ctx context.Context, locks jetstream.KeyValue, source, run string) (string, error) {
-	for {
-		_, err := locks.Create(ctx, source, []byte(run))
-		if err == nil {
-			return "", nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return "", fmt.Errorf("lock source %s: %w", source, err)
-		}
-		e, err := locks.Get(ctx, source)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // released in between
-		}
-		if err != nil {
-			return "", fmt.Errorf("lock source %s: %w", source, err)
-		}
-		if string(e.Value()) == run {
-			return "", nil // a retry of this run's own claim
-		}
-		return string(e.Value()), nil
-	}
+	return natsbus.ClaimRun(ctx, locks, source, run)
 }
 
 // Reaper abandons the runs whose producer died while no producer is left
