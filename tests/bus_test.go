@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -231,13 +233,44 @@ func TestAnonymousRefused(t *testing.T) {
 func TestRolePermissions(t *testing.T) {
 	dir := t.TempDir()
 	st := busOnly(t, dir)
+	checkRolePermissions(t, st.Server.ClientURL(), st.JS, func(role string) string { return natsbus.CredsFile(filepath.Join(dir, ".nats"), role) })
+}
+
+// TestExternalServerPermissions: a nats-server process run with the config
+// "da nats config" makes refuses anonymous clients and enforces the same
+// permissions, role by role; services and "da sync" with their own
+// identities publish an extract through it.
+func TestExternalServerPermissions(t *testing.T) {
+	e := newProcEnv(t, 1, 10, 10)
+	if nc, err := nats.Connect(e.url); !errors.Is(err, nats.ErrAuthorization) {
+		t.Errorf("anonymous client of the external server: %v, want an authorization violation", err)
+		if nc != nil {
+			nc.Close()
+		}
+	}
+	checkRolePermissions(t, e.url, e.js, e.credsFile)
+	// The compose shape: each service with its own identity, "da sync"
+	// with the CLI's.
+	e.serveAll(1)
+	t.Setenv(cli.NATSCredsEnv, e.credsFile(natsbus.RoleCLI))
+	var o, eb bytes.Buffer
+	if code := cli.Run(context.Background(), []string{"sync", "demo", "--config", e.cfgPath}, &o, &eb); code != 0 ||
+		!strings.Contains(o.String(), "as the identity in "+e.credsFile(natsbus.RoleCLI)) {
+		t.Fatalf("da sync as the CLI identity: %d\n%s\n%s", code, o.String(), eb.String())
+	}
+	e.verifyPublished()
+}
+
+// checkRolePermissions checks each role's identity (its seed file is
+// creds(role)) against the server at url; admin is the server's admin.
+func checkRolePermissions(t *testing.T, url string, admin jetstream.JetStream, creds func(role string) string) {
 	as := func(role string) (jetstream.JetStream, <-chan error) {
-		opt, err := natsbus.CredsOption(natsbus.CredsFile(filepath.Join(dir, ".nats"), role))
+		opt, err := natsbus.CredsOption(creds(role))
 		if err != nil {
 			t.Fatal(err)
 		}
 		errs := make(chan error, 16)
-		nc, err := nats.Connect(st.Server.ClientURL(), opt, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
+		nc, err := nats.Connect(url, opt, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errs <- err }))
 		if err != nil {
 			t.Fatalf("%s: %v", role, err)
 		}
@@ -246,7 +279,7 @@ func TestRolePermissions(t *testing.T) {
 		return js, errs
 	}
 	msgs := func(stream string) uint64 {
-		s, err := st.JS.Stream(context.Background(), stream)
+		s, err := admin.Stream(context.Background(), stream)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -357,5 +390,33 @@ func TestCLIIdentityRunsTheCLI(t *testing.T) {
 	}
 	if code, out := run("cancel", id[1]); code != 1 || !strings.Contains(out, "already ended") {
 		t.Errorf("da cancel of an ended run as the CLI: %d\n%s", code, out)
+	}
+}
+
+// TestServiceWaitsForProvision: a service whose identity may not make
+// streams, started before they are made, says what is missing and how to
+// make it, and starts once "da nats provision" has run.
+func TestServiceWaitsForProvision(t *testing.T) {
+	e := newProcEnv(t, 1, 10, 10)
+	if err := e.js.DeleteStream(context.Background(), schemas.DataStream); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	w := e.serve("w1", "writer", "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", port))
+	natstest.Poll(t, time.Minute, func() (bool, string) {
+		return strings.Contains(w.output(), `waiting for the streams to be made: run \"da nats provision\" as admin`) &&
+			strings.Contains(w.output(), schemas.DataStream), "the writer has not said it waits for " + schemas.DataStream
+	})
+	e.provision()
+	natstest.Poll(t, time.Minute, func() (bool, string) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", port))
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+	if strings.Contains(w.output(), "service stopped with error") {
+		t.Errorf("the writer failed instead of waiting:\n%s", w.output())
 	}
 }

@@ -20,6 +20,10 @@ type composeFile struct {
 			Replicas int `yaml:"replicas"`
 		} `yaml:"deploy"`
 		Healthcheck map[string]any `yaml:"healthcheck"`
+		Ports       []string       `yaml:"ports"`
+		DependsOn   map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
 	} `yaml:"services"`
 }
 
@@ -67,6 +71,7 @@ func TestComposeFile(t *testing.T) {
 	if gw := strings.Join(c.Services["gateway"].Command, " "); !strings.Contains(gw, "--webhook-listen 0.0.0.0:8080") {
 		t.Errorf("the gateway must listen on all interfaces inside its container: %q", gw)
 	}
+	checkComposeAuth(t, c)
 	if c.Services["writer"].Deploy.Replicas < 2 {
 		t.Errorf("writers run %d replicas, want several", c.Services["writer"].Deploy.Replicas)
 	}
@@ -84,5 +89,58 @@ func TestComposeFile(t *testing.T) {
 	}
 	if _, err := cfg.Source("demo"); err != nil {
 		t.Error(err)
+	}
+}
+
+// checkComposeAuth checks the authenticated bus of the compose file: NATS
+// is not published, runs the config "da nats config" writes, and every
+// service mounts only its own role's seed and names it in DA_NATS_CREDS;
+// provision creates the streams as admin before the services start.
+func checkComposeAuth(t *testing.T, c composeFile) {
+	t.Helper()
+	nats, init := c.Services["nats"], c.Services["nats-init"]
+	if len(nats.Ports) != 0 {
+		t.Errorf("nats publishes %v beyond the compose network", nats.Ports)
+	}
+	initCmd := strings.Join(init.Command, " ")
+	if !strings.HasPrefix(initCmd, "nats config --creds-dir /creds --role-dirs --out /nats-conf/nats.conf") ||
+		!slices.Contains(init.Volumes, "nats-conf:/nats-conf") {
+		t.Errorf("nats-init must write the server config to the nats-conf volume: %q %v", initCmd, init.Volumes)
+	}
+	if i := slices.Index(nats.Command, "-c"); i < 0 || i+1 >= len(nats.Command) || nats.Command[i+1] != "/etc/agnes-nats/nats.conf" ||
+		!slices.Contains(nats.Volumes, "nats-conf:/etc/agnes-nats:ro") || nats.DependsOn["nats-init"].Condition != "service_completed_successfully" {
+		t.Errorf("nats must run the config nats-init made: %v %v %v", nats.Command, nats.Volumes, nats.DependsOn)
+	}
+	roles := map[string]string{"producer": "producer", "writer": "writer", "finalizer": "finalizer", "gateway": "gateway", "cli": "cli", "provision": "admin"}
+	for svc, role := range roles {
+		s := c.Services[svc]
+		if !slices.Contains(init.Volumes, "creds-"+role+":/creds/"+role) {
+			t.Errorf("nats-init does not make %s's seed in its volume: %v", role, init.Volumes)
+		}
+		if s.Environment["DA_NATS_CREDS"] != "/run/agnes/"+role+".nk" || !slices.Contains(s.Volumes, "creds-"+role+":/run/agnes:ro") {
+			t.Errorf("%s must use the %s identity from its own volume: env %v, volumes %v", svc, role, s.Environment, s.Volumes)
+		}
+		for _, v := range s.Volumes {
+			if strings.HasPrefix(v, "creds-") && v != "creds-"+role+":/run/agnes:ro" {
+				t.Errorf("%s mounts another role's seed: %s", svc, v)
+			}
+		}
+		if svc != "provision" && s.DependsOn["provision"].Condition != "service_completed_successfully" {
+			t.Errorf("%s starts before provision: %v", svc, s.DependsOn)
+		}
+	}
+	if p := strings.Join(c.Services["provision"].Command, " "); !strings.HasPrefix(p, "nats provision --config /etc/agnes/agnes.yaml") ||
+		c.Services["provision"].DependsOn["nats"].Condition != "service_healthy" {
+		t.Errorf("provision: %q %v", p, c.Services["provision"].DependsOn)
+	}
+	// The image owns the folders the volumes are first mounted on.
+	df, err := os.ReadFile("../deploy/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{"/data", "/nats-conf", "/creds/admin", "/creds/producer", "/creds/writer", "/creds/finalizer", "/creds/gateway", "/creds/cli"} {
+		if !strings.Contains(string(df), " "+dir+" ") {
+			t.Errorf("deploy/Dockerfile does not make %s for the image's user", dir)
+		}
 	}
 }

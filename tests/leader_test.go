@@ -45,8 +45,8 @@ func TestConsumeSurvivesConsumerLeaderKill(t *testing.T) {
 					others = append(others, i)
 				}
 			}
-			js := connectOnly(t, e.urls[others[0]])
-			pub := connectOnly(t, e.urls[others[1]])
+			js := e.connectOnly(e.urls[others[0]])
+			pub := e.connectOnly(e.urls[others[1]])
 			cons, err := js.Consumer(ctx, "WORK", "workers")
 			if err != nil {
 				t.Fatal(err)
@@ -127,19 +127,15 @@ func consumerLeader(t *testing.T, cons jetstream.Consumer) string {
 	return leader
 }
 
-// connectOnly connects to the one server at url, with no other to fail
-// over to: the connection lives exactly as long as that server.
-func connectOnly(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url, nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+// connectOnly connects to the one server at url, as admin, with no other
+// to fail over to: the connection lives exactly as long as that server.
+func (e *procEnv) connectOnly(url string) jetstream.JetStream {
+	e.t.Helper()
+	nc := e.connect(url, nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
 		nats.IgnoreDiscoveredServers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	return js
 }
@@ -205,7 +201,7 @@ func TestFollowSurvivesConsumerServerKill(t *testing.T) {
 		if i == len(e.servers) {
 			t.Fatal("every follower's consumer landed on its client's own server")
 		}
-		f = follow(t, ctx, connectOnly(t, e.urls[i]), "LOG", "log.x")
+		f = follow(t, ctx, e.connectOnly(e.urls[i]), "LOG", "log.x")
 		natstest.Poll(t, 30*time.Second, func() (bool, string) { return f.count() == 10, fmt.Sprintf("%d of 10 followed", f.count()) })
 		host := followerHost(t, e, "LOG")
 		if host != fmt.Sprintf("n%d", i) {

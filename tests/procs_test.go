@@ -192,6 +192,7 @@ type procEnv struct {
 	dir      string
 	dataDir  string
 	cfgPath  string
+	creds    string // the roles' seed files
 	url      string
 	urls     []string   // per server
 	natsArgs [][]string // per server, to restart it
@@ -203,13 +204,21 @@ type procEnv struct {
 	custRows int64
 }
 
-// newProcEnv starts nServers NATS servers (a cluster when more than one)
-// and writes a config with a demo source of rows orders.
+// newProcEnv starts nServers NATS servers (a cluster when more than one),
+// with authentication on: "da nats config" makes each role's identity and
+// the servers' config; the environment provisions the streams as admin
+// ("da nats provision") and every process uses its own role's identity.
+// It writes a config with a demo source of rows orders.
 func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 	t.Helper()
-	_, natsBin := binaries(t)
+	da, natsBin := binaries(t)
 	e := &procEnv{t: t, dir: t.TempDir(), rows: rows, custRows: custRows}
 	e.dataDir = filepath.Join(e.dir, "data")
+	e.creds = filepath.Join(e.dir, "creds")
+	natsConf := filepath.Join(e.dir, "nats.conf")
+	if out, err := exec.Command(da, "nats", "config", "--creds-dir", e.creds, "--role-dirs", "--out", natsConf).CombinedOutput(); err != nil {
+		t.Fatalf("da nats config: %v\n%s", err, out)
+	}
 	ports := make([]int, nServers)
 	cports := make([]int, nServers)
 	var urls, routes []string
@@ -219,7 +228,7 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", cports[i]))
 	}
 	for i := range nServers {
-		args := []string{"-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]), "-js", "-sd", filepath.Join(e.dir, fmt.Sprintf("nats%d", i)), "-n", fmt.Sprintf("n%d", i)}
+		args := []string{"-c", natsConf, "-a", "127.0.0.1", "-p", fmt.Sprint(ports[i]), "-js", "-sd", filepath.Join(e.dir, fmt.Sprintf("nats%d", i)), "-n", fmt.Sprintf("n%d", i)}
 		if nServers > 1 {
 			args = append(args, "-cluster_name", "agnes", "-cluster", routes[i], "-routes", strings.Join(routes, ","))
 		}
@@ -239,24 +248,46 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 		e.dataDir, e.url, replicas, rows, custRows)
 	e.cfgPath = filepath.Join(e.dir, "agnes.yaml")
 	os.WriteFile(e.cfgPath, []byte(cfg), 0o644)
-	var err error
-	e.nc, err = nats.Connect(e.url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.nc.Close)
+	e.nc = e.connect(e.url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	e.js, _ = jetstream.New(e.nc)
-	if err := natsbus.ProvisionWithRetry(context.Background(), e.js, replicas); err != nil {
-		for _, p := range e.servers {
-			t.Logf("--- %s\n%s", p.name, tail(p.output(), 10))
-		}
-		t.Fatal(err)
-	}
+	e.provision()
 	return e
 }
 
-// schedule gives the demo source a schedule in the config (before any
-// process reads it).
+// credsFile is the seed file of role's identity, in a folder of its own
+// as the compose file mounts it.
+func (e *procEnv) credsFile(role string) string { return filepath.Join(e.creds, role, role+".nk") }
+
+// connect connects to url as admin.
+func (e *procEnv) connect(url string, opts ...nats.Option) *nats.Conn {
+	e.t.Helper()
+	admin, err := natsbus.CredsOption(e.credsFile(natsbus.RoleAdmin))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	nc, err := nats.Connect(url, append(opts, admin)...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	return nc
+}
+
+// provision runs "da nats provision" as admin: streams, buckets and the
+// config's schedules.
+func (e *procEnv) provision() {
+	e.t.Helper()
+	da, _ := binaries(e.t)
+	cmd := exec.Command(da, "nats", "provision", "--config", e.cfgPath, "--nats-creds", e.credsFile(natsbus.RoleAdmin))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		for _, p := range e.servers {
+			e.t.Logf("--- %s\n%s", p.name, tail(p.output(), 10))
+		}
+		e.t.Fatalf("da nats provision: %v\n%s", err, out)
+	}
+}
+
+// schedule gives the demo source a schedule in the config and applies it.
 func (e *procEnv) schedule(spec string) {
 	e.t.Helper()
 	b, err := os.ReadFile(e.cfgPath)
@@ -267,13 +298,14 @@ func (e *procEnv) schedule(spec string) {
 	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o644); err != nil {
 		e.t.Fatal(err)
 	}
+	e.provision()
 }
 
 // serve starts "da serve" with one role.
 func (e *procEnv) serve(name, role string, extra ...string) *proc {
 	e.t.Helper()
 	da, _ := binaries(e.t)
-	args := append([]string{"serve", "--role", role, "--config", e.cfgPath, "--writers", "1", "--name", name,
+	args := append([]string{"serve", "--role", role, "--config", e.cfgPath, "--writers", "1", "--name", name, "--nats-creds", e.credsFile(role),
 		"--ack-wait", "2s", "--producer-ack-wait", "3s"}, extra...)
 	p := startProc(e.t, e.dir, name, da, args...)
 	e.procs = append(e.procs, p)

@@ -36,6 +36,7 @@ Usage:
   da runs [flags]               list past and current runs, newest first (--source, --status, --limit, --json)
   da status [--json]            each source's last run and freshness
   da cancel <run-id>            stop a run; the live extract stays as it is
+  da nats config|provision      an external nats-server's users and permissions; provision it as admin
   da healthcheck [URL]          exit 0 when a da serve's /readyz answers 200 (default ` + DefaultHealthURL + `)
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
@@ -65,6 +66,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runStatus(ctx, args[1:], stdout, stderr)
 	case "cancel":
 		err = runCancel(ctx, args[1:], stdout, stderr)
+	case "nats":
+		err = runNATS(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		err = runHealthcheck(ctx, args[1:], stdout, stderr)
 	case "verify":
@@ -120,6 +123,16 @@ func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+}
+
+// parseFlagsOnly parses args of a command that takes no positional
+// argument.
+func parseFlagsOnly(fs *flag.FlagSet, args []string) error {
+	pos, err := parseArgs(fs, args)
+	if err == nil && len(pos) > 0 {
+		err = usageError{fmt.Errorf("unexpected argument %q", pos[0])}
+	}
+	return err
 }
 
 // commonFlags are shared by sync, serve and bench.

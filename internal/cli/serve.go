@@ -52,12 +52,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	name := fs.String("name", "", "name of this process's writers in events and logs (default writer)")
 	metricsListen := fs.String("metrics-listen", "", "address serving Prometheus metrics at /metrics; empty: off")
 	httpListen := fs.String("http-listen", "", "address of the sync API (POST /api/sync/trigger, GET /api/sync/runs/{id}); empty: off. Needs $"+httpapi.TokenEnv)
-	pos, err := parseArgs(fs, args)
-	if err != nil {
+	if err := parseFlagsOnly(fs, args); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageError{fmt.Errorf("unexpected argument %q", pos[0])}
 	}
 	cfg, err := c.load()
 	if err != nil {
@@ -83,7 +79,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	creds, _ := c.creds(cfg, identity)
 	st, err := stack.Start(ctx, stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
-		NATSURL: cfg.NATS.URL, NATSCreds: creds, NATSCA: ca(cfg), NoProvision: creds != "" && identity != natsbus.RoleAdmin, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
+		NATSURL: cfg.NATS.URL, NATSCreds: creds, NATSCA: ca(cfg), NoProvision: creds != "" && identity != natsbus.RoleAdmin, Identity: identity, ListenHost: host, ListenPort: port, Roles: roles, Writers: c.writers, Logger: log,
 		GatewayListen: *webhookListen,
 		WriterAckWait: *ackWait, MaxDeliver: *maxDeliver, ProducerAckWait: *producerAckWait, WriterName: *name,
 		RetireGrace: *retireGrace, APIListen: *httpListen, APIToken: os.Getenv(httpapi.TokenEnv), MetricsListen: *metricsListen,

@@ -43,52 +43,68 @@ func CredsFile(storeDir, role string) string {
 // ensureIdentities makes (once) and reads the identities of a store
 // folder; it returns the public key of each role.
 func ensureIdentities(storeDir string) (map[string]string, error) {
-	dir := filepath.Join(storeDir, "creds")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("nats credentials: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("nats credentials: %w", err)
-	}
+	return EnsureIdentities(func(role string) string { return CredsFile(storeDir, role) })
+}
+
+// EnsureIdentities makes the seed file of each role that has none, at
+// seedPath(role) (0600, its folder 0700), and returns each role's public
+// key, reading the files already there.
+func EnsureIdentities(seedPath func(role string) string) (map[string]string, error) {
 	pubs := map[string]string{}
 	for _, role := range IdentityRoles {
-		path := CredsFile(storeDir, role)
-		seed, err := os.ReadFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			kp, kerr := nkeys.CreateUser()
-			if kerr != nil {
-				return nil, fmt.Errorf("nats credentials: %w", kerr)
-			}
-			if seed, kerr = kp.Seed(); kerr != nil {
-				return nil, fmt.Errorf("nats credentials: %w", kerr)
-			}
-			// O_EXCL: two processes starting at once do not overwrite each
-			// other's file (the store lock makes that rare anyway).
-			f, ferr := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			if ferr != nil {
-				return nil, fmt.Errorf("nats credentials: %w", ferr)
-			}
-			_, werr := f.Write(append(seed, '\n'))
-			if cerr := f.Close(); werr == nil {
-				werr = cerr
-			}
-			if werr != nil {
-				return nil, fmt.Errorf("nats credentials: write %s: %w", path, werr)
-			}
-		} else if err != nil {
-			return nil, fmt.Errorf("nats credentials: %w", err)
-		}
-		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+		pub, err := ensureSeed(seedPath(role))
 		if err != nil {
-			return nil, fmt.Errorf("nats credentials: %s is not an nkey user seed: %w", path, err)
-		}
-		pub, err := kp.PublicKey()
-		if err != nil || !strings.HasPrefix(pub, "U") {
-			return nil, fmt.Errorf("nats credentials: %s is not an nkey user seed", path)
+			return nil, fmt.Errorf("nats credentials: %w", err)
 		}
 		pubs[role] = pub
 	}
 	return pubs, nil
+}
+
+// ensureSeed makes the nkey user seed file at path unless there is one,
+// and returns its public key.
+func ensureSeed(path string) (string, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return "", err
+	}
+	seed, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		kp, kerr := nkeys.CreateUser()
+		if kerr != nil {
+			return "", kerr
+		}
+		if seed, kerr = kp.Seed(); kerr != nil {
+			return "", kerr
+		}
+		// O_EXCL: two processes starting at once do not overwrite each
+		// other's file (the store lock makes that rare anyway).
+		f, ferr := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if ferr != nil {
+			return "", ferr
+		}
+		_, werr := f.Write(append(seed, '\n'))
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return "", fmt.Errorf("write %s: %w", path, werr)
+		}
+	} else if err != nil {
+		return "", err
+	}
+	kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(seed))))
+	if err != nil {
+		return "", fmt.Errorf("%s is not an nkey user seed: %w", path, err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil || !strings.HasPrefix(pub, "U") {
+		return "", fmt.Errorf("%s is not an nkey user seed", path)
+	}
+	return pub, nil
 }
 
 // nkeyUsers are the server's users for the identities.

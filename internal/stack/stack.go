@@ -61,9 +61,12 @@ type Options struct {
 	// the system's).
 	NATSCA string
 	// NoProvision: this process's identity may not create streams and
-	// buckets (a role's, not admin's); it finds them made by the server's
-	// own da serve, and reconciles no schedules.
+	// buckets (a role's, not admin's); it waits for those its Identity
+	// uses to be made (by the server's own da serve or "da nats
+	// provision"), and reconciles no schedules.
 	NoProvision bool
+	// Identity is the role whose identity NATSCreds proves (natsbus roles).
+	Identity string
 	// Listen is the embedded server's client address ("" = in-process only).
 	ListenHost string
 	ListenPort int
@@ -207,8 +210,12 @@ func (s *Stack) connect(ctx context.Context, o Options) error {
 		s.stopServer()
 		return err
 	}
-	if s.JS, err = natsbus.JetStream(s.NC, natsbus.PublishAckTimeout); err == nil && !o.NoProvision {
-		err = natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1))
+	if s.JS, err = natsbus.JetStream(s.NC, natsbus.PublishAckTimeout); err == nil {
+		if o.NoProvision {
+			err = natsbus.WaitProvisioned(ctx, s.JS, o.Identity, o.Logger)
+		} else {
+			err = natsbus.ProvisionWithRetry(ctx, s.JS, max(o.Config.NATS.Replicas, 1))
+		}
 	}
 	if err != nil {
 		s.NC.Close()
