@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +78,7 @@ func TestSyncAPI(t *testing.T) {
 		name, url, token, body string
 		want                   int
 	}{
-		{"NoTokenConfigured", off.URL + "/api/sync/trigger", "s3cret", `{"source":"demo"}`, 503},
+		{"NoBootstrapToken", off.URL + "/api/sync/trigger", "s3cret", `{"source":"demo"}`, 401},
 		{"NoToken", srv.URL + "/api/sync/trigger", "", `{"source":"demo"}`, 401},
 		{"WrongToken", srv.URL + "/api/sync/trigger", "guess", `{"source":"demo"}`, 401},
 		{"BadJSON", srv.URL + "/api/sync/trigger", "s3cret", `{"source":`, 400},
@@ -156,5 +158,43 @@ func TestSyncAPI(t *testing.T) {
 	}
 	if r := waitRecord(t, st.JS, "demo", body["run_id"].(string), ended); r.Status != runs.Published {
 		t.Errorf("the run that took its place: %+v", r)
+	}
+}
+
+// TestAPIRoleProcess: "da serve --role api" against an authenticated
+// nats-server, with its own identity and no data dir: the bootstrap admin
+// makes an operator token, which triggers a sync that the other processes
+// publish, and reads its record; a viewer token may read but not trigger.
+func TestAPIRoleProcess(t *testing.T) {
+	e := newProcEnv(t, 1, 2000, 10)
+	e.serveAll(1)
+	t.Setenv(httpapi.TokenEnv, "boot-s3cret")
+	port := freePort(t)
+	api := e.serve("api", "api", "--http-listen", fmt.Sprintf("127.0.0.1:%d", port), "--data-dir", filepath.Join(e.dir, "nowhere"))
+	waitPort(t, api, port)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	token := func(name, role string) string {
+		code, body := call(t, "POST", base+"/api/tokens", "boot-s3cret", `{"name":"`+name+`","role":"`+role+`"}`)
+		if code != http.StatusCreated {
+			t.Fatalf("create %s token: %d %v\n%s", role, code, body, api.output())
+		}
+		return body["token"].(string)
+	}
+	op, viewer := token("ops", "operator"), token("dash", "viewer")
+	if code, body := call(t, "POST", base+"/api/sync/trigger", viewer, `{"source":"demo"}`); code != http.StatusForbidden {
+		t.Errorf("a viewer triggered a sync: %d %v", code, body)
+	}
+	code, body := call(t, "POST", base+"/api/sync/trigger", op, `{"source":"demo"}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("trigger: %d %v\n%s", code, body, api.output())
+	}
+	run := body["run_id"].(string)
+	natstest.Poll(t, 2*time.Minute, func() (bool, string) {
+		code, body = call(t, "GET", base+"/api/sync/runs/"+run, viewer, "")
+		return code == 200 && body["status"] == "published", fmt.Sprintf("run %d %v", code, body)
+	})
+	e.verifyPublished()
+	if _, err := os.Stat(filepath.Join(e.dir, "nowhere")); err == nil {
+		t.Errorf("the api process made a data dir")
 	}
 }

@@ -338,6 +338,21 @@ func checkRolePermissions(t *testing.T, url string, admin jetstream.JetStream, c
 	refused("cli", "read data", cerrs, readData(cliJS))
 	allowed("cli", "publish a sync request", publish(cliJS, schemas.SyncSubject("demo")))
 
+	api, aerrs := as(natsbus.RoleAPI)
+	refused("api", "publish data", aerrs, publish(api, schemas.DataSubject("demo", "orders")))
+	refused("api", "read data", aerrs, readData(api))
+	allowed("api", "write a token record", func(ctx context.Context) error {
+		kv, err := api.KeyValue(ctx, schemas.TokenBucket)
+		if err == nil {
+			_, err = kv.Put(ctx, "probe", []byte("{}"))
+		}
+		return err
+	})
+	refused("cli", "write a token record", cerrs, func(ctx context.Context) error {
+		_, err := cliJS.Publish(ctx, "$KV."+schemas.TokenBucket+".probe", []byte("{}"))
+		return err
+	})
+
 	producer, perrs := as(natsbus.RoleProducer)
 	refused("producer", "publish a webhook", perrs, publish(producer, schemas.HookSubject("demo")))
 	finalizer, ferrs := as(natsbus.RoleFinalizer)

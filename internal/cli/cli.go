@@ -36,6 +36,7 @@ Usage:
   da runs [flags]               list past and current runs, newest first (--source, --status, --limit, --json)
   da status [--json]            each source's last run and freshness
   da cancel <run-id>            stop a run; the live extract stays as it is
+  da auth token create|list|revoke   the sync API's tokens (--role viewer|operator|admin); da auth audit
   da nats config|provision      an external nats-server's users and permissions; provision it as admin
   da healthcheck [URL]          exit 0 when a da serve's /readyz answers 200 (default ` + DefaultHealthURL + `)
   da bench [flags]              measure end-to-end and direct Parquet throughput
@@ -68,6 +69,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runCancel(ctx, args[1:], stdout, stderr)
 	case "nats":
 		err = runNATS(ctx, args[1:], stdout, stderr)
+	case "auth":
+		err = runAuth(ctx, args[1:], stdout, stderr)
 	case "healthcheck":
 		err = runHealthcheck(ctx, args[1:], stdout, stderr)
 	case "verify":
@@ -146,6 +149,9 @@ type commonFlags struct {
 	urlFrom string
 	// natsCreds is --nats-creds.
 	natsCreds string
+	// identity is the role whose identity connect uses from the data dir
+	// ("": cli).
+	identity string
 }
 
 // NATSCredsEnv names the nkey seed file a client proves its identity with.

@@ -17,7 +17,6 @@ import (
 	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/schemas"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // runDeadLetters lists the batches the writers could not write.
@@ -27,6 +26,7 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 	var c commonFlags
 	c.register(fs)
 	source := fs.String("source", "", "only this source")
+	limit := fs.Int("limit", natsbus.MaxDeadLetters, "the last this many")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -39,45 +39,18 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer closeBus()
-	filter := "agnes.dlq.>"
-	if *source != "" {
-		if err := schemas.ValidateName("source", *source); err != nil {
-			return err
-		}
-		filter = "agnes.dlq." + *source + ".>"
-	}
-	stream, err := js.Stream(ctx, schemas.DeadLetterStream)
-	if err != nil {
-		return fmt.Errorf("dead-letter stream: %w", err)
-	}
-	info, err := stream.Info(ctx)
+	list, err := natsbus.DeadLetters(ctx, js, *source, *limit)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", "TIME", "SOURCE.TABLE", "RUN", "SEQ", "TRY", "REASON")
-	n := 0
-	if info.State.Msgs > 0 {
-		last := info.State.LastSeq
-		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		natsbus.Follow(fctx, nil, js, schemas.DeadLetterStream, filter, 0, func(m jetstream.Msg) bool {
-			md, _ := m.Metadata()
-			h := m.Headers()
-			if md != nil && md.Sequence.Stream > last {
-				return false
-			}
-			n++
-			at := ""
-			if md != nil {
-				at = md.Timestamp.UTC().Format(time.DateTime)
-			}
-			// Every header is untrusted text: shown, never sent to the terminal.
-			safe := func(k string) string { return redact.Terminal(redact.String(h.Get(k))) }
-			fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", at, safe(schemas.HeaderSource)+"."+safe(schemas.HeaderTable),
-				safe(schemas.HeaderRun), safe(schemas.HeaderSeq), safe(schemas.HeaderDLQDeliveries), safe(schemas.HeaderDLQReason))
-			return md == nil || md.Sequence.Stream < last
-		})
+	for _, d := range list {
+		// Every header is untrusted text: shown, never sent to the terminal.
+		safe := func(v string) string { return redact.Terminal(redact.String(v)) }
+		fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", d.At.Format(time.DateTime), safe(d.Source)+"."+safe(d.Table),
+			safe(d.Run), safe(d.Seq), safe(d.Deliveries), safe(d.Reason))
 	}
+	n := len(list)
 	fmt.Fprintf(stdout, "%d dead letters\n", n)
 	return nil
 }

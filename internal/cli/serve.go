@@ -27,10 +27,10 @@ func (r *roleList) String() string { return strings.Join(*r, ",") }
 func (r *roleList) Set(v string) error {
 	for _, p := range strings.Split(v, ",") {
 		switch p = strings.TrimSpace(p); p {
-		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway, stack.RoleNone:
+		case stack.RoleProducer, stack.RoleWriter, stack.RoleFinalizer, stack.RoleGateway, stack.RoleAPI, stack.RoleNone:
 			*r = append(*r, p)
 		default:
-			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway, none)", p)
+			return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway, api, none)", p)
 		}
 	}
 	return nil
@@ -42,14 +42,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var c commonFlags
 	c.register(fs)
 	var roles roleList
-	fs.Var(&roles, "role", "service to run: producer, writer, finalizer, gateway, or none (only the bus: the embedded NATS server) (repeatable; default all)")
+	fs.Var(&roles, "role", "service to run: producer, writer, finalizer, gateway, api (only the sync API), or none (only the bus: the embedded NATS server) (repeatable; default all)")
 	webhookListen := fs.String("webhook-listen", stack.DefaultGatewayListen, "address of the webhook gateway (POST /webhooks/{source}, GET /healthz) when the gateway role runs")
 	listen := fs.String("nats-listen", "127.0.0.1:4222", "client address of the embedded NATS server (when --nats-url is not set)")
 	ackWait := fs.Duration("ack-wait", 0, "how long a writer may hold a batch without signalling progress before it is redelivered (default 60s)")
 	maxDeliver := fs.Int("max-deliver", 0, "deliveries of a batch before it is dead-lettered (default 10)")
 	producerAckWait := fs.Duration("producer-ack-wait", 0, "how long a producer may go silent before its sync request is redelivered (default 30s)")
 	retireGrace := fs.Duration("retire-grace", 0, "how long a file the live extract no longer reads is kept for readers of an older extract (default 5m)")
-	name := fs.String("name", "", "name of this process's writers in events and logs (default writer)")
+	name := fs.String("name", "", "name of this process's writers in events and logs (default: the host name, distinct for each container replica)")
 	metricsListen := fs.String("metrics-listen", "", "address serving Prometheus metrics at /metrics; empty: off")
 	httpListen := fs.String("http-listen", "", "address of the sync API (POST /api/sync/trigger, GET /api/sync/runs/{id}); empty: off. Needs $"+httpapi.TokenEnv)
 	if err := parseFlagsOnly(fs, args); err != nil {

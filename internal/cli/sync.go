@@ -111,7 +111,11 @@ func connect(ctx context.Context, cfg *config.Config, c commonFlags, fallback st
 	}
 	if url != "" {
 		opts := []nats.Option{nats.Timeout(2 * time.Second), nats.RetryOnFailedConnect(false)}
-		creds, credsFrom := c.creds(cfg, natsbus.RoleCLI)
+		identity := natsbus.RoleCLI
+		if c.identity != "" {
+			identity = c.identity
+		}
+		creds, credsFrom := c.creds(cfg, identity)
 		more, err := natsbus.ClientIdentity{Creds: creds, CA: ca(cfg)}.Options()
 		if err != nil {
 			return nil, nil, "", fmt.Errorf("%w (from %s)", err, credsFrom)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -26,6 +27,8 @@ type Config struct {
 	NATS NATS `yaml:"nats"`
 	// Sources are the configured data sources.
 	Sources []Source `yaml:"sources"`
+	// API configures the sync API of "da serve --http-listen".
+	API API `yaml:"api"`
 
 	path string
 }
@@ -35,6 +38,31 @@ type NATS struct {
 	URL      string  `yaml:"url"`
 	Replicas int     `yaml:"replicas"`
 	TLS      NATSTLS `yaml:"tls"`
+}
+
+// API configures the sync API.
+type API struct {
+	// TrustedProxies are the reverse proxies (addresses or CIDR networks)
+	// whose X-Forwarded-For the API believes: a token's last use is noted
+	// from the header's first hop. Empty: the header is ignored.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+// Proxies parses TrustedProxies (checked by Validate).
+func (a API) Proxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, p := range a.TrustedProxies {
+		if pre, err := netip.ParsePrefix(p); err == nil {
+			out = append(out, pre.Masked())
+			continue
+		}
+		addr, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an address or a CIDR network such as 10.0.0.0/8", p)
+		}
+		out = append(out, netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen()))
+	}
+	return out, nil
 }
 
 // NATSTLS are the paths of the bus's TLS files (never their contents).
@@ -275,6 +303,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.NATS.TLS.Cert == "") != (c.NATS.TLS.Key == "") {
 		errs = append(errs, fmt.Errorf("%s: field nats.tls: set both cert and key (the server's certificate and its key), or neither", c.path))
+	}
+	if _, err := c.API.Proxies(); err != nil {
+		errs = append(errs, fmt.Errorf("%s: field api.trusted_proxies: %w", c.path, err))
 	}
 	if c.NATS.Replicas < 0 || c.NATS.Replicas > 5 {
 		errs = append(errs, fmt.Errorf("%s: field nats.replicas: %d is not between 1 and 5", c.path, c.NATS.Replicas))

@@ -8,29 +8,36 @@
 //	POST /api/sync/runs/{id}/cancel  stop a run (202; 409 when it has ended)
 //	GET  /healthz            liveness, public
 //
-// Every /api route needs "Authorization: Bearer <token>"; with no token
-// configured the API answers 503.
+//	GET  /api/tables         each source's tables as last published
+//	GET  /api/dead-letters   batches that could not be written (?source=&limit=)
+//	GET  /api/metrics        the Prometheus metrics
+//	GET|POST /api/tokens, DELETE /api/tokens/{name}, GET /api/audit  (admin)
+//
+// Every /api route needs "Authorization: Bearer <token>" of a role that
+// allows it (Routes): a stored token (internal/tokens) or the bootstrap
+// admin token $DA_ADMIN_TOKEN.
 package httpapi
 
 import (
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/metrics"
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/schedules"
+	"github.com/agnes-ai/connector-kit/internal/tokens"
 	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
@@ -48,20 +55,50 @@ type API struct {
 	cfg   *config.Config
 	token string
 	log   *slog.Logger
+	// trusted are the proxies whose X-Forwarded-For is believed.
+	trusted []netip.Prefix
 
 	// mu guards the handles below, opened on first use.
 	mu     sync.Mutex
 	locks  jetstream.KeyValue
 	events jetstream.Stream
 	runs   *runs.Store
+	tokens *tokens.Store
 }
 
-// New returns the API; token empty disables the /api routes (503).
+// New returns the API. token, when not empty, is a bootstrap admin
+// credential ($DA_ADMIN_TOKEN) besides the stored tokens.
 func New(js jetstream.JetStream, cfg *config.Config, token string, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.Default()
 	}
 	return &API{js: js, cfg: cfg, token: token, log: log.With("service", "api")}
+}
+
+// Route is one /api route and the least role a token needs for it.
+type Route struct {
+	Method, Pattern string
+	Role            tokens.Role
+	handler         http.HandlerFunc
+}
+
+// Routes are every /api route: the only way one is served, so none is
+// served without its role's check (TestRouteRoles).
+func (a *API) Routes() []Route {
+	return []Route{
+		{"GET", "/api/sync/runs", tokens.Viewer, a.list},
+		{"GET", "/api/sync/runs/{id}", tokens.Viewer, a.status},
+		{"GET", "/api/sources", tokens.Viewer, a.sources},
+		{"GET", "/api/tables", tokens.Viewer, a.tables},
+		{"GET", "/api/dead-letters", tokens.Viewer, a.deadLetters},
+		{"GET", "/api/metrics", tokens.Viewer, metrics.Handler().ServeHTTP},
+		{"POST", "/api/sync/trigger", tokens.Operator, a.trigger},
+		{"POST", "/api/sync/runs/{id}/cancel", tokens.Operator, a.cancel},
+		{"GET", "/api/tokens", tokens.Admin, a.listTokens},
+		{"POST", "/api/tokens", tokens.Admin, a.createToken},
+		{"DELETE", "/api/tokens/{name}", tokens.Admin, a.revokeToken},
+		{"GET", "/api/audit", tokens.Admin, a.audit},
+	}
 }
 
 // Handler returns the routes.
@@ -70,11 +107,9 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	mux.HandleFunc("POST /api/sync/trigger", a.auth(a.trigger))
-	mux.HandleFunc("GET /api/sync/runs/{id}", a.auth(a.status))
-	mux.HandleFunc("GET /api/sync/runs", a.auth(a.list))
-	mux.HandleFunc("GET /api/sources", a.auth(a.sources))
-	mux.HandleFunc("POST /api/sync/runs/{id}/cancel", a.auth(a.cancel))
+	for _, rt := range a.Routes() {
+		mux.HandleFunc(rt.Method+" "+rt.Pattern, a.auth(rt.Role, rt.handler))
+	}
 	return mux
 }
 
@@ -86,22 +121,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func fail(w http.ResponseWriter, code int, format string, args ...any) {
 	writeJSON(w, code, map[string]string{"error": fmt.Sprintf(format, args...)})
-}
-
-func (a *API) auth(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if a.token == "" {
-			fail(w, http.StatusServiceUnavailable, "the sync API is disabled: set %s", TokenEnv)
-			return
-		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="agnes"`)
-			fail(w, http.StatusUnauthorized, "missing or wrong bearer token")
-			return
-		}
-		next(w, r)
-	}
 }
 
 // decodeBody is the one reader of a JSON request body: at most maxBody

@@ -30,10 +30,11 @@ const (
 	RoleFinalizer = "finalizer"
 	RoleGateway   = "gateway"
 	RoleCLI       = "cli"
+	RoleAPI       = "api"
 )
 
 // IdentityRoles are the identities an embedded server knows.
-var IdentityRoles = []string{RoleAdmin, RoleProducer, RoleWriter, RoleFinalizer, RoleGateway, RoleCLI}
+var IdentityRoles = []string{RoleAdmin, RoleProducer, RoleWriter, RoleFinalizer, RoleGateway, RoleCLI, RoleAPI}
 
 // CredsFile is the seed file of role's identity in a store folder.
 func CredsFile(storeDir, role string) string {
@@ -195,6 +196,13 @@ func Permissions(role string) *server.Permissions {
 		read(schemas.EventStream, schemas.DeadLetterStream, schemas.ScheduleStream)
 		info(schemas.SyncStream)
 		kv(schemas.RunsBucket, schemas.LockBucket)
+		kvRead(schemas.ProducerBucket)
+	case RoleAPI:
+		// The sync API: what the CLI may, plus the tokens and the audit.
+		pub = append(pub, "agnes.sync.>", "agnes.events.>", "agnes.audit.>")
+		read(schemas.EventStream, schemas.DeadLetterStream, schemas.ScheduleStream, schemas.AuditStream)
+		info(schemas.SyncStream)
+		kv(schemas.RunsBucket, schemas.LockBucket, schemas.TokenBucket)
 		kvRead(schemas.ProducerBucket)
 	default:
 		pub = nil

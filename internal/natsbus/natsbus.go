@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -228,50 +227,10 @@ func Provision(ctx context.Context, js jetstream.JetStream, replicas int) error 
 			return fmt.Errorf("provision stream %s: %w", cfg.Name, err)
 		}
 	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      schemas.StateBucket,
-		Description: "Agnes per-table state: published schema and incremental cursor",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	}); err != nil {
-		return fmt.Errorf("provision state bucket: %w", err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      schemas.LockBucket,
-		Description: "Agnes running syncs, one key per source",
-		TTL:         schemas.LockTTL,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	}); err != nil {
-		return fmt.Errorf("provision lock bucket: %w", err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      schemas.RunsBucket,
-		Description: "Agnes run history, one record per run, kept 30 days after its last change",
-		TTL:         schemas.RunRetention,
-		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
-	}); err != nil {
-		return fmt.Errorf("provision runs bucket: %w", err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      schemas.WriterBucket,
-		Description: "Agnes live writers, one key per writer, refreshed every second; the lanes of the data stream are shared among them",
-		TTL:         time.Minute,
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    replicas,
-	}); err != nil {
-		return fmt.Errorf("provision writer bucket: %w", err)
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      schemas.ProducerBucket,
-		Description: "Agnes live producers, one key per producer, refreshed every second and gone six seconds after its last refresh",
-		TTL:         schemas.ProducerTTL,
-		Storage:     jetstream.MemoryStorage,
-		Replicas:    replicas,
-	}); err != nil {
-		return fmt.Errorf("provision producer bucket: %w", err)
+	for _, cfg := range BucketConfigs(replicas) {
+		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			return fmt.Errorf("provision bucket %s: %w", cfg.Bucket, err)
+		}
 	}
 	return nil
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/agnes-ai/connector-kit/schemas"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -80,8 +79,8 @@ func ProvisionedStreams(role string) []string {
 		for _, c := range StreamConfigs(1) {
 			names = append(names, c.Name)
 		}
-		for _, b := range []string{schemas.StateBucket, schemas.LockBucket, schemas.RunsBucket, schemas.WriterBucket, schemas.ProducerBucket} {
-			names = append(names, "KV_"+b)
+		for _, b := range BucketConfigs(1) {
+			names = append(names, "KV_"+b.Bucket)
 		}
 		return names
 	}

@@ -43,5 +43,26 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 			jetstream.WorkQueuePolicy, 0),
 		dlq,
 		sched,
+		stream(schemas.AuditStream, "Agnes audit entries: API tokens created, revoked and used from a new address", "agnes.audit.*",
+			jetstream.LimitsPolicy, schemas.AuditRetention),
+	}
+}
+
+// BucketConfigs returns the key-value buckets the services need.
+func BucketConfigs(replicas int) []jetstream.KeyValueConfig {
+	replicas = max(replicas, 1)
+	return []jetstream.KeyValueConfig{
+		{Bucket: schemas.StateBucket, Description: "Agnes per-table state: published schema and incremental cursor",
+			History: 5, Storage: jetstream.FileStorage, Replicas: replicas},
+		{Bucket: schemas.LockBucket, Description: "Agnes running syncs, one key per source",
+			TTL: schemas.LockTTL, Storage: jetstream.FileStorage, Replicas: replicas},
+		{Bucket: schemas.RunsBucket, Description: "Agnes run history, one record per run, kept 30 days after its last change",
+			TTL: schemas.RunRetention, Storage: jetstream.FileStorage, Replicas: replicas},
+		{Bucket: schemas.WriterBucket, Description: "Agnes live writers, one key per writer, refreshed every second; the lanes of the data stream are shared among them",
+			TTL: time.Minute, Storage: jetstream.MemoryStorage, Replicas: replicas},
+		{Bucket: schemas.ProducerBucket, Description: "Agnes live producers, one key per producer, refreshed every second and gone six seconds after its last refresh",
+			TTL: schemas.ProducerTTL, Storage: jetstream.MemoryStorage, Replicas: replicas},
+		{Bucket: schemas.TokenBucket, Description: "Agnes API tokens, one record per token name: role, expiry, last use and the token's SHA-256",
+			History: 1, Storage: jetstream.FileStorage, Replicas: replicas},
 	}
 }

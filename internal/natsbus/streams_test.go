@@ -4,7 +4,7 @@ import "testing"
 
 func TestStreamConfigs(t *testing.T) {
 	cfgs := StreamConfigs(3)
-	if len(cfgs) != 7 {
+	if len(cfgs) != 8 {
 		t.Fatalf("%d streams", len(cfgs))
 	}
 	for _, c := range cfgs {
@@ -14,5 +14,13 @@ func TestStreamConfigs(t *testing.T) {
 	}
 	if got := StreamConfigs(0)[0].Replicas; got != 1 {
 		t.Errorf("replicas below 1 give %d, want 1", got)
+	}
+	for _, b := range BucketConfigs(3) {
+		if b.Replicas != 3 || b.Bucket == "" {
+			t.Errorf("bucket %s replicas %d", b.Bucket, b.Replicas)
+		}
+	}
+	if got := BucketConfigs(0)[0].Replicas; got != 1 {
+		t.Errorf("bucket replicas below 1 give %d, want 1", got)
 	}
 }

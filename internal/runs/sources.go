@@ -1,11 +1,13 @@
 package runs
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/schemas"
 )
 
 // SourceRef is a configured source.
@@ -70,5 +72,44 @@ func (s *Store) Sources(ctx context.Context, sources []SourceRef, now time.Time)
 		}
 		out = append(out, st)
 	}
+	return out, nil
+}
+
+// PublishedTable is a table as its newest published run left it.
+type PublishedTable struct {
+	Source      string     `json:"source"`
+	Table       string     `json:"table"`
+	Rows        int64      `json:"rows"`
+	Bytes       int64      `json:"bytes"`
+	RunID       string     `json:"run_id"`
+	PublishedAt *time.Time `json:"published_at"`
+}
+
+// Tables lists the tables of source (every source when empty) as the
+// newest published run that wrote each left them, by source and table.
+func (s *Store) Tables(ctx context.Context, source string) ([]PublishedTable, error) {
+	all, err := s.All(ctx, source)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(all, newer)
+	seen := map[string]bool{}
+	out := []PublishedTable{}
+	for _, r := range all {
+		if r.Status != Published {
+			continue
+		}
+		for _, t := range r.Tables {
+			key := r.Source + "." + t.Name
+			if t.Status != schemas.StatusDone || seen[key] {
+				continue
+			}
+			seen[key] = true
+			out = append(out, PublishedTable{Source: r.Source, Table: t.Name, Rows: t.Rows, Bytes: t.Bytes, RunID: r.RunID, PublishedAt: r.EndedAt})
+		}
+	}
+	slices.SortFunc(out, func(a, b PublishedTable) int {
+		return cmp.Or(cmp.Compare(a.Source, b.Source), cmp.Compare(a.Table, b.Table))
+	})
 	return out, nil
 }

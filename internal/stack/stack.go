@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -37,6 +38,9 @@ const (
 	RoleFinalizer = "finalizer"
 	// RoleGateway serves webhooks over HTTP (GatewayListen).
 	RoleGateway = "gateway"
+	// RoleAPI runs only the sync API (APIListen), with its own NATS
+	// identity against an authenticated bus.
+	RoleAPI = "api"
 	// RoleNone runs no service: only the bus (embedded server or client).
 	RoleNone = "none"
 )
@@ -287,6 +291,10 @@ func (s *Stack) startRole(ctx context.Context, role string, o Options) error {
 		var err error
 		s.GatewayAddr, err = s.serve("webhook gateway", addr, mux, o.Logger)
 		return err
+	case RoleAPI:
+		if o.APIListen == "" {
+			return fmt.Errorf("the api role serves the sync API: give it an address (--http-listen)")
+		}
 	case RoleNone:
 	default:
 		return fmt.Errorf("unknown role %q (valid: producer, writer, finalizer, gateway)", role)
@@ -299,10 +307,18 @@ func (s *Stack) startHTTP(o Options) error {
 	var err error
 	if o.APIListen != "" {
 		if o.APIToken == "" {
-			o.Logger.Warn("sync API answers 503 until an admin token is set", "env", httpapi.TokenEnv)
+			o.Logger.Info("sync API: no bootstrap admin token; only tokens made with \"da auth token create\" are accepted", "env", httpapi.TokenEnv)
+		}
+		api := httpapi.New(s.JS, o.Config, o.APIToken, o.Logger)
+		if o.Config != nil {
+			proxies, err := o.Config.API.Proxies()
+			if err != nil {
+				return fmt.Errorf("api.trusted_proxies: %w", err)
+			}
+			api.TrustProxies(proxies)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/", httpapi.New(s.JS, o.Config, o.APIToken, o.Logger).Handler())
+		mux.Handle("/", api.Handler())
 		mux.HandleFunc("GET /readyz", s.readyz)
 		if s.APIAddr, err = s.serve("sync API", o.APIListen, mux, o.Logger); err != nil {
 			return err
@@ -357,6 +373,10 @@ func ProducerSources(cfg *config.Config) producers.SourceLookup {
 }
 
 func writerName(base string, i int) string {
+	if base == "" {
+		// The host name: distinct for each replica of a container.
+		base, _ = os.Hostname()
+	}
 	if base == "" {
 		base = "writer"
 	}

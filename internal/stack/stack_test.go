@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"os"
 	"reflect"
 	"testing"
 
@@ -33,5 +34,20 @@ func TestProducerSources(t *testing.T) {
 	}
 	if _, err := ProducerSources(cfg)("nope"); err == nil {
 		t.Error("unknown source gave no error")
+	}
+}
+
+// TestWriterNameDefault: writers of replicas that are given no name are
+// told apart by their host name.
+func TestWriterNameDefault(t *testing.T) {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		t.Fatalf("no host name: %v", err)
+	}
+	if got := writerName("", 1); got != h+"-2" {
+		t.Errorf("writerName(\"\", 1) = %q, want %q", got, h+"-2")
+	}
+	if got := writerName("w", 0); got != "w-1" {
+		t.Errorf("writerName(w, 0) = %q", got)
 	}
 }
