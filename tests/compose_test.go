@@ -1,10 +1,16 @@
 package tests
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/compose-spec/compose-go/v2/loader"
+	"github.com/compose-spec/compose-go/v2/types"
 
 	"github.com/agnes-ai/connector-kit/internal/config"
 	"gopkg.in/yaml.v3"
@@ -111,7 +117,7 @@ func checkComposeAuth(t *testing.T, c composeFile) {
 		!slices.Contains(nats.Volumes, "nats-conf:/etc/agnes-nats:ro") || nats.DependsOn["nats-init"].Condition != "service_completed_successfully" {
 		t.Errorf("nats must run the config nats-init made: %v %v %v", nats.Command, nats.Volumes, nats.DependsOn)
 	}
-	roles := map[string]string{"producer": "producer", "writer": "writer", "finalizer": "finalizer", "gateway": "gateway", "cli": "cli", "provision": "admin"}
+	roles := map[string]string{"producer": "producer", "writer": "writer", "finalizer": "finalizer", "gateway": "gateway", "cli": "cli", "api": "api", "provision": "admin", "admin": "admin"}
 	for svc, role := range roles {
 		s := c.Services[svc]
 		if !slices.Contains(init.Volumes, "creds-"+role+":/creds/"+role) {
@@ -138,9 +144,67 @@ func checkComposeAuth(t *testing.T, c composeFile) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, dir := range []string{"/data", "/nats-conf", "/creds/admin", "/creds/producer", "/creds/writer", "/creds/finalizer", "/creds/gateway", "/creds/cli"} {
+	for _, dir := range []string{"/data", "/nats-conf", "/creds/admin", "/creds/producer", "/creds/writer", "/creds/finalizer", "/creds/gateway", "/creds/cli", "/creds/api"} {
 		if !strings.Contains(string(df), " "+dir+" ") {
 			t.Errorf("deploy/Dockerfile does not make %s for the image's user", dir)
 		}
+	}
+}
+
+// TestComposeSpec loads docker-compose.yml with compose-go, the loader
+// docker compose itself uses: the file must pass the Compose
+// specification's JSON Schema (embedded in compose-go, pinned in go.sum)
+// and its semantic checks; then the invariants of a file that runs:
+// images pinned to an exact version, NATS and the metrics not published,
+// the sync API and the gateway published only where meant, every service
+// with a health check or a one-shot, and writers told apart by name.
+func TestComposeSpec(t *testing.T) {
+	ctx := context.Background()
+	p, err := loader.LoadWithContext(ctx, types.ConfigDetails{
+		WorkingDir:  "..",
+		ConfigFiles: []types.ConfigFile{{Filename: "../docker-compose.yml"}},
+		Environment: types.Mapping{},
+	}, func(o *loader.Options) { o.SetProjectName("agnes", true); o.Profiles = []string{"*"} })
+	if err != nil {
+		t.Fatalf("docker-compose.yml does not load as the Compose specification says: %v", err)
+	}
+	// An exact version (Debian's are its point releases, 12.12) or a digest.
+	pinned := regexp.MustCompile(`(:[0-9]+\.[0-9]+\.[0-9]+(-[a-z0-9.]+)?|@sha256:[0-9a-f]{64}|^debian:[0-9]+\.[0-9]+(-slim)?)$`)
+	for name, s := range p.Services {
+		if s.Build == nil && !pinned.MatchString(s.Image) {
+			t.Errorf("%s: image %q is not pinned to an exact version or digest", name, s.Image)
+		}
+		for _, port := range s.Ports {
+			exposed := map[string]bool{"gateway/8080": true, "api/8081": true}
+			if !exposed[fmt.Sprintf("%s/%d", name, port.Target)] {
+				t.Errorf("%s publishes port %d", name, port.Target)
+			}
+			if name == "api" && port.HostIP != "127.0.0.1" {
+				t.Errorf("the sync API is published on %q, want the host's loopback only", port.HostIP)
+			}
+		}
+		oneShot := s.Restart == "no"
+		if !oneShot && name != "nats" && (s.HealthCheck == nil || s.HealthCheck.Disable) {
+			t.Errorf("%s runs without a health check", name)
+		}
+		if strings.Contains(strings.Join(s.Command, " "), "--name ") && name == "writer" {
+			t.Errorf("writer replicas share the name given by --name; leave it to the host name")
+		}
+	}
+	api := p.Services["api"]
+	if cmd := strings.Join(api.Command, " "); !strings.Contains(cmd, "--role api --http-listen 0.0.0.0:8081") || api.Environment["DA_ADMIN_TOKEN"] == nil {
+		t.Errorf("api: %q %v", cmd, api.Environment)
+	}
+	df, err := os.ReadFile("../deploy/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(df), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "FROM" && !pinned.MatchString(f[1]) {
+			t.Errorf("deploy/Dockerfile: %q is not pinned to an exact version or digest", line)
+		}
+	}
+	if b, err := os.ReadFile("../.dockerignore"); err != nil || !strings.Contains(string(b), "**/*.nk") || !strings.Contains(string(b), "**/data") {
+		t.Errorf(".dockerignore must keep data and credentials out of the build context: %v", err)
 	}
 }
