@@ -33,10 +33,17 @@ func ResolveTables(tables []TableInfo, published func(name string) bool) (kept [
 		}
 		valid = append(valid, i)
 	}
+	if !hasCollision(tables, valid) {
+		// The common case: one scan, no state read, the order kept.
+		for _, i := range valid {
+			kept = append(kept, tables[i])
+		}
+		return kept, skipped
+	}
 	// Order of preference: published first, then byte order.
 	pref := slices.Clone(valid)
 	isPub := map[int]bool{}
-	if published != nil && hasCollision(tables, valid) {
+	if published != nil {
 		for _, i := range valid {
 			isPub[i] = published(tables[i].Name)
 		}
