@@ -47,6 +47,10 @@ func callerOf(r *http.Request) caller {
 func (a *API) auth(need tokens.Role, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c := caller{ip: a.clientIP(r)}
+		if wait := a.throttle.blocked(c.ip, time.Now()); wait > 0 {
+			tooMany(w, wait)
+			return
+		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		switch {
 		case !ok || got == "":
@@ -63,6 +67,8 @@ func (a *API) auth(need tokens.Role, next http.HandlerFunc) http.HandlerFunc {
 				t, err = store.Authenticate(ctx, got, c.ip)
 			}
 			if errors.Is(err, tokens.ErrInvalid) {
+				a.throttle.failed(c.ip, time.Now())
+				a.log.Warn("API token refused", "ip", c.ip, "path", r.URL.Path)
 				unauthorized(w, "invalid, revoked or expired token")
 				return
 			}

@@ -57,6 +57,8 @@ type API struct {
 	log   *slog.Logger
 	// trusted are the proxies whose X-Forwarded-For is believed.
 	trusted []netip.Prefix
+	// throttle slows down addresses whose tokens are refused.
+	throttle throttle
 
 	// mu guards the handles below, opened on first use.
 	mu     sync.Mutex

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -80,6 +81,9 @@ func makeToken(t *testing.T, url, name string, role tokens.Role) string {
 // without a role fails here.
 func TestRouteRoles(t *testing.T) {
 	_, a, srv := testAPI(t)
+	// Each route's forged tokens come from an address of their own, so
+	// the throttle of failed authentications (TestThrottle) stays out.
+	a.TrustProxies([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
 	byRole := map[tokens.Role]string{}
 	for _, r := range tokens.Roles {
 		byRole[r] = makeToken(t, srv.URL, "t_"+string(r), r)
@@ -104,7 +108,8 @@ func TestRouteRoles(t *testing.T) {
 	if len(routes) != len(want) {
 		t.Errorf("%d routes served, %d expected", len(routes), len(want))
 	}
-	for _, rt := range routes {
+	for i, rt := range routes {
+		from := fmt.Sprintf("198.51.100.%d", i+1)
 		if w, ok := want[rt.Method+" "+rt.Pattern]; !ok || w != rt.Role || rt.handler == nil {
 			t.Errorf("%s %s: role %q, want %q (listed: %v), handler set %v", rt.Method, rt.Pattern, rt.Role, w, ok, rt.handler != nil)
 			continue
@@ -115,7 +120,7 @@ func TestRouteRoles(t *testing.T) {
 			body = `{"source":"nope"}`
 		}
 		for _, tok := range []string{"", "agt_t_viewer_" + strings.Repeat("0", 64), "guess"} {
-			if code, b := do(t, rt.Method, srv.URL+path, tok, body); code != http.StatusUnauthorized {
+			if code, b := do(t, rt.Method, srv.URL+path, tok, body, "X-Forwarded-For", from); code != http.StatusUnauthorized {
 				t.Errorf("%s %s with token %q: %d %s, want 401", rt.Method, path, tok, code, b)
 			}
 		}
@@ -256,5 +261,41 @@ func TestForwardedFor(t *testing.T) {
 	}
 	if strings.Join(ips, " ") != "127.0.0.1 203.0.113.9" {
 		t.Errorf("new-address audits from %v, want 127.0.0.1 (the untrusting replica ignores the header) then 203.0.113.9", ips)
+	}
+}
+
+// TestThrottle: an address whose tokens are refused FailBurst times gets
+// 429 with Retry-After, even with a good token, without its token being
+// looked at; another address is not held back.
+func TestThrottle(t *testing.T) {
+	_, a, srv := testAPI(t)
+	a.TrustProxies([]netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
+	good := makeToken(t, srv.URL, "dash", tokens.Viewer)
+	for i := range FailBurst {
+		if code, b := do(t, "GET", srv.URL+"/api/sources", fmt.Sprintf("guess%d", i), "", "X-Forwarded-For", "192.0.2.1"); code != http.StatusUnauthorized {
+			t.Fatalf("try %d: %d %s, want 401", i, code, b)
+		}
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/api/sources", nil)
+	req.Header.Set("Authorization", "Bearer "+good)
+	req.Header.Set("X-Forwarded-For", "192.0.2.1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if wait, _ := strconv.Atoi(resp.Header.Get("Retry-After")); resp.StatusCode != http.StatusTooManyRequests || wait < 1 || wait > int(FailEvery.Seconds()) {
+		t.Errorf("after %d refusals: %d, Retry-After %q; want 429 and a wait of 1 to %v s", FailBurst, resp.StatusCode, resp.Header.Get("Retry-After"), FailEvery.Seconds())
+	}
+	if code, b := do(t, "GET", srv.URL+"/api/sources", good, "", "X-Forwarded-For", "192.0.2.2"); code != http.StatusOK {
+		t.Errorf("another address: %d %s", code, b)
+	}
+	var th throttle
+	now := time.Now()
+	for range FailBurst {
+		th.failed("x", now)
+	}
+	if th.blocked("x", now) == 0 || th.blocked("x", now.Add(FailEvery)) != 0 {
+		t.Errorf("a try is given back after %v", FailEvery)
 	}
 }
