@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,14 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
-	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/internal/tokens"
 	"github.com/agnes-ai/connector-kit/schemas"
@@ -30,12 +24,6 @@ const authUsage = `usage:
 On the bus as the NATS admin identity; or, with --api URL ($DA_API_URL), through a
 da serve's sync API with an admin token from --token or $DA_TOKEN.
 `
-
-// API client environment.
-const (
-	APIURLEnv = "DA_API_URL"
-	TokenEnv  = "DA_TOKEN"
-)
 
 // runAuth manages the sync API's tokens on the bus (as the NATS admin
 // identity) and shows the audit log.
@@ -62,8 +50,7 @@ type authCommand struct {
 	fs     *flag.FlagSet
 	c      commonFlags
 	asJSON *bool
-	api    *string
-	token  *string
+	api    apiFlags
 }
 
 func newAuthCommand(name string, stderr io.Writer) *authCommand {
@@ -71,14 +58,8 @@ func newAuthCommand(name string, stderr io.Writer) *authCommand {
 	a.fs.SetOutput(stderr)
 	a.c.register(a.fs)
 	a.asJSON = a.fs.Bool("json", false, "print JSON")
-	a.api = a.fs.String("api", "", "a da serve's sync API (http://host:port) to go through instead of the bus (default $"+APIURLEnv+")")
-	a.token = a.fs.String("token", "", "the API token for --api (default $"+TokenEnv+"; a flag shows in the process list, so prefer the variable)")
+	a.api.register(a.fs)
 	return a
-}
-
-// tokenAPI is the sync API a command goes through, with its token.
-type tokenAPI struct {
-	url, token string
 }
 
 // open parses args, which must hold nargs positional arguments (else the
@@ -92,11 +73,7 @@ func (a *authCommand) open(ctx context.Context, args []string, stderr io.Writer,
 	if len(pos) != nargs {
 		return nil, nil, nil, nil, usageError{errors.New(usage)}
 	}
-	if *a.api == "" {
-		*a.api = os.Getenv(APIURLEnv)
-	}
-	if *a.api != "" {
-		api, err := a.apiClient(stderr)
+	if api, err := a.api.client(stderr); api != nil || err != nil {
 		return nil, api, pos, func() {}, err
 	}
 	cfg, err := a.c.load()
@@ -115,63 +92,6 @@ func (a *authCommand) open(ctx context.Context, args []string, stderr io.Writer,
 		return nil, nil, nil, nil, err
 	}
 	return store, nil, pos, closeBus, nil
-}
-
-// apiClient checks --api and finds the token, saying where it came from.
-func (a *authCommand) apiClient(stderr io.Writer) (*tokenAPI, error) {
-	u, err := url.Parse(*a.api)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
-		return nil, usageError{fmt.Errorf("--api %s is not an http(s) URL such as http://127.0.0.1:8081 (no credentials in it)", redact.URL(*a.api))}
-	}
-	tok, from := *a.token, "--token"
-	if tok == "" {
-		tok, from = os.Getenv(TokenEnv), "$"+TokenEnv
-	}
-	if tok == "" {
-		return nil, usageError{fmt.Errorf("--api needs an admin token: set $%s (or pass --token)", TokenEnv)}
-	}
-	redact.Register(tok)
-	fmt.Fprintf(stderr, "using %s with the API token from %s\n", u.Redacted(), from)
-	return &tokenAPI{url: strings.TrimRight(u.String(), "/"), token: tok}, nil
-}
-
-// call sends a request to the API and decodes a 2xx answer into out; any
-// other answer is an error with the API's reason.
-func (t *tokenAPI) call(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, t.url+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+t.token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if resp.StatusCode/100 != 2 {
-		var e struct{ Error string }
-		json.Unmarshal(b, &e)
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, e.Error)
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return fmt.Errorf("%s %s: the answer is not what a sync API sends: %w", method, path, err)
-	}
-	return nil
 }
 
 // Created is the answer to a token's creation: the only time the token
@@ -203,7 +123,7 @@ func runTokenCreate(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	var c Created
 	if api != nil {
-		err = api.call(ctx, "POST", "/api/tokens", map[string]string{"name": *name, "role": string(r), "expires_in": *expires}, &c)
+		_, err = api.call(ctx, "POST", "/api/tokens", map[string]string{"name": *name, "role": string(r), "expires_in": *expires}, &c)
 	} else {
 		var t tokens.Token
 		c.Token, t, err = store.Create(ctx, *name, r, ttl, "cli", "")
@@ -233,7 +153,7 @@ func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	defer closeBus()
 	var list []tokens.Token
 	if api != nil {
-		err = api.call(ctx, "GET", "/api/tokens", nil, &list)
+		_, err = api.call(ctx, "GET", "/api/tokens", nil, &list)
 	} else {
 		list, err = store.List(ctx)
 	}
@@ -265,7 +185,7 @@ func runTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer
 		if err := schemas.ValidateName("token name", pos[0]); err != nil {
 			return err
 		}
-		err = api.call(ctx, "DELETE", "/api/tokens/"+pos[0], nil, nil)
+		_, err = api.call(ctx, "DELETE", "/api/tokens/"+pos[0], nil, nil)
 	} else {
 		err = store.Revoke(ctx, pos[0], "cli", "")
 	}
@@ -286,7 +206,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer closeBus()
 	var list []tokens.Entry
 	if api != nil {
-		err = api.call(ctx, "GET", fmt.Sprintf("/api/audit?limit=%d", *limit), nil, &list)
+		_, err = api.call(ctx, "GET", fmt.Sprintf("/api/audit?limit=%d", *limit), nil, &list)
 	} else {
 		list, err = store.Audit().List(ctx, *limit)
 	}

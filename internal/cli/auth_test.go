@@ -3,11 +3,17 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/agnes-ai/connector-kit/connectors/builtin"
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/natsbus/natstest"
+	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/stack"
 	"github.com/agnes-ai/connector-kit/internal/tokens"
 )
@@ -103,5 +109,58 @@ func TestAuthTokenCommandsOverAPI(t *testing.T) {
 	}
 	if code, _, errs := run(t, "auth", "token", "list", "--api", "ftp://x", "--token", "boot"); code != 2 || !strings.Contains(errs, "not an http(s) URL") {
 		t.Errorf("a bad --api: %d %s", code, errs)
+	}
+}
+
+// TestRunsStatusCancelOverAPI: da runs, status and cancel go through a
+// sync API with --api and a token of the role each needs.
+func TestRunsStatusCancelOverAPI(t *testing.T) {
+	t.Setenv("NATS_URL", "")
+	t.Setenv(NATSURLEnv, "")
+	t.Setenv(APIURLEnv, "")
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Sources = []config.Source{{Name: "demo", Connector: "demo", Config: map[string]any{"rows": 500, "customer_rows": 10}}}
+	st, err := stack.Start(context.Background(), stack.Options{Config: cfg, Registry: builtin.Registry(), DataDir: cfg.DataDir,
+		APIListen: "127.0.0.1:0", APIToken: "boot", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Stop()
+	api := "http://" + st.APIAddr
+	store, err := tokens.Open(context.Background(), st.JS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewer, _, _ := store.Create(context.Background(), "dash", tokens.Viewer, 0, "test", "")
+	t.Setenv(TokenEnv, "boot")
+	code, out, errs := run(t, "status", "--api", api, "--json")
+	var sts []runs.SourceStatus
+	if code != 0 || json.Unmarshal([]byte(out), &sts) != nil || len(sts) != 1 || sts[0].Name != "demo" || !strings.Contains(errs, "from $DA_TOKEN") {
+		t.Fatalf("status over the API: %d %s %s", code, out, errs)
+	}
+	req, _ := http.NewRequest("POST", api+"/api/sync/trigger", strings.NewReader(`{"source":"demo"}`))
+	req.Header.Set("Authorization", "Bearer boot")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("trigger: %v %v", resp, err)
+	}
+	var trig struct {
+		RunID string `json:"run_id"`
+	}
+	json.NewDecoder(resp.Body).Decode(&trig)
+	resp.Body.Close()
+	var list []runs.Record
+	natstest.Poll(t, time.Minute, func() (bool, string) {
+		code, out, errs := run(t, "runs", "--api", api, "--token", viewer, "--json", "--limit", "5")
+		list = nil
+		json.Unmarshal([]byte(out), &list)
+		return code == 0 && len(list) == 1 && list[0].RunID == trig.RunID && list[0].Status == runs.Published, fmt.Sprintf("runs: %d %s %s", code, out, errs)
+	})
+	if code, _, errs := run(t, "cancel", trig.RunID, "--api", api, "--token", viewer); code != 1 || !strings.Contains(errs, "403") {
+		t.Errorf("cancel with a viewer token: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "cancel", trig.RunID, "--api", api); code != 1 || !strings.Contains(errs, "409") {
+		t.Errorf("cancel of an ended run with the admin token: %d %s", code, errs)
 	}
 }

@@ -42,7 +42,8 @@ Usage:
   da bench [flags]              measure end-to-end and direct Parquet throughput
   da help                       show this help
 
-Run "da <command> -h" for a command's flags.
+Run "da <command> -h" for a command's flags. runs, status, cancel and auth go through a
+sync API instead of the bus with --api URL ($DA_API_URL) and a token (--token or $DA_TOKEN).
 `
 
 // Run executes the da command line and returns the process exit code.

@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/agnes-ai/connector-kit/internal/config"
+	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/runs"
 	"github.com/agnes-ai/connector-kit/internal/schedules"
 	"github.com/agnes-ai/connector-kit/internal/stack"
@@ -57,6 +60,8 @@ func runRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&f.Limit, "limit", runs.DefaultLimit, fmt.Sprintf("at most this many runs, newest first (up to %d)", runs.MaxLimit))
 	fs.StringVar(&f.Cursor, "cursor", "", "continue after the page that printed this cursor")
 	asJSON := fs.Bool("json", false, "print a JSON list of run records")
+	var af apiFlags
+	af.register(fs)
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -64,12 +69,7 @@ func runRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := f.Validate(); err != nil {
 		return usageError{err}
 	}
-	store, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
-	if err != nil {
-		return err
-	}
-	defer closeBus()
-	page, err := store.List(ctx, f)
+	page, err := listRuns(ctx, c, af, f, stderr)
 	if err != nil {
 		return err
 	}
@@ -86,6 +86,38 @@ func runRuns(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stderr, "more runs: da runs --cursor %s\n", page.Next)
 	}
 	return nil
+}
+
+// listRuns reads a page of runs through the API, when one is named, or
+// from the bus.
+func listRuns(ctx context.Context, c commonFlags, af apiFlags, f runs.Filter, stderr io.Writer) (runs.Page, error) {
+	api, err := af.client(stderr)
+	if err != nil {
+		return runs.Page{}, err
+	}
+	if api != nil {
+		q := url.Values{}
+		for k, v := range map[string]string{"source": f.Source, "status": string(f.Status), "cursor": f.Cursor} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		if f.Limit > 0 {
+			q.Set("limit", strconv.Itoa(f.Limit))
+		}
+		var page runs.Page
+		h, err := api.call(ctx, "GET", "/api/sync/runs?"+q.Encode(), nil, &page.Runs)
+		if err == nil {
+			page.Next = h.Get("X-Next-Cursor")
+		}
+		return page, err
+	}
+	store, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
+	if err != nil {
+		return runs.Page{}, err
+	}
+	defer closeBus()
+	return store.List(ctx, f)
 }
 
 func printRuns(w io.Writer, rs []runs.Record) {
@@ -126,15 +158,12 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var c commonFlags
 	c.register(fs)
 	asJSON := fs.Bool("json", false, "print a JSON list, one object per source")
+	var af apiFlags
+	af.register(fs)
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
-	h, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
-	if err != nil {
-		return err
-	}
-	defer closeBus()
-	sts, err := schedules.Sources(ctx, h.js, h.Store, h.cfg, time.Now().UTC())
+	sts, err := sourceStatuses(ctx, c, af, stderr)
 	if err != nil {
 		return err
 	}
@@ -158,18 +187,52 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return nil
 }
 
+// sourceStatuses reads each source's status through the API, when one is
+// named, or from the bus.
+func sourceStatuses(ctx context.Context, c commonFlags, af apiFlags, stderr io.Writer) ([]runs.SourceStatus, error) {
+	api, err := af.client(stderr)
+	if err != nil {
+		return nil, err
+	}
+	if api != nil {
+		var sts []runs.SourceStatus
+		_, err := api.call(ctx, "GET", "/api/sources", nil, &sts)
+		return sts, err
+	}
+	h, closeBus, err := openRuns(ctx, c, newLogger(stderr, slog.LevelWarn))
+	if err != nil {
+		return nil, err
+	}
+	defer closeBus()
+	return schedules.Sources(ctx, h.js, h.Store, h.cfg, time.Now().UTC())
+}
+
 // runCancel stops a run.
 func runCancel(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("cancel", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c commonFlags
 	c.register(fs)
+	var af apiFlags
+	af.register(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || schemas.ValidateRunID(pos[0]) != nil {
 		return usageError{errors.New("usage: da cancel <run-id> (a UUID, as da runs lists it)")}
+	}
+	api, err := af.client(stderr)
+	if err != nil {
+		return err
+	}
+	if api != nil {
+		var ans struct{ Source string }
+		if _, err := api.call(ctx, "POST", "/api/sync/runs/"+pos[0]+"/cancel", nil, &ans); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Cancelling run %s of source %s; the live extract stays as it is.\n", pos[0], redact.Terminal(ans.Source))
+		return nil
 	}
 	log := newLogger(stderr, slog.LevelWarn)
 	store, closeBus, err := openRuns(ctx, c, log)
