@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -112,8 +111,8 @@ func TestAuthTokenCommandsOverAPI(t *testing.T) {
 	}
 }
 
-// TestRunsStatusCancelOverAPI: da runs, status and cancel go through a
-// sync API with --api and a token of the role each needs.
+// TestRunsStatusCancelOverAPI: da sync, runs, status and cancel go
+// through a sync API with --api and a token of the role each needs.
 func TestRunsStatusCancelOverAPI(t *testing.T) {
 	t.Setenv("NATS_URL", "")
 	t.Setenv(NATSURLEnv, "")
@@ -128,7 +127,7 @@ func TestRunsStatusCancelOverAPI(t *testing.T) {
 	}
 	defer st.Stop()
 	api := "http://" + st.APIAddr
-	store, err := tokens.Open(context.Background(), st.JS, nil)
+	store, err := tokens.Open(context.Background(), st.JS, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,23 +138,23 @@ func TestRunsStatusCancelOverAPI(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &sts) != nil || len(sts) != 1 || sts[0].Name != "demo" || !strings.Contains(errs, "from $DA_TOKEN") {
 		t.Fatalf("status over the API: %d %s %s", code, out, errs)
 	}
-	req, _ := http.NewRequest("POST", api+"/api/sync/trigger", strings.NewReader(`{"source":"demo"}`))
-	req.Header.Set("Authorization", "Bearer boot")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != http.StatusAccepted {
-		t.Fatalf("trigger: %v %v", resp, err)
+	// A sync through the API, followed to its end.
+	code, out, errs = run(t, "sync", "demo", "--api", api)
+	var trig struct{ RunID string }
+	fmt.Sscanf(out[strings.Index(out, "(run ")+len("(run "):], "%36s", &trig.RunID)
+	if code != 0 || !strings.Contains(out, "Published ") || !strings.Contains(out, "orders") || !strings.Contains(errs, "from $DA_TOKEN") {
+		t.Fatalf("sync over the API: %d\n%s\n%s", code, out, errs)
 	}
-	var trig struct {
-		RunID string `json:"run_id"`
+	if code, out, errs := run(t, "sync", "nope", "--api", api); code != 1 || !strings.Contains(errs, "404") {
+		t.Errorf("sync of an unknown source over the API: %d %s %s", code, out, errs)
 	}
-	json.NewDecoder(resp.Body).Decode(&trig)
-	resp.Body.Close()
 	var list []runs.Record
 	natstest.Poll(t, time.Minute, func() (bool, string) {
 		code, out, errs := run(t, "runs", "--api", api, "--token", viewer, "--json", "--limit", "5")
 		list = nil
 		json.Unmarshal([]byte(out), &list)
-		return code == 0 && len(list) == 1 && list[0].RunID == trig.RunID && list[0].Status == runs.Published, fmt.Sprintf("runs: %d %s %s", code, out, errs)
+		return code == 0 && len(list) == 1 && list[0].RunID == trig.RunID && list[0].Status == runs.Published && list[0].Trigger == "api",
+			fmt.Sprintf("runs: %d %s %s", code, out, errs)
 	})
 	if code, _, errs := run(t, "cancel", trig.RunID, "--api", api, "--token", viewer); code != 1 || !strings.Contains(errs, "403") {
 		t.Errorf("cancel with a viewer token: %d %s", code, errs)

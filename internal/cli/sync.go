@@ -36,12 +36,20 @@ func runSync(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fullRefresh := fs.Bool("full-refresh", false, "ignore incremental state and read everything")
 	timeout := fs.Duration("timeout", time.Hour, "give up waiting after this long")
 	embedded := fs.Bool("embedded", false, "run the pipeline in-process on an embedded NATS (the default when no server is named); refuses a named one")
+	var af apiFlags
+	af.register(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return usageError{errors.New("usage: da sync <source> [--config FILE] [--data-dir DIR] [--nats-url URL]")}
+		return usageError{errors.New("usage: da sync <source> [--config FILE] [--data-dir DIR] [--nats-url URL | --api URL]")}
+	}
+	if api, err := af.client(stderr); api != nil || err != nil {
+		if err != nil {
+			return err
+		}
+		return syncOverAPI(ctx, api, pos[0], *tables, *fullRefresh, *timeout, stdout)
 	}
 	cfg, err := c.load()
 	if err != nil {
