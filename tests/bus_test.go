@@ -37,28 +37,14 @@ func cliCreds(dir string) string {
 // with the streams provisioned: what "da sync" used to send its request to.
 func stranger(t *testing.T) (jetstream.JetStream, string, string) {
 	t.Helper()
-	store := t.TempDir()
-	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: store, Host: "127.0.0.1", Port: 4222})
-	if err != nil {
-		t.Fatalf("a stranger on 127.0.0.1:4222: %v", err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := srv.Connect("stranger")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
-		t.Fatal(err)
-	}
-	return js, srv.ClientURL(), natsbus.CredsFile(store, natsbus.RoleCLI)
+	url, js, store := natstest.Listening(t, "127.0.0.1", 4222)
+	return js, url, natsbus.CredsFile(store, natsbus.RoleCLI)
 }
 
-// requests counts the sync requests on js's bus.
-func requests(t *testing.T, js jetstream.JetStream) uint64 {
+// streamMsgs counts the messages in stream on js's bus.
+func streamMsgs(t *testing.T, js jetstream.JetStream, stream string) uint64 {
 	t.Helper()
-	s, err := js.Stream(context.Background(), schemas.SyncStream)
+	s, err := js.Stream(context.Background(), stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +75,7 @@ func TestNoSurpriseServers(t *testing.T) {
 	if code, out := run(); code != 0 || !strings.Contains(out, "in-process embedded NATS (no server named") {
 		t.Errorf("da sync with no server named: exit %d, and did it say it ran in-process?\n%s", code, out)
 	}
-	if n := requests(t, js); n != 0 {
+	if n := streamMsgs(t, js, schemas.SyncStream); n != 0 {
 		t.Fatalf("the stranger on 4222 got %d sync requests", n)
 	}
 
@@ -118,7 +104,7 @@ func TestNoSurpriseServers(t *testing.T) {
 	if code != 1 || !regexp.MustCompile(`source demo is not configured on the server at \S+ \(from \$DA_NATS_URL, as the identity in \S+\) \(its producers run: crm, erp\)`).MatchString(msg) {
 		t.Errorf("da sync of a source the server does not run: exit %d\n%s", code, msg)
 	}
-	if n := requests(t, js); n != 0 {
+	if n := streamMsgs(t, js, schemas.SyncStream); n != 0 {
 		t.Errorf("the refused syncs published %d requests", n)
 	}
 }
@@ -278,17 +264,6 @@ func checkRolePermissions(t *testing.T, url string, admin jetstream.JetStream, c
 		js, _ := jetstream.New(nc)
 		return js, errs
 	}
-	msgs := func(stream string) uint64 {
-		s, err := admin.Stream(context.Background(), stream)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := s.Info(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.State.Msgs
-	}
 	refused := func(role, what string, errs <-chan error, op func(ctx context.Context) error) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -358,10 +333,10 @@ func checkRolePermissions(t *testing.T, url string, admin jetstream.JetStream, c
 	finalizer, ferrs := as(natsbus.RoleFinalizer)
 	refused("finalizer", "publish data", ferrs, publish(finalizer, schemas.DataSubject("demo", "orders")))
 
-	if n := msgs(schemas.DataStream); n != 0 {
+	if n := streamMsgs(t, admin, schemas.DataStream); n != 0 {
 		t.Errorf("%d data messages got through", n)
 	}
-	if n := msgs(schemas.SyncStream); n != 1 {
+	if n := streamMsgs(t, admin, schemas.SyncStream); n != 1 {
 		t.Errorf("%d sync requests stored, want the CLI's one", n)
 	}
 }

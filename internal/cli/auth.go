@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -169,7 +170,7 @@ func runTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "%-24s %-9s %-20s %-20s %-20s %s\n", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED", "FROM")
 	for _, t := range list {
 		fmt.Fprintf(stdout, "%-24s %-9s %-20s %-20s %-20s %s\n", t.Name, t.Role, t.CreatedAt.Format(time.DateTime),
-			timeOr(t.ExpiresAt, "never"), timeOr(t.LastUsedAt, "never"), or(t.LastUsedIP, "-"))
+			timeOr(t.ExpiresAt, "never"), timeOr(t.LastUsedAt, "never"), cmp.Or(t.LastUsedIP, "-"))
 	}
 	return nil
 }
@@ -221,7 +222,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "%-20s %-14s %-24s %-9s %-24s %s\n", "TIME", "ACTION", "TOKEN", "ROLE", "BY", "FROM")
 	for _, e := range list {
-		fmt.Fprintf(stdout, "%-20s %-14s %-24s %-9s %-24s %s\n", e.At.Format(time.DateTime), e.Action, e.Token, e.Role, or(e.By, "-"), or(e.IP, "-"))
+		fmt.Fprintf(stdout, "%-20s %-14s %-24s %-9s %-24s %s\n", e.At.Format(time.DateTime), e.Action, e.Token, e.Role, cmp.Or(e.By, "-"), cmp.Or(e.IP, "-"))
 	}
 	return nil
 }
@@ -231,11 +232,4 @@ func timeOr(t *time.Time, none string) string {
 		return none
 	}
 	return t.UTC().Format(time.DateTime)
-}
-
-func or(s, none string) string {
-	if s == "" {
-		return none
-	}
-	return s
 }

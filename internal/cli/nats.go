@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/agnes-ai/connector-kit/internal/natsbus"
+	"github.com/agnes-ai/connector-kit/internal/parquetfile"
 	"github.com/agnes-ai/connector-kit/internal/redact"
 	"github.com/agnes-ai/connector-kit/internal/schedules"
 )
@@ -88,18 +89,17 @@ func writeFileReplace(path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
+	_, err = tmp.Write(b)
+	if err == nil {
+		err = tmp.Chmod(mode)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return parquetfile.ReplaceFile(tmp.Name(), path)
 }
 
 // runNATSProvision connects to a named server as admin, creates what is

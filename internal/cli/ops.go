@@ -50,8 +50,7 @@ func runDeadLetters(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stdout, "%-20s %-28s %-38s %5s %4s  %s\n", d.At.Format(time.DateTime), safe(d.Source)+"."+safe(d.Table),
 			safe(d.Run), safe(d.Seq), safe(d.Deliveries), safe(d.Reason))
 	}
-	n := len(list)
-	fmt.Fprintf(stdout, "%d dead letters\n", n)
+	fmt.Fprintf(stdout, "%d dead letters\n", len(list))
 	return nil
 }
 

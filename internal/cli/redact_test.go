@@ -19,22 +19,7 @@ import (
 // identity, whose files are in store (natsbus.CredsFile).
 func startBus(t *testing.T) (string, jetstream.JetStream, string) {
 	t.Helper()
-	store := t.TempDir()
-	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: store, Host: "127.0.0.1", Port: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
-		t.Fatal(err)
-	}
-	return srv.ClientURL(), js, store
+	return natstest.Listening(t, "127.0.0.1", -1)
 }
 
 // TestNATSCredentialsAreNotPrinted: a password in the NATS URL appears

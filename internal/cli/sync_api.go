@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -44,7 +45,7 @@ func syncOverAPI(ctx context.Context, api *tokenAPI, source, tables string, full
 		var rec runs.Record
 		_, err := api.call(ctx, "GET", "/api/sync/runs/"+trig.RunID, nil, &rec)
 		if err != nil && ctx.Err() != nil {
-			return fmt.Errorf("run %s: still %s after %s", trig.RunID, or(string(last), "queued"), timeout)
+			return fmt.Errorf("run %s: still %s after %s", trig.RunID, cmp.Or(string(last), "queued"), timeout)
 		}
 		if err == nil && rec.Status != last {
 			last = rec.Status

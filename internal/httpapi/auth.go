@@ -122,17 +122,7 @@ func (a *API) clientIP(r *http.Request) string {
 
 // tokenStore is the token store, opened on first use.
 func (a *API) tokenStore(ctx context.Context) (*tokens.Store, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.tokens != nil {
-		return a.tokens, nil
-	}
-	s, err := tokens.Open(ctx, a.js, a.log)
-	if err != nil {
-		return nil, err
-	}
-	a.tokens = s
-	return s, nil
+	return opened(&a.mu, &a.tokens, func() (*tokens.Store, error) { return tokens.Open(ctx, a.js, a.log) })
 }
 
 type createTokenRequest struct {
@@ -191,10 +181,7 @@ func (a *API) listTokens(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusServiceUnavailable, "%v", err)
 		return
 	}
-	if list == nil {
-		list = []tokens.Token{}
-	}
-	writeJSON(w, http.StatusOK, list)
+	writeJSON(w, http.StatusOK, nonNil(list))
 }
 
 // revokeToken deletes a token: every replica refuses it from its next
@@ -250,10 +237,7 @@ func (a *API) audit(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusServiceUnavailable, "%v", err)
 		return
 	}
-	if list == nil {
-		list = []tokens.Entry{}
-	}
-	writeJSON(w, http.StatusOK, list)
+	writeJSON(w, http.StatusOK, nonNil(list))
 }
 
 // tables answers each source's tables as the newest published run left
@@ -292,8 +276,5 @@ func (a *API) deadLetters(w http.ResponseWriter, r *http.Request) {
 	for i := range list {
 		list[i].Reason = redact.String(list[i].Reason)
 	}
-	if list == nil {
-		list = []natsbus.DeadLetterEntry{}
-	}
-	writeJSON(w, http.StatusOK, list)
+	writeJSON(w, http.StatusOK, nonNil(list))
 }

@@ -177,17 +177,33 @@ func (a *API) queue(ctx context.Context, req schemas.SyncRequest) error {
 
 // runStore is the run history, opened on first use.
 func (a *API) runStore(ctx context.Context) (*runs.Store, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.runs != nil {
-		return a.runs, nil
+	return opened(&a.mu, &a.runs, func() (*runs.Store, error) { return runs.Open(ctx, a.js) })
+}
+
+// opened is *slot, opened by open on first use (under mu); a failed open
+// is tried again by the next caller.
+func opened[T comparable](mu *sync.Mutex, slot *T, open func() (T, error)) (T, error) {
+	mu.Lock()
+	defer mu.Unlock()
+	var zero T
+	if *slot != zero {
+		return *slot, nil
 	}
-	s, err := runs.Open(ctx, a.js)
+	v, err := open()
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	a.runs = s
-	return s, nil
+	*slot = v
+	return v, nil
+}
+
+// nonNil is s, or an empty list for nil: a JSON answer is [] rather than
+// null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 // list answers a page of run records, newest first, as a JSON list; the
@@ -396,17 +412,7 @@ func (a *API) claim(ctx context.Context, locks jetstream.KeyValue, source, run s
 }
 
 func (a *API) lockBucket(ctx context.Context) (jetstream.KeyValue, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.locks != nil {
-		return a.locks, nil
-	}
-	kv, err := natsbus.KeyValue(ctx, a.js, schemas.LockBucket)
-	if err != nil {
-		return nil, err
-	}
-	a.locks = kv
-	return kv, nil
+	return opened(&a.mu, &a.locks, func() (jetstream.KeyValue, error) { return natsbus.KeyValue(ctx, a.js, schemas.LockBucket) })
 }
 
 // RunStatus is the answer of GET /api/sync/runs/{id}.
@@ -501,15 +507,5 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) eventStream(ctx context.Context) (jetstream.Stream, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.events != nil {
-		return a.events, nil
-	}
-	s, err := a.js.Stream(ctx, schemas.EventStream)
-	if err != nil {
-		return nil, err
-	}
-	a.events = s
-	return s, nil
+	return opened(&a.mu, &a.events, func() (jetstream.Stream, error) { return a.js.Stream(ctx, schemas.EventStream) })
 }

@@ -44,6 +44,33 @@ func MustStart(tb testing.TB) jetstream.JetStream {
 	return js
 }
 
+// Listening starts an embedded server on host:port (port -1: any free
+// one), which wants an identity, with the streams provisioned; it returns
+// the server's URL, an admin client and the store folder holding the
+// roles' seed files (natsbus.CredsFile). Everything stops at test cleanup.
+func Listening(tb testing.TB, host string, port int) (string, jetstream.JetStream, string) {
+	tb.Helper()
+	store := tb.TempDir()
+	srv, err := natsbus.StartServer(natsbus.ServerOptions{StoreDir: store, Host: host, Port: port})
+	if err != nil {
+		tb.Fatalf("listen on %s:%d: %v", host, port, err)
+	}
+	tb.Cleanup(srv.Stop)
+	nc, err := srv.Connect("test")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := natsbus.Provision(context.Background(), js, 1); err != nil {
+		tb.Fatal(err)
+	}
+	return srv.ClientURL(), js, store
+}
+
 // WaitEvents reads events matching filter from the start of the event stream
 // until done returns true for the events seen so far, or the deadline passes.
 func WaitEvents(tb testing.TB, js jetstream.JetStream, filter string, timeout time.Duration, done func([]schemas.Event) bool) []schemas.Event {
