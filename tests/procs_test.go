@@ -132,12 +132,24 @@ func (p *proc) output() string {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// freePorts returns n distinct free ports: every listener stays open
+// until all are chosen, so the kernel cannot hand the same port out twice
+// (a cluster's client and route ports once collided that way).
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // waitPort waits for p to listen on port; p exiting first (a port taken
@@ -219,11 +231,10 @@ func newProcEnv(t *testing.T, nServers int, rows, custRows int64) *procEnv {
 	if out, err := exec.Command(da, "nats", "config", "--creds-dir", e.creds, "--role-dirs", "--out", natsConf).CombinedOutput(); err != nil {
 		t.Fatalf("da nats config: %v\n%s", err, out)
 	}
-	ports := make([]int, nServers)
-	cports := make([]int, nServers)
+	all := freePorts(t, 2*nServers)
+	ports, cports := all[:nServers], all[nServers:]
 	var urls, routes []string
 	for i := range nServers {
-		ports[i], cports[i] = freePort(t), freePort(t)
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", ports[i]))
 		routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", cports[i]))
 	}

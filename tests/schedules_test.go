@@ -214,7 +214,8 @@ func TestSchedulesOnCluster(t *testing.T) {
 // /readyz fails, saying why, while the bus is down, and recovers with it.
 func TestReadyz(t *testing.T) {
 	e := newProcEnv(t, 1, 1000, 10)
-	ports := map[string]int{"producer": freePort(t), "finalizer": freePort(t), "writer": freePort(t)}
+	free := freePorts(t, 3)
+	ports := map[string]int{"producer": free[0], "finalizer": free[1], "writer": free[2]}
 	for role, port := range ports {
 		e.serve(role, role, "--metrics-listen", fmt.Sprintf("127.0.0.1:%d", port))
 	}
